@@ -1,0 +1,49 @@
+"""The process groups the engine reduces over (None everywhere in a single process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class EngineGroups:
+    """model_parallel: TP×PP ranks that hold one model replica; data_parallel: the replicas."""
+
+    model_parallel: object | None = None
+    data_parallel: object | None = None
+    tp_rank: int = 0
+    tp_size: int = 1
+    pp_size: int = 1
+
+    @classmethod
+    def from_megatron(cls) -> "EngineGroups":
+        from megatron.core import parallel_state as ps
+
+        return cls(
+            model_parallel=ps.get_model_parallel_group(),
+            data_parallel=ps.get_data_parallel_group(),
+            tp_rank=ps.get_tensor_model_parallel_rank(),
+            tp_size=ps.get_tensor_model_parallel_world_size(),
+            pp_size=ps.get_pipeline_model_parallel_world_size(),
+        )
+
+    @property
+    def dp_size(self) -> int:
+        return dist.get_world_size(self.data_parallel) if self.data_parallel is not None else 1
+
+    @property
+    def dp_rank(self) -> int:
+        return dist.get_rank(self.data_parallel) if self.data_parallel is not None else 0
+
+    def sum_model_parallel(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.model_parallel is not None and dist.get_world_size(self.model_parallel) > 1:
+            dist.all_reduce(tensor, group=self.model_parallel)
+        return tensor
+
+    def sum_data_parallel(self, tensors: list[torch.Tensor]) -> None:
+        if self.dp_size > 1:
+            for tensor in tensors:
+                dist.all_reduce(tensor, group=self.data_parallel)

@@ -1,0 +1,60 @@
+"""Counting rules: how much of each local parameter's gradient belongs to this rank's partials.
+
+Summing the ranks' partials must give the full model's ⟨g, G⟩ and ‖g‖², so every coordinate of
+the full gradient has to be counted exactly once across the model-parallel group. These are
+megatron's own rules for its global grad norm (``clip_grads.py``): TP-sharded parameters
+partition the coordinates; TP-duplicated ones are counted on TP rank 0 only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class UnsupportedLayout(ValueError):
+    """A parallel layout whose per-problem partials this engine cannot sum exactly."""
+
+
+@dataclass(frozen=True)
+class CountedParams:
+    """This rank's parameters that contribute to the partials (the others are duplicates)."""
+
+    params: list[torch.nn.Parameter]
+    names: list[str]
+
+
+def is_tensor_parallel_shard(param: torch.Tensor) -> bool:
+    return bool(getattr(param, "tensor_model_parallel", False))
+
+
+def check_supported(name: str, param: torch.Tensor, tp_size: int, pp_size: int) -> None:
+    """Refuse parameters whose local grad is not this rank's exact share of g."""
+    if tp_size > 1 and getattr(param, "sequence_parallel", False):
+        raise UnsupportedLayout(
+            f"parameter {name!r} is sequence-parallel: its local grad is a partial sum over TP "
+            "ranks, so its squared norm needs a per-problem TP all-reduce that this engine does "
+            "not do. Score with sequence_parallel=false (the scores are identical)."
+        )
+    if pp_size > 1 and getattr(param, "shared_embedding", False):
+        raise UnsupportedLayout(
+            f"parameter {name!r} is an embedding tied across pipeline stages: the two stages' "
+            "halves must be summed before squaring. Score with untied embeddings "
+            "(share_embeddings_and_output_weights=false) or PP=1."
+        )
+
+
+def counted_params(
+    named_params: list[tuple[str, torch.nn.Parameter]], tp_rank: int, tp_size: int, pp_size: int
+) -> CountedParams:
+    """Select the parameters this rank counts: all TP shards, duplicates only on TP rank 0."""
+    keep, names = [], []
+    for name, param in named_params:
+        if not param.requires_grad:
+            continue
+        check_supported(name, param, tp_size, pp_size)
+        if is_tensor_parallel_shard(param) or tp_rank == 0:
+            keep.append(param)
+            names.append(name)
+    return CountedParams(keep, names)

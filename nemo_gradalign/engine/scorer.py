@@ -1,0 +1,125 @@
+"""Exact per-problem ⟨g_i, G⟩ and ‖g_i‖² on a sharded model, with one reduction per batch.
+
+Per problem, on every rank: run its forward+backward (a callable the caller supplies), read the
+two partial sums against the local reference shard, zero the grads. After all problems: one
+all-reduce of [n, 2] over the model-parallel group; data-parallel ranks each take every D-th
+problem and their results are gathered back in problem order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import torch
+import torch.distributed as dist
+
+from nemo_gradalign.engine.grads import local_grad, zero_grads
+from nemo_gradalign.engine.groups import EngineGroups
+from nemo_gradalign.engine.reference import ReferenceGradient
+from nemo_gradalign.engine.rules import counted_params
+
+
+class Problem(Protocol):
+    """What the engine needs to know of a problem: whether its gradient can be non-zero."""
+
+    @property
+    def informative(self) -> bool: ...
+
+
+RunProblem = Callable[[Problem], None]  # forward+backward of one problem, grads accumulate
+
+
+@dataclass(frozen=True)
+class ProblemStats:
+    """Global per-problem statistics, in the order the problems were given."""
+
+    dot: torch.Tensor  # ⟨g_i, G/‖G‖⟩, float64
+    sqnorm: torch.Tensor  # ‖g_i‖², float64
+    informative: torch.Tensor  # bool: rewards not all equal
+
+    def cosine(self) -> torch.Tensor:
+        """cos(g_i, G); 0 where g_i = 0 (never NaN)."""
+        norm = self.sqnorm.clamp_min(0).sqrt()
+        return torch.where(norm > 0, self.dot / norm.clamp_min(1e-300), torch.zeros_like(norm))
+
+
+class GradientEngine:
+    """Scores problems on this rank's shard of a (possibly TP/PP/DP-parallel) model."""
+
+    def __init__(self, named_params: Sequence[tuple[str, torch.nn.Parameter]], groups: EngineGroups,
+                 reference_dtype: str = "float32"):
+        named_params = list(named_params)
+        self.params = [p for _, p in named_params]
+        self.groups = groups
+        self.counted = counted_params(named_params, groups.tp_rank, groups.tp_size, groups.pp_size)
+        self.reference_dtype = reference_dtype
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+
+    def _local_share(self, n: int) -> range:
+        return range(self.groups.dp_rank, n, self.groups.dp_size)
+
+    def build_reference(self, problems: Sequence[Problem], run_problem: RunProblem,
+                        step: int = 0) -> ReferenceGradient:
+        """G = Σ over validation problems of g_v, each DP rank taking its share; unit norm."""
+        reference = ReferenceGradient(self.counted, self.groups, self.reference_dtype)
+        self.refresh(reference, problems, run_problem, step)
+        return reference
+
+    def refresh(self, reference: ReferenceGradient, problems: Sequence[Problem],
+                run_problem: RunProblem, step: int) -> None:
+        zero_grads(self.params)
+        for i in self._local_share(len(problems)):
+            if problems[i].informative:
+                run_problem(problems[i])
+        try:
+            reference.set_from_grads(self.counted, step)
+        finally:
+            zero_grads(self.params)
+
+    def _partials(self, reference: ReferenceGradient) -> torch.Tensor:
+        dot = torch.zeros((), dtype=torch.float64, device=self.device)
+        sq = torch.zeros((), dtype=torch.float64, device=self.device)
+        for param, ref in zip(self.counted.params, reference.buffers):
+            grad = local_grad(param)
+            if grad is None:
+                continue
+            flat = grad.reshape(-1)
+            dot += torch.dot(flat, ref.reshape(-1).to(flat.dtype)).double()
+            sq += torch.dot(flat, flat).double()
+        return torch.stack([dot, sq])
+
+    def score(self, problems: Sequence[Problem], run_problem: RunProblem,
+              reference: ReferenceGradient) -> ProblemStats:
+        """Per-problem ⟨g_i, Ĝ⟩ and ‖g_i‖² over the whole model, gathered in problem order."""
+        if not reference.ready:
+            raise RuntimeError("the reference gradient has not been built yet")
+        n = len(problems)
+        dp = self.groups.dp_size
+        per_rank = -(-n // dp) if n else 0
+        local = torch.zeros(per_rank, 2, dtype=torch.float64, device=self.device)
+        zero_grads(self.params)
+        for slot, i in enumerate(self._local_share(n)):
+            if not problems[i].informative:
+                continue  # g_i = 0 exactly: no backward needed
+            run_problem(problems[i])
+            local[slot] = self._partials(reference)
+            zero_grads(self.params)
+        self.groups.sum_model_parallel(local)
+        gathered = self._gather_data_parallel(local).cpu()
+        order = torch.tensor([gathered_index(i, dp, per_rank) for i in range(n)], dtype=torch.long)
+        stats = gathered.reshape(-1, 2)[order] if n else torch.zeros(0, 2, dtype=torch.float64)
+        informative = torch.tensor([bool(p.informative) for p in problems], dtype=torch.bool)
+        return ProblemStats(stats[:, 0].clone(), stats[:, 1].clone(), informative)
+
+    def _gather_data_parallel(self, local: torch.Tensor) -> torch.Tensor:
+        if self.groups.dp_size == 1:
+            return local
+        parts = [torch.empty_like(local) for _ in range(self.groups.dp_size)]
+        dist.all_gather(parts, local, group=self.groups.data_parallel)
+        return torch.stack(parts)
+
+
+def gathered_index(problem: int, dp_size: int, per_rank: int) -> int:
+    """Row of problem ``problem`` in the DP-gathered [dp, per_rank] table (round-robin split)."""
+    return (problem % dp_size) * per_rank + problem // dp_size

@@ -1,0 +1,59 @@
+"""Lets megatron-core's GPTModel and pipeline schedules run on CPU + gloo.
+
+megatron-core assumes CUDA in three places (reference/probe_cpu.md): it allocates buffers on
+``torch.cuda.current_device()``, its model-parallel RNG tracker saves CUDA RNG states, and its
+schedules hard-code ``device="cuda"``. Everything here is applied only when CUDA is absent, so the
+same code runs unchanged on GPU clusters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_applied = False
+
+
+def needed() -> bool:
+    """True on machines without CUDA, where megatron-core needs the shim."""
+    return not torch.cuda.is_available()
+
+
+class _CudaToCpu(TorchFunctionMode):
+    """Rewrites explicit ``device="cuda"`` arguments and ``Tensor.cuda()`` to CPU."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cuda:
+            return args[0]
+        device = kwargs.get("device")
+        if device is not None and (isinstance(device, int) or str(device).startswith("cuda")):
+            kwargs = dict(kwargs, device="cpu")
+        return func(*args, **kwargs)
+
+
+def apply() -> None:
+    """Patch the process-wide CUDA entry points megatron-core uses (idempotent, CPU only)."""
+    global _applied
+    if _applied or not needed():
+        return
+    import megatron.core.tensor_parallel.random as mp_random
+
+    torch.cuda.current_device = lambda: "cpu"  # only ever used as `device=`
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
+    torch.cuda.manual_seed = lambda seed: torch.manual_seed(seed)
+    mp_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
+    mp_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
+    _applied = True
+
+
+def device_context():
+    """Scope in which hard-coded CUDA devices become CPU (wrap schedule calls and model builds).
+
+    Kept as a scope rather than entered globally: a TorchFunctionMode adds Python dispatch to
+    every torch call, which the scoring loops should not pay.
+    """
+    return _CudaToCpu() if needed() else contextlib.nullcontext()

@@ -1,0 +1,142 @@
+"""A megatron-core GPTModel (local layer spec) whose full weights do not depend on the layout.
+
+Every parameter is filled from a generator keyed by (seed, its *global* name), then sliced to this
+rank's tensor-parallel shard. So TP=1, TP=2, PP=2 and TP=2×PP=2 hold the same model, which is what
+lets the tests compare sharded scores with a single-process oracle.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from nemo_gradalign.megatron import cpu_shim
+
+
+class ModelSpec(BaseModel):
+    """Size of the GPT. Defaults are the tiny CPU model of the embedded demo."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_layers: int = Field(2, ge=1)
+    hidden_size: int = Field(64, ge=8)
+    num_attention_heads: int = Field(4, ge=1)
+    ffn_hidden_size: int | None = Field(None, ge=1)
+    vocab_size: int = Field(32, ge=2)
+    max_sequence_length: int = Field(32, ge=2)
+    init_std: float = Field(0.05, gt=0)
+    tie_embeddings: bool = False
+    sequence_parallel: bool = False
+    seed: int = 1234
+
+
+_LAYER = re.compile(r"^((?:module\.)*decoder\.layers\.)(\d+)\.")
+
+
+def _global_names(model) -> dict[str, str]:
+    """Local parameter name -> layout-independent name (global layer index, untied alias)."""
+    numbers = [layer.layer_number - 1 for layer in model.decoder.layers]
+    names = {}
+    for name, param in model.named_parameters():
+        match = _LAYER.match(name)
+        if match:
+            name_g = f"{match.group(1)}{numbers[int(match.group(2))]}.{name[match.end():]}"
+        elif getattr(param, "shared_embedding", False) and "output_layer" in name:
+            name_g = "embedding.word_embeddings.weight"  # tied copy on the last PP stage
+        else:
+            name_g = name
+        names[name] = name_g
+    return names
+
+
+def _full_value(global_name: str, shape: torch.Size, seed: int, std: float) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(global_name.encode()))
+    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+    if "norm" in global_name and global_name.endswith("weight"):
+        return 1.0 + 0.1 * noise  # layer norm gains
+    if global_name.endswith("bias"):
+        return 0.01 * noise
+    return std * noise
+
+
+def tp_shard(full: torch.Tensor, param: torch.Tensor, tp_rank: int, tp_size: int) -> torch.Tensor:
+    """This rank's slice of a full tensor, following megatron's partition attributes."""
+    if not getattr(param, "tensor_model_parallel", False) or tp_size == 1:
+        return full
+    if getattr(param, "partition_stride", 1) != 1:
+        raise NotImplementedError("strided TP partitions (e.g. gated MLP) are not supported")
+    return full.chunk(tp_size, dim=param.partition_dim)[tp_rank]
+
+
+def full_shape(param: torch.Tensor, tp_size: int) -> torch.Size:
+    shape = list(param.shape)
+    if getattr(param, "tensor_model_parallel", False):
+        shape[param.partition_dim] *= tp_size
+    return torch.Size(shape)
+
+
+@torch.no_grad()
+def init_full_weights(model, seed: int, std: float) -> None:
+    from megatron.core import parallel_state as ps
+
+    tp_rank, tp_size = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
+    names = _global_names(model)
+    for name, param in model.named_parameters():
+        full = _full_value(names[name], full_shape(param, tp_size), seed, std)
+        param.copy_(tp_shard(full, param, tp_rank, tp_size))
+
+
+def build_gpt(spec: ModelSpec):
+    """GPTModel for this rank's pipeline stage; needs `parallel.init_distributed` first."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer import TransformerConfig
+
+    tp = ps.get_tensor_model_parallel_world_size()
+    pp = ps.get_pipeline_model_parallel_world_size()
+    if spec.num_layers % pp:
+        raise ValueError(f"model.num_layers={spec.num_layers} is not divisible by PP={pp}")
+    if spec.num_attention_heads % tp or spec.vocab_size % tp:
+        raise ValueError(
+            f"model.num_attention_heads={spec.num_attention_heads} and model.vocab_size="
+            f"{spec.vocab_size} must be divisible by TP={tp}"
+        )
+    config = TransformerConfig(
+        num_layers=spec.num_layers,
+        hidden_size=spec.hidden_size,
+        num_attention_heads=spec.num_attention_heads,
+        ffn_hidden_size=spec.ffn_hidden_size,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        sequence_parallel=spec.sequence_parallel and tp > 1,
+        pipeline_dtype=torch.float32,
+        params_dtype=torch.float32,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        use_cpu_initialization=cpu_shim.needed(),
+        gradient_accumulation_fusion=False,
+    )
+    with cpu_shim.device_context():
+        model = GPTModel(
+            config=config,
+            transformer_layer_spec=get_gpt_layer_local_spec(),
+            vocab_size=spec.vocab_size,
+            max_sequence_length=spec.max_sequence_length,
+            pre_process=ps.is_pipeline_first_stage(),
+            post_process=ps.is_pipeline_last_stage(),
+            share_embeddings_and_output_weights=spec.tie_embeddings,
+        )
+    if torch.cuda.is_available():
+        model.cuda()
+    init_full_weights(model, spec.seed, spec.init_std)
+    return model
+
+
+def layout_free_state(model) -> dict[str, torch.Tensor]:
+    """This rank's parameters keyed by global name (for comparing layouts and for checkpoints)."""
+    names = _global_names(model)
+    return {names[n]: p.detach().clone() for n, p in model.named_parameters()}

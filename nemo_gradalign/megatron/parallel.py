@@ -1,0 +1,82 @@
+"""Process groups: start gloo/NCCL ranks, set up megatron's TP/PP/DP groups, spawn local ranks."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Model-parallel layout; data-parallel size is whatever world size is left over."""
+
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    def __str__(self) -> str:
+        return f"TP={self.tp} PP={self.pp} DP={self.dp}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(layout: Layout, seed: int = 1234) -> None:
+    """Join the default process group (env:// as torchrun/srun set it) and build megatron's groups."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    from nemo_gradalign.megatron import cpu_shim
+
+    cpu_shim.apply()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    if dist.get_world_size() != layout.world_size:
+        raise ValueError(
+            f"world size {dist.get_world_size()} does not match the layout {layout} "
+            f"(needs tp*pp*dp = {layout.world_size} ranks)"
+        )
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp
+    )
+    model_parallel_cuda_manual_seed(seed)
+
+
+def shutdown() -> None:
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _rank_entry(rank: int, world: int, port: int, fn, args) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    try:
+        fn(rank, *args)
+    finally:
+        shutdown()
+
+
+def spawn(fn, world: int, *args) -> None:
+    """Run ``fn(rank, *args)`` on ``world`` local processes (gloo on CPU); re-raises rank errors."""
+    mp.spawn(_rank_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)

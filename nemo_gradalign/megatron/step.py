@@ -1,0 +1,123 @@
+"""Forward/backward of token batches through megatron-core's schedules (so any PP works).
+
+The engine's one interface is "run this problem's forward+backward on this rank";
+``ProblemRunner`` is that callable for a megatron GPTModel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from nemo_gradalign import grpo
+from nemo_gradalign.megatron import cpu_shim
+from nemo_gradalign.rollouts import ProblemRollouts
+
+
+def causal_mask(seq_len: int, device=None) -> torch.Tensor:
+    """megatron's convention: True marks positions a token may NOT attend to."""
+    return torch.triu(torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=device), 1)
+
+
+def shift_labels(tokens: torch.Tensor) -> torch.Tensor:
+    """labels[t] = tokens[t+1]; the last position has no label (weight 0 wherever it is used)."""
+    labels = torch.zeros_like(tokens)
+    labels[:, :-1] = tokens[:, 1:]
+    return labels
+
+
+def split_rows(tensors: dict[str, torch.Tensor], max_rows: int | None) -> list[dict[str, torch.Tensor]]:
+    """Equal-sized microbatches (pipeline p2p needs one shape); padding rows are all zero.
+
+    A zero row carries weight 0, so it adds nothing to any loss or gradient.
+    """
+    rows = next(iter(tensors.values())).shape[0]
+    n_mb = 1 if not max_rows or rows <= max_rows else -(-rows // max_rows)
+    per = -(-rows // n_mb)
+    pad = per * n_mb - rows
+    if pad:
+        tensors = {k: torch.cat([v, v.new_zeros((pad, *v.shape[1:]))]) for k, v in tensors.items()}
+    return [{k: v[i * per:(i + 1) * per] for k, v in tensors.items()} for i in range(n_mb)]
+
+
+LossFn = Callable[[torch.Tensor, dict], torch.Tensor]  # (model output, microbatch) -> loss
+
+
+def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn: LossFn | None,
+                     forward_only: bool = False) -> list:
+    """One call of megatron's forward_backward_func over ``microbatches``.
+
+    Each microbatch holds ``tokens`` [b, L] and, for a loss, ``labels`` [b, L]. ``loss_fn`` maps
+    the last stage's output (per-token CE when labels are given, else vocab-parallel logits) to
+    the microbatch's share of the total loss; it is not averaged over microbatches. Returns, on
+    the last stage, what ``loss_fn`` put in each microbatch's dict under "out" (else []).
+    """
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    n_mb = len(microbatches)
+    batch, seq_len = microbatches[0]["tokens"].shape
+    device = next(model.parameters()).device
+    mask = causal_mask(seq_len, device)
+    position_ids = torch.arange(seq_len, device=device).unsqueeze(0).expand(batch, -1)
+    batches = iter(microbatches)
+
+    def forward_step(_iterator, model_chunk):
+        mb = {k: v.to(device) for k, v in next(batches).items()}
+        output = model_chunk(mb["tokens"], position_ids, mask, labels=mb.get("labels"))
+
+        def loss_func(out):
+            if loss_fn is None:
+                return out.sum() * 0.0, {"out": out.detach()}
+            loss = loss_fn(out, mb)
+            # megatron divides a 2-tuple loss by the number of microbatches; undo that.
+            return loss * n_mb, {"out": loss.detach()}
+
+        return output, loss_func
+
+    with cpu_shim.device_context():
+        results = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=batches,
+            model=[model],
+            num_microbatches=n_mb,
+            seq_length=seq_len,
+            micro_batch_size=batch,
+            forward_only=forward_only,
+        )
+    return [r["out"] for r in results]
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """How a problem's rollouts turn into its policy-gradient loss (grpo.py)."""
+
+    baseline: grpo.Baseline = "mean"
+    normalize_std: bool = False
+    aggregation: grpo.Aggregation = "token_mean"
+
+
+def problem_microbatches(problem: ProblemRollouts, loss: LossSettings,
+                         max_rows: int | None) -> list[dict[str, torch.Tensor]]:
+    weights = problem.token_weights(loss.baseline, loss.normalize_std, loss.aggregation)
+    tensors = {"tokens": problem.tokens, "labels": shift_labels(problem.tokens), "weights": weights}
+    return split_rows(tensors, max_rows)
+
+
+def weighted_logprob_loss(ce: torch.Tensor, mb: dict) -> torch.Tensor:
+    """Σ w · log π with log π = -CE (megatron returns the per-token CE for given labels)."""
+    return grpo.policy_surrogate(-ce, mb["weights"])
+
+
+class ProblemRunner:
+    """The engine's callable: one problem's on-policy forward+backward; grads accumulate."""
+
+    def __init__(self, model, loss: LossSettings = LossSettings(), max_rows: int | None = None):
+        self.model = model
+        self.loss = loss
+        self.max_rows = max_rows
+
+    def __call__(self, problem: ProblemRollouts) -> None:
+        run_microbatches(self.model, problem_microbatches(problem, self.loss, self.max_rows),
+                         weighted_logprob_loss)

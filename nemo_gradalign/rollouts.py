@@ -1,0 +1,59 @@
+"""A problem's group of rollouts: the unit that is scored, selected and trained on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from nemo_gradalign import grpo
+
+
+@dataclass
+class ProblemRollouts:
+    """k sampled responses to one prompt, right-padded into one token matrix.
+
+    tokens[j] = prompt + response_j + padding; rewards[j] is response j's reward.
+    """
+
+    problem_id: int
+    tokens: torch.Tensor  # [k, L] long
+    prompt_len: int
+    response_lens: torch.Tensor  # [k] long
+    rewards: torch.Tensor  # [k] float
+    tags: dict = field(default_factory=dict)  # e.g. {"corrupted": True, "task": "sort"}
+
+    def __post_init__(self):
+        k = self.tokens.shape[0]
+        if k == 0:
+            raise ValueError(f"problem {self.problem_id}: empty group (no rollouts)")
+        if self.rewards.shape != (k,) or self.response_lens.shape != (k,):
+            raise ValueError(
+                f"problem {self.problem_id}: {k} rollouts but rewards {tuple(self.rewards.shape)} "
+                f"and response_lens {tuple(self.response_lens.shape)}"
+            )
+        if not torch.isfinite(self.rewards).all():
+            raise ValueError(
+                f"problem {self.problem_id}: non-finite rewards {self.rewards.tolist()} "
+                "(a reward function returned NaN/inf)"
+            )
+
+    @property
+    def k(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def informative(self) -> bool:
+        return grpo.is_informative(self.rewards)
+
+    @property
+    def pass_rate(self) -> float:
+        """Share of rollouts rewarded (rewards are 0/1 verifier outcomes)."""
+        return float((self.rewards > 0.5).float().mean())
+
+    def token_weights(self, baseline: grpo.Baseline = "mean", normalize_std: bool = False,
+                      aggregation: grpo.Aggregation = "token_mean") -> torch.Tensor:
+        """[k, L] weights w with surrogate loss = Σ w · log π (see grpo.surrogate_weights)."""
+        adv = grpo.group_advantages(self.rewards, baseline, normalize_std)
+        mask = grpo.response_mask(self.prompt_len, self.response_lens, self.tokens.shape[1])
+        return grpo.surrogate_weights(mask, adv, aggregation)
