@@ -1,0 +1,1 @@
+"""Turning per-problem statistics into a choice of problems."""

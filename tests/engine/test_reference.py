@@ -1,0 +1,100 @@
+"""Reference gradient: checkpoint round trip, refresh, empty validation set, refused layouts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import random_problems
+from nemo_gradalign.engine import EmptyReferenceGradient, EngineGroups, GradientEngine, UnsupportedLayout
+from nemo_gradalign.megatron import parallel
+from nemo_gradalign.megatron.model import ModelSpec, build_gpt
+from nemo_gradalign.megatron.step import ProblemRunner
+
+SPEC = ModelSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=32)
+VAL, POOL = random_problems(7, 5), random_problems(8, 8)
+
+
+def _roundtrip_rank(rank, tmp):
+    parallel.init_distributed(parallel.Layout(tp=2))
+    model = build_gpt(SPEC)
+    engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron())
+    run = ProblemRunner(model)
+    reference = engine.build_reference(VAL, run, step=3)
+    before = engine.score(POOL, run, reference)
+    torch.save(reference.state_dict(), f"{tmp}/ref_rank{rank}.pt")
+
+    restored = GradientEngine(model.named_parameters(), EngineGroups.from_megatron())
+    fresh = restored.build_reference(random_problems(99, 3), run)  # a different G...
+    fresh.load_state_dict(torch.load(f"{tmp}/ref_rank{rank}.pt"))  # ...replaced by the saved one
+    after_load = restored.score(POOL, run, fresh)
+
+    with torch.no_grad():  # a weight change: the same G no longer describes the policy
+        for p in model.parameters():
+            p.add_(0.05 * torch.sin(torch.arange(p.numel(), dtype=p.dtype)).reshape(p.shape))
+    stale = restored.score(POOL, run, fresh)
+    assert fresh.needs_refresh(step=13, refresh_every=10) and not fresh.needs_refresh(12, 10)
+    restored.refresh(fresh, VAL, run, step=13)
+    refreshed = restored.score(POOL, run, fresh)
+    if rank == 0:
+        torch.save(dict(before=before, after_load=after_load, stale=stale, refreshed=refreshed,
+                        built=(reference.built_at_step, fresh.built_at_step)), f"{tmp}/out.pt")
+
+
+def test_save_load_gives_identical_scores_and_refresh_changes_them(tmp_path):
+    parallel.spawn(_roundtrip_rank, 2, str(tmp_path))
+    out = torch.load(tmp_path / "out.pt", weights_only=False)
+    assert torch.equal(out["before"].dot, out["after_load"].dot)
+    assert torch.equal(out["before"].sqnorm, out["after_load"].sqnorm)
+    informative = out["before"].informative
+    delta = (out["refreshed"].cosine() - out["before"].cosine())[informative].abs()
+    assert delta.max() > 1e-3, "scores after a weight change + refresh should differ"
+    # the refresh itself matters: the stale G and the refreshed G give different scores
+    assert (out["refreshed"].dot - out["stale"].dot)[informative].abs().max() > 1e-4
+    assert out["built"] == (3, 13)
+
+
+def _empty_rank(rank):
+    parallel.init_distributed(parallel.Layout())
+    model = build_gpt(SPEC)
+    engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron())
+    all_same = [p for p in random_problems(5, 12) if not p.informative]
+    assert all_same
+    with pytest.raises(EmptyReferenceGradient, match="same reward"):
+        engine.build_reference(all_same, ProblemRunner(model))
+
+
+def test_validation_set_without_informative_problem_is_a_clear_error():
+    parallel.spawn(_empty_rank, 1)
+
+
+def _tied_pp_rank(rank):
+    parallel.init_distributed(parallel.Layout(pp=2))
+    model = build_gpt(SPEC.model_copy(update={"tie_embeddings": True}))
+    with pytest.raises(UnsupportedLayout, match="tied across pipeline stages"):
+        GradientEngine(model.named_parameters(), EngineGroups.from_megatron())
+
+
+def test_tied_embeddings_across_pipeline_stages_are_refused():
+    parallel.spawn(_tied_pp_rank, 2)
+
+
+def test_sequence_parallel_parameters_are_refused():
+    """megatron marks SP-partial grads with `sequence_parallel`; the engine refuses them at TP>1."""
+    norm = torch.nn.LayerNorm(4)
+    setattr(norm.weight, "sequence_parallel", True)
+    from nemo_gradalign.engine.rules import counted_params
+
+    with pytest.raises(UnsupportedLayout, match="sequence-parallel"):
+        counted_params(list(norm.named_parameters()), tp_rank=0, tp_size=2, pp_size=1)
+    assert len(counted_params(list(norm.named_parameters()), 0, 1, 1).params) == 2
+
+
+def test_tp_duplicates_are_counted_on_rank_zero_only():
+    from nemo_gradalign.engine.rules import counted_params
+
+    shard, dup = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    setattr(shard, "tensor_model_parallel", True)
+    named = [("shard", shard), ("dup", dup)]
+    assert counted_params(named, 0, 2, 1).names == ["shard", "dup"]
+    assert counted_params(named, 1, 2, 1).names == ["shard"]
