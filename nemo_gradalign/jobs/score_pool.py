@@ -1,0 +1,108 @@
+"""`nemo-gradalign score`: score a pool of problems with every method on a sharded GPT.
+
+Builds the tiny GPT at the chosen TP/PP/DP, warms it up, samples rollouts for a pool (a share of
+it with noisy rewards) and a trusted validation set, builds the validation gradient, scores the
+pool with every method and prints what each would pick.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from nemo_gradalign.config import GradAlignConfig
+from nemo_gradalign.data import tasks
+from nemo_gradalign.engine import EngineGroups, GradientEngine
+from nemo_gradalign.megatron import parallel
+from nemo_gradalign.megatron.model import ModelSpec, build_gpt
+from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
+from nemo_gradalign.selection.scores import METHODS, reference_source, score_problems, top_indices
+from nemo_gradalign.trainer.rollouts import collect_rollouts
+from nemo_gradalign.trainer.warmup import supervised_warmup
+
+
+class ScoreJobConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layout: parallel.Layout = parallel.Layout(tp=2)
+    pool_size: int = Field(64, gt=0)
+    val_size: int = Field(256, gt=0)
+    corrupt_fraction: float = Field(0.5, ge=0, le=1)
+    rollouts: int = Field(8, ge=2)
+    val_rollouts: int = Field(8, ge=2)
+    warmup_steps: int = Field(45, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    seed: int = 0
+    out_dir: str = "runs/score"
+    model: ModelSpec = ModelSpec(vocab_size=tasks.VOCAB_SIZE, max_sequence_length=16)
+    gradalign: GradAlignConfig = GradAlignConfig(enabled=True)
+
+
+def make_sets(cfg: ScoreJobConfig):
+    """Disjoint warm-up, pool and validation problems; the pool partly corrupted."""
+    warm = tasks.generate("sort", 2000, cfg.seed + 1)
+    seen = {tuple(p.digits) for p in warm}
+    pool = tasks.generate("sort", cfg.pool_size, cfg.seed + 2, start_id=0, exclude=seen)
+    seen |= {tuple(p.digits) for p in pool}
+    val = tasks.generate("sort", cfg.val_size, cfg.seed + 3, start_id=100_000, exclude=seen)
+    return warm, tasks.corrupt(pool, cfg.corrupt_fraction, cfg.seed + 4), val
+
+
+def run_rank(rank: int, cfg: ScoreJobConfig) -> dict | None:
+    parallel.init_distributed(cfg.layout, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = build_gpt(cfg.model)
+    warm, pool, val = make_sets(cfg)
+    supervised_warmup(model, warm, cfg.warmup_steps, seed=cfg.seed)
+    pool_r = collect_rollouts(model, pool, cfg.rollouts, cfg.seed, "pool", cfg.temperature)
+    val_r = collect_rollouts(model, val, cfg.val_rollouts, cfg.seed, "val", cfg.temperature)
+
+    ga = cfg.gradalign
+    engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron(), ga.reference_dtype)
+    runner = ProblemRunner(model, LossSettings(ga.advantage.baseline, ga.advantage.normalize_std,
+                                               ga.aggregation), ga.max_rollouts_per_microbatch)
+    t0 = time.perf_counter()
+    stats = {"validation": engine.score(pool_r, runner, engine.build_reference(val_r, runner))}
+    t1 = time.perf_counter()
+    stats["pool"] = engine.score(pool_r, runner, engine.build_reference(pool_r, runner))
+
+    rates = torch.tensor([r.pass_rate for r in pool_r])
+    informative = torch.tensor([r.informative for r in pool_r])
+    keep = max(1, cfg.pool_size // ga.selection_ratio)
+    results = {"config": cfg.model_dump(mode="json"), "keep": keep, "seconds_scoring": t1 - t0,
+               "problems": [{"id": r.problem_id, "text": p.text(), "pass_rate": r.pass_rate,
+                             "corrupted": r.tags["corrupted"], "informative": r.informative}
+                            for r, p in zip(pool_r, pool)],
+               "methods": {}}
+    for method in METHODS:
+        source = reference_source(method)
+        scores = score_problems(method, rates, informative, stats.get(source),
+                                torch.Generator().manual_seed(cfg.seed), ga.uninformative,
+                                ga.acc_low, ga.acc_high)
+        results["methods"][method] = {"scores": scores.tolist(), "picked": top_indices(scores, keep)}
+    if rank != 0:
+        return None
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "score_results.json").write_text(json.dumps(results, indent=1))
+    from nemo_gradalign.jobs.score_report import print_report
+
+    print_report(results, out / "score_results.json")
+    return results
+
+
+def main(cfg: ScoreJobConfig) -> None:
+    """Run on torchrun/srun ranks if launched that way, else spawn the layout's ranks locally."""
+    import os
+
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        try:
+            run_rank(int(os.environ["RANK"]), cfg)
+        finally:
+            parallel.shutdown()
+    else:
+        parallel.spawn(run_rank, cfg.layout.world_size, cfg)

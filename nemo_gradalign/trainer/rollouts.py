@@ -1,0 +1,66 @@
+"""Rollout collection: sample k responses per problem, reward them, pack them for scoring.
+
+Randomness is keyed by (seed, salt, problem id), so a problem's rollouts and rewards are the
+same whatever the layout (TP/PP/DP) or batch they were generated in.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+import torch.distributed as dist
+
+from nemo_gradalign.data import tasks
+from nemo_gradalign.megatron.generate import sample
+from nemo_gradalign.rollouts import ProblemRollouts
+
+
+def _keyed_generator(seed: int, salt: str, problem_id: int) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{salt}/{problem_id}".encode()))
+
+
+def _dp_share(items: list, dp_rank: int, dp_size: int) -> list:
+    return items[dp_rank::dp_size]
+
+
+def collect_rollouts(model, problems: list[tasks.Problem], k: int, seed: int, salt: str,
+                     temperature: float = 1.0) -> list[ProblemRollouts]:
+    """k rollouts per problem, rewarded; every rank returns all problems, in the given order.
+
+    Data-parallel replicas each generate their share, then exchange the results.
+    """
+    from megatron.core import parallel_state as ps
+
+    dp_size, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    mine = _dp_share(problems, dp_rank, dp_size)
+    local = _generate(model, mine, k, seed, salt, temperature) if mine else []
+    if dp_size == 1:
+        return local
+    shares = [None] * dp_size
+    dist.all_gather_object(shares, local, group=ps.get_data_parallel_group())
+    ordered = [None] * len(problems)
+    for rank, share in enumerate(shares):
+        ordered[rank::dp_size] = share
+    return ordered
+
+
+def _generate(model, problems, k, seed, salt, temperature) -> list[ProblemRollouts]:
+    prompt_lens = {len(p.prompt) for p in problems}
+    if len(prompt_lens) != 1:
+        raise ValueError(f"problems in one batch must share a prompt length, got {sorted(prompt_lens)}")
+    prompts = torch.tensor([p.prompt for p in problems for _ in range(k)], dtype=torch.long)
+    gens = [_keyed_generator(seed, salt, p.problem_id) for p in problems]
+    uniforms = torch.cat([torch.rand(k, tasks.ANSWER_LEN, generator=g) for g in gens])
+    tokens = sample(model, prompts, uniforms, temperature, allowed=tasks.digit_tokens())
+    prompt_len = prompts.shape[1]
+    out = []
+    for i, (problem, gen) in enumerate(zip(problems, gens)):
+        rows = tokens[i * k:(i + 1) * k]
+        rewards = torch.tensor([tasks.reward(problem, r[prompt_len:].tolist(), gen) for r in rows])
+        out.append(ProblemRollouts(
+            problem.problem_id, rows, prompt_len,
+            torch.full((k,), tasks.ANSWER_LEN, dtype=torch.long), rewards,
+            tags={"task": problem.task, "corrupted": bool(problem.tags.get("corrupted"))},
+        ))
+    return out
