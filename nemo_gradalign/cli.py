@@ -5,17 +5,32 @@ from __future__ import annotations
 import argparse
 import sys
 
+# flag -> ScoreJobConfig field; defaults live in the config model only
+_SCORE_FLAGS = {
+    "pool_size": "problems in the candidate pool",
+    "val_size": "problems in the trusted validation set",
+    "rollouts": "rollouts per pool problem",
+    "val_rollouts": "rollouts per validation problem",
+    "corrupt_fraction": "share of pool problems whose reward is Bernoulli(0.5) noise",
+    "warmup_steps": "supervised warm-up steps before scoring",
+    "temperature": "sampling temperature",
+    "seed": "seed for data, sampling and rewards",
+    "out_dir": "where score_results.json goes",
+}
+
 
 def _score(args) -> None:
+    from pydantic import ValidationError
+
+    from nemo_gradalign.config import format_validation_error
     from nemo_gradalign.jobs import score_pool
     from nemo_gradalign.megatron.parallel import Layout
 
-    cfg = score_pool.ScoreJobConfig(
-        layout=Layout(tp=args.tp, pp=args.pp, dp=args.dp), pool_size=args.pool_size,
-        val_size=args.val_size, corrupt_fraction=args.corrupt_fraction, rollouts=args.rollouts,
-        val_rollouts=args.val_rollouts, warmup_steps=args.warmup_steps, seed=args.seed,
-        out_dir=args.out,
-    )
+    given = {k: getattr(args, k) for k in _SCORE_FLAGS if getattr(args, k) is not None}
+    try:
+        cfg = score_pool.ScoreJobConfig(layout=Layout(tp=args.tp, pp=args.pp, dp=args.dp), **given)
+    except ValidationError as err:
+        raise ValueError(format_validation_error(err, "score")) from None
     score_pool.main(cfg)
 
 
@@ -27,21 +42,19 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nemo_gradalign.jobs.score_pool import ScoreJobConfig
+
     parser = argparse.ArgumentParser(prog="nemo-gradalign", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     score = sub.add_parser("score", help="score a generated pool with every method on a sharded GPT")
     score.add_argument("--tp", type=_positive, default=2, help="tensor-parallel size (default 2)")
-    score.add_argument("--pp", type=_positive, default=1, help="pipeline-parallel size")
-    score.add_argument("--dp", type=_positive, default=1, help="data-parallel size")
-    score.add_argument("--pool-size", type=_positive, default=64)
-    score.add_argument("--val-size", type=_positive, default=256)
-    score.add_argument("--rollouts", type=_positive, default=8, help="rollouts per pool problem")
-    score.add_argument("--val-rollouts", type=_positive, default=8)
-    score.add_argument("--corrupt-fraction", type=float, default=0.5,
-                       help="share of pool problems whose reward is Bernoulli(0.5) noise")
-    score.add_argument("--warmup-steps", type=int, default=45)
-    score.add_argument("--seed", type=int, default=0)
-    score.add_argument("--out", default="runs/score")
+    score.add_argument("--pp", type=_positive, default=1, help="pipeline-parallel size (default 1)")
+    score.add_argument("--dp", type=_positive, default=1, help="data-parallel size (default 1)")
+    fields = ScoreJobConfig.model_fields
+    for name, help_text in _SCORE_FLAGS.items():
+        kind = fields[name].annotation
+        score.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
+                           help=f"{help_text} (default {fields[name].default})")
     score.set_defaults(func=_score)
     return parser
 

@@ -76,7 +76,7 @@ def format_validation_error(err: ValidationError, root: str) -> str:
         path = ".".join([root, *(str(p) for p in e["loc"])])
         given = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
         lines.append(f"{path}: {e['msg']}{given}")
-    return "invalid recipe:\n  " + "\n  ".join(lines)
+    return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
 def parse_gradalign(block: Any, root: str = "gradalign") -> GradAlignConfig:

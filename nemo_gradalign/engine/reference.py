@@ -18,6 +18,13 @@ from nemo_gradalign.engine.rules import CountedParams
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def _views(flat: torch.Tensor, params):
+    offset = 0
+    for p in params:
+        yield flat[offset:offset + p.numel()].view(p.shape)
+        offset += p.numel()
+
+
 class EmptyReferenceGradient(ValueError):
     """The validation gradient is zero: no validation problem had reward variance."""
 
@@ -29,7 +36,11 @@ class ReferenceGradient:
         self.names = list(counted.names)
         self.groups = groups
         self.dtype = DTYPES[dtype]
-        self.buffers = [torch.zeros_like(p, dtype=self.dtype) for p in counted.params]
+        device = counted.params[0].device if counted.params else torch.device("cpu")
+        # one flat tensor, the per-parameter buffers are views of it: a problem's dot with G is
+        # then a single kernel when the grads are flat too (engine/flat.py)
+        self.flat = torch.zeros(sum(p.numel() for p in counted.params), dtype=self.dtype, device=device)
+        self.buffers = list(_views(self.flat, counted.params))
         self.norm = 0.0  # ‖G‖ before normalisation (for logging)
         self.built_at_step: int | None = None
 

@@ -14,6 +14,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 import torch.distributed as dist
 
+from nemo_gradalign.engine.flat import FlatGradients, can_flatten
 from nemo_gradalign.engine.grads import local_grad, zero_grads
 from nemo_gradalign.engine.groups import EngineGroups
 from nemo_gradalign.engine.reference import ReferenceGradient
@@ -55,6 +56,16 @@ class GradientEngine:
         self.counted = counted_params(named_params, groups.tp_rank, groups.tp_size, groups.pp_size)
         self.reference_dtype = reference_dtype
         self.device = self.params[0].device if self.params else torch.device("cpu")
+        counted_ids = {id(p) for p in self.counted.params}
+        others = [p for p in self.params if id(p) not in counted_ids]
+        self.flat = FlatGradients(self.counted.params, others) if can_flatten(self.params) else None
+
+    def _zero(self) -> None:
+        if self.flat is not None:
+            self.flat.install()
+            self.flat.zero()
+        else:
+            zero_grads(self.params)
 
     def _local_share(self, n: int) -> range:
         return range(self.groups.dp_rank, n, self.groups.dp_size)
@@ -68,16 +79,20 @@ class GradientEngine:
 
     def refresh(self, reference: ReferenceGradient, problems: Sequence[Problem],
                 run_problem: RunProblem, step: int) -> None:
-        zero_grads(self.params)
+        self._zero()
         for i in self._local_share(len(problems)):
             if problems[i].informative:
                 run_problem(problems[i])
         try:
             reference.set_from_grads(self.counted, step)
         finally:
-            zero_grads(self.params)
+            self._zero()
 
     def _partials(self, reference: ReferenceGradient) -> torch.Tensor:
+        if self.flat is not None:
+            grads = self.flat.counted
+            ref = reference.flat if reference.flat.dtype == grads.dtype else reference.flat.to(grads.dtype)
+            return torch.stack([torch.dot(grads, ref), torch.dot(grads, grads)]).double()
         dot = torch.zeros((), dtype=torch.float64, device=self.device)
         sq = torch.zeros((), dtype=torch.float64, device=self.device)
         for param, ref in zip(self.counted.params, reference.buffers):
@@ -98,13 +113,13 @@ class GradientEngine:
         dp = self.groups.dp_size
         per_rank = -(-n // dp) if n else 0
         local = torch.zeros(per_rank, 2, dtype=torch.float64, device=self.device)
-        zero_grads(self.params)
+        self._zero()
         for slot, i in enumerate(self._local_share(n)):
             if not problems[i].informative:
                 continue  # g_i = 0 exactly: no backward needed
             run_problem(problems[i])
             local[slot] = self._partials(reference)
-            zero_grads(self.params)
+            self._zero()
         self.groups.sum_model_parallel(local)
         gathered = self._gather_data_parallel(local).cpu()
         order = torch.tensor([gathered_index(i, dp, per_rank) for i in range(n)], dtype=torch.long)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nemo_gradalign.config import GradAlignConfig
 from nemo_gradalign.data import tasks
@@ -40,6 +40,16 @@ class ScoreJobConfig(BaseModel):
     out_dir: str = "runs/score"
     model: ModelSpec = ModelSpec(vocab_size=tasks.VOCAB_SIZE, max_sequence_length=16)
     gradalign: GradAlignConfig = GradAlignConfig(enabled=True)
+
+    @model_validator(mode="after")
+    def _layout_fits_model(self):
+        m, lay = self.model, self.layout
+        if m.num_layers % lay.pp:
+            raise ValueError(f"layout.pp={lay.pp} must divide model.num_layers={m.num_layers}")
+        if m.num_attention_heads % lay.tp or m.vocab_size % lay.tp:
+            raise ValueError(f"layout.tp={lay.tp} must divide model.num_attention_heads="
+                             f"{m.num_attention_heads} and model.vocab_size={m.vocab_size}")
+        return self
 
 
 def make_sets(cfg: ScoreJobConfig):
