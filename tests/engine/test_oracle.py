@@ -29,9 +29,18 @@ def _oracle_rank(rank, out):
     torch.save(results, out)
 
 
-def _engine_rank(rank, layout, out):
+def _wrap_ddp(model):
+    """megatron's DDP: grads land in `main_grad` views of its contiguous buffer."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    return DistributedDataParallel(model.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
+
+
+def _engine_rank(rank, layout, out, ddp=False):
     parallel.init_distributed(layout)
     model = build_gpt(SPEC)
+    if ddp:
+        model = _wrap_ddp(model)
     engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron())
     results = {}
     for name, s in SETTINGS.items():
@@ -53,8 +62,17 @@ def oracle(tmp_path_factory):
     parallel.Layout(tp=2), parallel.Layout(pp=2), parallel.Layout(tp=2, pp=2), parallel.Layout(dp=2),
 ], ids=str)
 def test_engine_matches_oracle(layout, oracle, tmp_path):
+    _check_against_oracle(layout, oracle, tmp_path, ddp=False)
+
+
+def test_engine_reads_megatron_ddp_main_grad(oracle, tmp_path):
+    """With megatron's DDP wrapper (grads in main_grad, DP=2 x TP=2) the scores are the same."""
+    _check_against_oracle(parallel.Layout(tp=2, dp=2), oracle, tmp_path, ddp=True)
+
+
+def _check_against_oracle(layout, oracle, tmp_path, ddp):
     out = tmp_path / "engine.pt"
-    parallel.spawn(_engine_rank, layout.world_size, layout, str(out))
+    parallel.spawn(_engine_rank, layout.world_size, layout, str(out), ddp)
     results = torch.load(out)
     for name in SETTINGS:
         dot, sq, cos = results[name]
