@@ -60,12 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nemo_gradalign.megatron.cpu_shim import quiet_expected_warnings
+
+    quiet_expected_warnings()
     args = build_parser().parse_args(argv)
+    from nemo_gradalign.megatron.parallel import RankFailed
+
     try:
         args.func(args)
     except ValueError as err:  # config errors carry the field name
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RankFailed as err:  # the full traceback is in err; the last line says what went wrong
+        print(f"error: {err.summary}", file=sys.stderr)
+        return 1
     return 0
 
 

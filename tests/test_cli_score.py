@@ -40,3 +40,11 @@ def test_score_job_rejects_bad_arguments(tmp_path):
     assert proc.returncode == 2 and "score.corrupt_fraction" in proc.stderr and "1.5" in proc.stderr
     proc = _run(["--tp", "0"], tmp_path)
     assert proc.returncode == 2 and "--tp" in proc.stderr and "positive" in proc.stderr
+
+
+def test_untrained_policy_gives_a_clear_empty_validation_gradient_error(tmp_path):
+    """No warm-up: every rollout is wrong, so no validation problem has a gradient."""
+    proc = _run(["--pool-size", "4", "--val-size", "4", "--warmup-steps", "0"], tmp_path)
+    assert proc.returncode == 1
+    assert "EmptyReferenceGradient" in proc.stderr and "same reward" in proc.stderr
+    assert "Traceback" not in proc.stderr

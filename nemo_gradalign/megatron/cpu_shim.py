@@ -57,3 +57,27 @@ def device_context():
     every torch call, which the scoring loops should not pay.
     """
     return _CudaToCpu() if needed() else contextlib.nullcontext()
+
+
+# Fallback notices megatron-core prints on every CPU rank; expected here, noise to a user.
+EXPECTED_CPU_WARNINGS = (
+    "Apex is not installed",
+    "Transformer Engine and Apex are not installed",
+    "When using async grad allreduce",
+    "full scope is deprecated",
+)
+
+
+def quiet_expected_warnings() -> None:
+    """Hide megatron-core's CPU fallback notices here and in ranks spawned from here."""
+    import os
+    import warnings
+
+    if not needed():
+        return
+    for prefix in EXPECTED_CPU_WARNINGS:
+        warnings.filterwarnings("ignore", message=prefix)
+    extra = ",".join(f"ignore:{p}" for p in EXPECTED_CPU_WARNINGS)
+    current = os.environ.get("PYTHONWARNINGS")
+    if extra not in (current or ""):
+        os.environ["PYTHONWARNINGS"] = f"{current},{extra}" if current else extra

@@ -77,6 +77,21 @@ def _rank_entry(rank: int, world: int, port: int, fn, args) -> None:
         shutdown()
 
 
+class RankFailed(RuntimeError):
+    """A spawned rank raised; ``summary`` is its exception line, str() the whole traceback."""
+
+    def __init__(self, rank: int, traceback_text: str):
+        lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
+        self.summary = f"rank {rank}: {lines[-1] if lines else 'failed'}"
+        super().__init__(traceback_text)
+
+
 def spawn(fn, world: int, *args) -> None:
     """Run ``fn(rank, *args)`` on ``world`` local processes (gloo on CPU); re-raises rank errors."""
-    mp.spawn(_rank_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+    from nemo_gradalign.megatron.cpu_shim import quiet_expected_warnings
+
+    quiet_expected_warnings()
+    try:
+        mp.spawn(_rank_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+    except mp.ProcessRaisedException as err:
+        raise RankFailed(err.error_index, str(err)) from None
