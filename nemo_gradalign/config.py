@@ -6,6 +6,7 @@ and the value that was given, so a typo in a 500-line recipe is found at once.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -73,7 +74,7 @@ class GradAlignConfig(_Strict):
 def format_validation_error(err: ValidationError, root: str) -> str:
     lines = []
     for e in err.errors():
-        path = ".".join([root, *(str(p) for p in e["loc"])])
+        path = ".".join([*([root] if root else []), *(str(p) for p in e["loc"])]) or "(top level)"
         given = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
         lines.append(f"{path}: {e['msg']}{given}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
@@ -93,3 +94,52 @@ def parse_gradalign(block: Any, root: str = "gradalign") -> GradAlignConfig:
         return GradAlignConfig.model_validate(block)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, root)) from None
+
+
+def load_yaml_with_defaults(path: str | Path):
+    """NeMo RL's ``load_config_with_inheritance``: a ``defaults:`` key (a path or a list of paths,
+    relative to the file) names parents that are loaded first and merged under this file."""
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    cfg = OmegaConf.load(path)
+    parents = cfg.pop("defaults", None) if "defaults" in cfg else None
+    if parents is None:
+        return cfg
+    parents = [parents] if isinstance(parents, str) else list(parents)
+    merged = OmegaConf.create()
+    for parent in parents:
+        parent_path = Path(parent) if Path(parent).is_absolute() else path.parent / parent
+        merged = OmegaConf.merge(merged, load_yaml_with_defaults(parent_path))
+    return OmegaConf.merge(merged, cfg)
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """Hydra-syntax command-line overrides, as NeMo RL's ``parse_hydra_overrides`` applies them:
+    struct mode, so ``key=value`` must name an existing key and ``++key=value`` adds one."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+    from omegaconf import OmegaConf
+
+    if not overrides:
+        return cfg
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides=list(overrides))
+        OmegaConf.set_struct(cfg, True)
+        ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)
+    except (ConfigCompositionException, OverrideParseException) as err:
+        raise ConfigError(f"bad override {' '.join(overrides)!r}: {err}") from None
+    finally:
+        OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """A recipe as a plain dict: inheritance, then overrides, then interpolations resolved."""
+    from omegaconf import OmegaConf
+
+    cfg = apply_overrides(load_yaml_with_defaults(path), overrides or [])
+    return OmegaConf.to_container(cfg, resolve=True)

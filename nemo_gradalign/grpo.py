@@ -89,3 +89,17 @@ def surrogate_weights(
 def policy_surrogate(logprobs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """On-policy GRPO loss (ratio 1, no clip, no KL); its gradient is the problem's g_i."""
     return (weights.to(logprobs.dtype) * logprobs).sum()
+
+
+def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                      token_scale: torch.Tensor, clip_min: float = 0.2, clip_max: float = 0.2) -> torch.Tensor:
+    """PPO/GRPO training loss: -Σ min(ρ·A, clip(ρ, 1-clip_min, 1+clip_max)·A) · token_scale.
+
+    ``advantages`` is per token (the rollout's A on its response tokens), ``token_scale`` the mask
+    divided by the batch's response-token count (token mean). At ρ = 1 its gradient is the
+    on-policy surrogate's.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_min, 1.0 + clip_max) * advantages
+    return -(torch.minimum(unclipped, clipped) * token_scale).sum()

@@ -15,10 +15,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nemo_gradalign.config import GradAlignConfig
-from nemo_gradalign.data import tasks
+from nemo_gradalign.data import regimes, tasks
 from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.megatron import parallel
-from nemo_gradalign.megatron.model import ModelSpec, build_gpt
+from nemo_gradalign.megatron.model import ModelSpec
+from nemo_gradalign.megatron.policy import Policy
 from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
 from nemo_gradalign.selection.scores import METHODS, reference_source, score_problems, top_indices
 from nemo_gradalign.trainer.rollouts import collect_rollouts
@@ -34,11 +35,11 @@ class ScoreJobConfig(BaseModel):
     corrupt_fraction: float = Field(0.5, ge=0, le=1)
     rollouts: int = Field(8, ge=2)
     val_rollouts: int = Field(8, ge=2)
-    warmup_steps: int = Field(45, ge=0)
+    warmup_steps: int = Field(150, ge=0)
     temperature: float = Field(1.0, gt=0)
     seed: int = 0
     out_dir: str = "runs/score"
-    model: ModelSpec = ModelSpec(vocab_size=tasks.VOCAB_SIZE, max_sequence_length=16)
+    model: ModelSpec = ModelSpec(vocab_size=tasks.VOCAB_SIZE, max_sequence_length=tasks.MAX_SEQUENCE)
     gradalign: GradAlignConfig = GradAlignConfig(enabled=True)
 
     @model_validator(mode="after")
@@ -52,27 +53,26 @@ class ScoreJobConfig(BaseModel):
         return self
 
 
-def make_sets(cfg: ScoreJobConfig):
-    """Disjoint warm-up, pool and validation problems; the pool partly corrupted."""
-    warm = tasks.generate("sort", 2000, cfg.seed + 1)
-    seen = {tuple(p.digits) for p in warm}
-    pool = tasks.generate("sort", cfg.pool_size, cfg.seed + 2, start_id=0, exclude=seen)
-    seen |= {tuple(p.digits) for p in pool}
-    val = tasks.generate("sort", cfg.val_size, cfg.seed + 3, start_id=100_000, exclude=seen)
-    return warm, tasks.corrupt(pool, cfg.corrupt_fraction, cfg.seed + 4), val
+def make_sets(cfg: ScoreJobConfig) -> regimes.TaskSets:
+    """Disjoint warm-up, pool and validation problems (noisy regime); no evaluation set needed."""
+    return regimes.build(regimes.DataConfig(
+        regime="noisy", pool_size=cfg.pool_size, validation_size=cfg.val_size, eval_size=1,
+        corrupt_fraction=cfg.corrupt_fraction, seed=cfg.seed))
 
 
 def run_rank(rank: int, cfg: ScoreJobConfig) -> dict | None:
     parallel.init_distributed(cfg.layout, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = build_gpt(cfg.model)
-    warm, pool, val = make_sets(cfg)
-    supervised_warmup(model, warm, cfg.warmup_steps, seed=cfg.seed)
+    policy = Policy(cfg.model)
+    model = policy.model
+    sets = make_sets(cfg)
+    pool, val = sets.pool, sets.validation
+    supervised_warmup(policy, sets.warmup, cfg.warmup_steps, seed=cfg.seed)
     pool_r = collect_rollouts(model, pool, cfg.rollouts, cfg.seed, "pool", cfg.temperature)
     val_r = collect_rollouts(model, val, cfg.val_rollouts, cfg.seed, "val", cfg.temperature)
 
     ga = cfg.gradalign
-    engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron(), ga.reference_dtype)
+    engine = GradientEngine(policy.named_parameters(), EngineGroups.from_megatron(), ga.reference_dtype)
     runner = ProblemRunner(model, LossSettings(ga.advantage.baseline, ga.advantage.normalize_std,
                                                ga.aggregation), ga.max_rollouts_per_microbatch)
     t0 = time.perf_counter()
@@ -85,7 +85,7 @@ def run_rank(rank: int, cfg: ScoreJobConfig) -> dict | None:
     keep = max(1, cfg.pool_size // ga.selection_ratio)
     results = {"config": cfg.model_dump(mode="json"), "keep": keep, "seconds_scoring": t1 - t0,
                "problems": [{"id": r.problem_id, "text": p.text(), "pass_rate": r.pass_rate,
-                             "corrupted": r.tags["corrupted"], "informative": r.informative}
+                             "corrupted": bool(r.tags.get("corrupted")), "informative": r.informative}
                             for r, p in zip(pool_r, pool)],
                "methods": {}}
     for method in METHODS:

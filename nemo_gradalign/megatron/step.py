@@ -46,14 +46,19 @@ LossFn = Callable[[torch.Tensor, dict], torch.Tensor]  # (model output, microbat
 
 
 def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn: LossFn | None,
-                     forward_only: bool = False) -> list:
+                     forward_only: bool = False, finalize_grads: bool = False) -> list:
     """One call of megatron's forward_backward_func over ``microbatches``.
 
     Each microbatch holds ``tokens`` [b, L] and, for a loss, ``labels`` [b, L]. ``loss_fn`` maps
     the last stage's output (per-token CE when labels are given, else vocab-parallel logits) to
-    the microbatch's share of the total loss; it is not averaged over microbatches. Returns, on
-    the last stage, what ``loss_fn`` put in each microbatch's dict under "out" (else []).
+    the microbatch's share of the total loss; it is not averaged over microbatches. Without a
+    ``loss_fn`` the raw outputs come back. Returns, on the last stage, one entry per microbatch
+    (else []). ``finalize_grads`` runs megatron's ``finalize_model_grads`` at the end (DP
+    all-reduce, tied-embedding sync) — for training steps; scoring must leave grads local.
     """
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.utils import get_model_config
+
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     n_mb = len(microbatches)
@@ -76,6 +81,8 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
 
         return output, loss_func
 
+    config = get_model_config(model)
+    config.finalize_model_grads_func = finalize_model_grads if finalize_grads else None
     with cpu_shim.device_context():
         results = get_forward_backward_func()(
             forward_step_func=forward_step,
@@ -86,6 +93,7 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
             micro_batch_size=batch,
             forward_only=forward_only,
         )
+    config.finalize_model_grads_func = None
     return [r["out"] for r in results]
 
 

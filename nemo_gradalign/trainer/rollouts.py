@@ -34,7 +34,7 @@ def collect_rollouts(model, problems: list[tasks.Problem], k: int, seed: int, sa
 
     dp_size, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     mine = _dp_share(problems, dp_rank, dp_size)
-    local = _generate(model, mine, k, seed, salt, temperature) if mine else []
+    local = _generate_by_shape(model, mine, k, seed, salt, temperature)
     if dp_size == 1:
         return local
     shares = [None] * dp_size
@@ -45,22 +45,32 @@ def collect_rollouts(model, problems: list[tasks.Problem], k: int, seed: int, sa
     return ordered
 
 
+def _generate_by_shape(model, problems, k, seed, salt, temperature) -> list[ProblemRollouts]:
+    """Batch problems of one (prompt, answer) shape together; keep the given order.
+
+    Every model-parallel rank holds the same problems, so all walk the shapes in the same order.
+    """
+    out: dict[int, ProblemRollouts] = {}
+    for shape in sorted({p.shape for p in problems}):
+        idx = [i for i, p in enumerate(problems) if p.shape == shape]
+        for i, r in zip(idx, _generate(model, [problems[i] for i in idx], k, seed, salt, temperature)):
+            out[i] = r
+    return [out[i] for i in range(len(problems))]
+
+
 def _generate(model, problems, k, seed, salt, temperature) -> list[ProblemRollouts]:
-    prompt_lens = {len(p.prompt) for p in problems}
-    if len(prompt_lens) != 1:
-        raise ValueError(f"problems in one batch must share a prompt length, got {sorted(prompt_lens)}")
+    prompt_len, answer_len = problems[0].shape
     prompts = torch.tensor([p.prompt for p in problems for _ in range(k)], dtype=torch.long)
     gens = [_keyed_generator(seed, salt, p.problem_id) for p in problems]
-    uniforms = torch.cat([torch.rand(k, tasks.ANSWER_LEN, generator=g) for g in gens])
+    uniforms = torch.cat([torch.rand(k, answer_len, generator=g) for g in gens])
     tokens = sample(model, prompts, uniforms, temperature, allowed=tasks.digit_tokens())
-    prompt_len = prompts.shape[1]
     out = []
     for i, (problem, gen) in enumerate(zip(problems, gens)):
         rows = tokens[i * k:(i + 1) * k]
         rewards = torch.tensor([tasks.reward(problem, r[prompt_len:].tolist(), gen) for r in rows])
         out.append(ProblemRollouts(
             problem.problem_id, rows, prompt_len,
-            torch.full((k,), tasks.ANSWER_LEN, dtype=torch.long), rewards,
-            tags={"task": problem.task, "corrupted": bool(problem.tags.get("corrupted"))},
+            torch.full((k,), answer_len, dtype=torch.long), rewards,
+            tags={"op": problem.op, **problem.tags},
         ))
     return out

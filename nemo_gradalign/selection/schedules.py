@@ -1,0 +1,95 @@
+"""When to select and what to train on. Both schedules are Stateful (state_dict/load_state_dict),
+so a resumed run continues exactly where it stopped.
+
+- RoundSchedule (the paper's): shuffle the pool once (seeded), cut it into chunks of M; each round
+  scores chunk ``round mod C`` with fresh rollouts, keeps the top M/q, and trains T steps on them,
+  B problems a step, reshuffling the kept set each pass (the official code's epochs over it).
+- StepSchedule (online): every step draws q·N candidates from a shuffled pass over the pool,
+  scores them once and trains on the top N **reusing their rollouts**.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _permutation(n: int, seed: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+class RoundSchedule:
+    def __init__(self, pool_size: int, chunk_size: int, keep: int, steps_per_round: int,
+                 batch_size: int, seed: int):
+        if chunk_size > pool_size:
+            raise ValueError(f"gradalign.chunk_size={chunk_size} exceeds the pool ({pool_size} problems)")
+        self.order = _permutation(pool_size, seed)
+        self.chunk_size, self.keep, self.steps_per_round = chunk_size, keep, steps_per_round
+        self.batch_size, self.seed = batch_size, seed
+        self.num_chunks = pool_size // chunk_size  # the remainder is dropped, as officially
+        self.selected: list[int] = []
+
+    reuses_selection_rollouts = False
+
+    def round_of(self, step: int) -> int:
+        return step // self.steps_per_round
+
+    def candidates(self, step: int) -> list[int] | None:
+        """The chunk to score when ``step`` opens a round, else None."""
+        if step % self.steps_per_round:
+            return None
+        c = self.round_of(step) % self.num_chunks
+        return self.order[c * self.chunk_size:(c + 1) * self.chunk_size]
+
+    def set_selection(self, problem_ids: list[int]) -> None:
+        self.selected = list(problem_ids)
+
+    def batch(self, step: int) -> list[int]:
+        """B problems of the kept set for this step: epochs over it, each freshly shuffled."""
+        if not self.selected:
+            return []
+        within = step % self.steps_per_round
+        start = within * self.batch_size
+        picks = []
+        while len(picks) < min(self.batch_size, len(self.selected)) :
+            epoch = (start + len(picks)) // len(self.selected)
+            perm = _permutation(len(self.selected), self.seed * 7919 + self.round_of(step) * 101 + epoch)
+            picks.append(self.selected[perm[(start + len(picks)) % len(self.selected)]])
+        return picks
+
+    def state_dict(self) -> dict:
+        return {"selected": list(self.selected)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.selected = list(state["selected"])
+
+
+class StepSchedule:
+    def __init__(self, pool_size: int, draw: int, keep: int, seed: int):
+        if draw > pool_size:
+            raise ValueError(f"a step draws {draw} problems (q·N) but the pool has {pool_size}")
+        self.pool_size, self.draw, self.keep, self.seed = pool_size, draw, keep, seed
+        self.cursor = 0  # position in the endless sequence of shuffled passes over the pool
+        self.selected: list[int] = []
+
+    reuses_selection_rollouts = True
+
+    def _at(self, position: int) -> int:
+        epoch, offset = divmod(position, self.pool_size)
+        return _permutation(self.pool_size, self.seed * 7919 + epoch)[offset]
+
+    def candidates(self, step: int) -> list[int]:
+        ids = [self._at(self.cursor + i) for i in range(self.draw)]
+        self.cursor += self.draw
+        return ids
+
+    def set_selection(self, problem_ids: list[int]) -> None:
+        self.selected = list(problem_ids)
+
+    def batch(self, step: int) -> list[int]:
+        return list(self.selected)
+
+    def state_dict(self) -> dict:
+        return {"cursor": self.cursor, "selected": list(self.selected)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursor, self.selected = int(state["cursor"]), list(state["selected"])

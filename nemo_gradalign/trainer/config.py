@@ -1,0 +1,98 @@
+"""The embedded recipe: NeMo RL's top-level shape (grpo, loss_fn, policy, data, checkpointing,
+logger) plus the ``gradalign:`` block, validated with field-named errors."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nemo_gradalign.config import ConfigError, GradAlignConfig, format_validation_error, load_recipe
+from nemo_gradalign.data import tasks
+from nemo_gradalign.data.regimes import DataConfig
+from nemo_gradalign.megatron.model import ModelSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GRPOConfig(_Strict):
+    num_prompts_per_step: int = Field(16, gt=0, description="N: problems trained on per step")
+    num_generations_per_prompt: int = Field(8, ge=2, description="G: rollouts per problem")
+    max_num_steps: int = Field(160, gt=0)
+    normalize_rewards: bool = True
+    use_leave_one_out_baseline: bool = False
+    val_period: int = Field(20, gt=0, description="evaluate every n steps (and at 0 and the end)")
+    val_generations: int = Field(2, gt=0, description="samples per evaluation problem")
+    seed: int = 0
+
+
+class LossConfig(_Strict):
+    ratio_clip_min: float = Field(0.2, ge=0)
+    ratio_clip_max: float = Field(0.2, ge=0)
+    inner_epochs: int = Field(2, gt=0, description="optimizer steps per GRPO step (μ)")
+
+
+class WarmupConfig(_Strict):
+    steps: int = Field(150, ge=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(1e-3, gt=0)
+
+
+class OptimizerConfig(_Strict):
+    optimizer: str = "adam"
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.99, ge=0, lt=1)
+
+
+class MegatronConfig(_Strict):
+    enabled: bool = True
+    tensor_model_parallel_size: int = Field(1, gt=0)
+    pipeline_model_parallel_size: int = Field(1, gt=0)
+    optimizer: OptimizerConfig = OptimizerConfig()
+
+
+class GenerationConfig(_Strict):
+    temperature: float = Field(1.0, gt=0)
+
+
+class PolicyConfig(_Strict):
+    model: ModelSpec = ModelSpec(vocab_size=tasks.VOCAB_SIZE, max_sequence_length=tasks.MAX_SEQUENCE)
+    warmup: WarmupConfig = WarmupConfig()
+    generation: GenerationConfig = GenerationConfig()
+    megatron_cfg: MegatronConfig = MegatronConfig()
+    max_rollouts_per_microbatch: int | None = Field(None, gt=0)
+
+
+class CheckpointingConfig(_Strict):
+    enabled: bool = True
+    checkpoint_dir: str = "runs/embedded/checkpoints"
+    save_period: int = Field(10, gt=0)
+    keep_top_k: int = Field(3, gt=0)
+    metric_name: str = "val:accuracy"
+
+
+class LoggerConfig(_Strict):
+    log_dir: str = "runs/embedded"
+
+
+class EmbeddedRecipe(_Strict):
+    grpo: GRPOConfig = GRPOConfig()
+    loss_fn: LossConfig = LossConfig()
+    policy: PolicyConfig = PolicyConfig()
+    data: DataConfig = DataConfig()
+    checkpointing: CheckpointingConfig = CheckpointingConfig()
+    logger: LoggerConfig = LoggerConfig()
+    gradalign: GradAlignConfig = GradAlignConfig()
+
+
+def parse_recipe(raw: dict) -> EmbeddedRecipe:
+    try:
+        return EmbeddedRecipe.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "")) from None
+
+
+def load_embedded_recipe(path, overrides: list[str] | None = None) -> EmbeddedRecipe:
+    return parse_recipe(load_recipe(path, overrides))
