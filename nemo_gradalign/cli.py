@@ -34,6 +34,20 @@ def _score(args) -> None:
     score_pool.main(cfg)
 
 
+def _train(args) -> None:
+    from nemo_gradalign.jobs import train
+    from nemo_gradalign.trainer.config import load_embedded_recipe
+
+    train.main(load_embedded_recipe(args.config, args.overrides), args.resume, args.ranks)
+
+
+def _demo(args) -> None:
+    from nemo_gradalign.jobs import demo
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    demo.run_demo(args.regime, args.methods.split(","), seeds, args.out_dir, args.workers, args.overrides)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -56,6 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
         score.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
                            help=f"{help_text} (default {fields[name].default})")
     score.set_defaults(func=_score)
+
+    train = sub.add_parser("train", help="run the embedded GRPO loop with GradAlign selection")
+    train.add_argument("--config", required=True, help="recipe YAML (e.g. recipes/embedded/noisy.yaml)")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    train.add_argument("--ranks", type=_positive, default=None,
+                       help="local ranks to spawn (default TP x PP); ignored under torchrun/srun")
+    train.add_argument("overrides", nargs="*", help="NeMo RL-style overrides: key=value, ++new.key=value")
+    train.set_defaults(func=_train)
+
+    demo = sub.add_parser("demo", help="GradAlign vs random vs accgreedy on CPU: table and plot")
+    demo.add_argument("--regime", default="noisy", choices=["noisy", "imbalance", "low_utility"])
+    demo.add_argument("--methods", default="gradalign,random,accgreedy")
+    demo.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    demo.add_argument("--workers", type=_positive, default=2, help="runs in parallel (one per core)")
+    demo.add_argument("--out-dir", default="runs/demo")
+    demo.add_argument("overrides", nargs="*", help="recipe overrides applied to every run")
+    demo.set_defaults(func=_demo)
     return parser
 
 

@@ -28,14 +28,14 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     regime: Regime = "noisy"
-    ops: list[str] = ["sort", "reverse", "copy", "sort_desc"]
+    ops: list[str] = ["sort"]
     lengths: list[int] = [3, 4, 5]
     pool_size: int = Field(2048, gt=0)
     validation_size: int = Field(256, gt=0)
     eval_size: int = Field(256, gt=0)
     warmup_size: int = Field(2000, ge=0)
     corrupt_fraction: float = Field(0.5, ge=0, le=1)
-    target_op: str = "sort"
+    target_op: str = "sort_desc"
     target_fraction: float = Field(0.1, gt=0, le=1)
     wrong_key_fraction: float = Field(0.5, ge=0, le=1)
     seed: int = 0

@@ -70,11 +70,6 @@ class Problem:
         return f"{self.op} {''.join(map(str, self.digits))}"
 
 
-def digit_tokens() -> list[int]:
-    """The tokens a response may contain (sampling is restricted to them)."""
-    return list(range(DIGIT0, DIGIT0 + 10))
-
-
 def generate(ops: list[str], lengths: list[int], n: int, seed: int, start_id: int = 0,
              exclude: set[tuple] | None = None) -> list[Problem]:
     """n distinct problems, op and length uniform over the given ones, none in ``exclude``.

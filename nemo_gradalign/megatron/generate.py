@@ -26,8 +26,7 @@ def _full_vocab(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(model, prompts: torch.Tensor, uniforms: torch.Tensor, temperature: float = 1.0,
-           allowed: list[int] | None = None) -> torch.Tensor:
+def sample(model, prompts: torch.Tensor, uniforms: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Append sampled tokens to each row of ``prompts`` [b, P]; returns [b, P + new].
 
     ``uniforms`` [b, new] holds one U(0,1) draw per sampled token (inverse-CDF sampling): the
@@ -46,10 +45,6 @@ def sample(model, prompts: torch.Tensor, uniforms: torch.Tensor, temperature: fl
         nxt = torch.zeros(tokens.shape[0], dtype=torch.long, device=device)
         if ps.is_pipeline_last_stage():
             logits = _full_vocab(outs[0][:, -1, :].float()) / temperature
-            if allowed is not None:
-                keep = torch.full_like(logits, float("-inf"))
-                keep[:, allowed] = 0.0
-                logits = logits + keep
             cdf = torch.softmax(logits.double(), dim=-1).cumsum(-1).cpu()
             u = uniforms[:, step : step + 1].double().clamp_min(1e-12) * cdf[:, -1:]
             nxt = torch.searchsorted(cdf, u).squeeze(1).clamp_max(cdf.shape[1] - 1).to(device)

@@ -63,7 +63,7 @@ def _generate(model, problems, k, seed, salt, temperature) -> list[ProblemRollou
     prompts = torch.tensor([p.prompt for p in problems for _ in range(k)], dtype=torch.long)
     gens = [_keyed_generator(seed, salt, p.problem_id) for p in problems]
     uniforms = torch.cat([torch.rand(k, answer_len, generator=g) for g in gens])
-    tokens = sample(model, prompts, uniforms, temperature, allowed=tasks.digit_tokens())
+    tokens = sample(model, prompts, uniforms, temperature)
     out = []
     for i, (problem, gen) in enumerate(zip(problems, gens)):
         rows = tokens[i * k:(i + 1) * k]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from nemo_gradalign import grpo
+from nemo_gradalign.megatron.policy import Policy
 from nemo_gradalign.megatron.step import LossSettings, run_microbatches, shift_labels, split_rows
 from nemo_gradalign.rollouts import ProblemRollouts
 
@@ -30,9 +31,11 @@ def pack(batch: list[ProblemRollouts], loss: LossSettings) -> dict[str, torch.Te
             "token_scale": mask / mask.sum().clamp_min(1)}
 
 
-def grpo_step(model, optimizer, batch: list[ProblemRollouts], loss: LossSettings, clip_min: float,
-              clip_max: float, inner_epochs: int, max_rows: int | None, optimizer_step) -> dict:
-    """Clipped-ratio GRPO update; ``optimizer_step()`` finalizes grads (DP all-reduce) and steps."""
+def grpo_step(policy: Policy, optimizer, batch: list[ProblemRollouts], loss: LossSettings,
+              clip_min: float, clip_max: float, inner_epochs: int, max_rows: int | None) -> dict:
+    """Clipped-ratio GRPO update: μ = ``inner_epochs`` optimizer steps over the whole batch."""
+    model = policy.model
+    policy.zero_grad(optimizer)
     microbatches = split_rows(pack(batch, loss), max_rows)
     old = run_microbatches(model, microbatches, loss_fn=None, forward_only=True)
     for mb, ce in zip(microbatches, old):  # only the last pipeline stage gets (and needs) them
@@ -44,6 +47,6 @@ def grpo_step(model, optimizer, batch: list[ProblemRollouts], loss: LossSettings
             lambda ce, mb: grpo.clipped_surrogate(-ce, mb["old_logprobs"], mb["advantages"],
                                                   mb["token_scale"], clip_min, clip_max),
             finalize_grads=True)
-        optimizer_step()
+        policy.step(optimizer)
         losses.append(float(sum(out)) if out else float("nan"))
     return {"loss": losses[-1]}

@@ -1,0 +1,42 @@
+"""`nemo-gradalign train --config <recipe> [overrides] [--resume]`: the embedded GRPO loop."""
+
+from __future__ import annotations
+
+import os
+
+from nemo_gradalign.megatron import parallel
+from nemo_gradalign.trainer.config import EmbeddedRecipe
+
+
+def layout_for(recipe: EmbeddedRecipe, world_size: int) -> parallel.Layout:
+    m = recipe.policy.megatron_cfg
+    model_parallel = m.tensor_model_parallel_size * m.pipeline_model_parallel_size
+    if world_size % model_parallel:
+        raise ValueError(f"{world_size} ranks cannot hold TP={m.tensor_model_parallel_size} x "
+                         f"PP={m.pipeline_model_parallel_size} (need a multiple of {model_parallel})")
+    return parallel.Layout(m.tensor_model_parallel_size, m.pipeline_model_parallel_size,
+                           world_size // model_parallel)
+
+
+def run_rank(rank: int, recipe: EmbeddedRecipe, resume: bool, world_size: int,
+             progress_bar: bool = True) -> dict:
+    from nemo_gradalign.trainer.loop import Trainer
+
+    parallel.init_distributed(layout_for(recipe, world_size), seed=recipe.grpo.seed)
+    return Trainer(recipe, rank, progress_bar).fit(resume)
+
+
+def main(recipe: EmbeddedRecipe, resume: bool, ranks: int | None) -> None:
+    """Join torchrun/srun ranks when launched that way, else spawn the ranks locally."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        world = int(os.environ["WORLD_SIZE"])
+        layout_for(recipe, world)
+        try:
+            run_rank(int(os.environ["RANK"]), recipe, resume, world)
+        finally:
+            parallel.shutdown()
+        return
+    m = recipe.policy.megatron_cfg
+    world = ranks or m.tensor_model_parallel_size * m.pipeline_model_parallel_size
+    layout_for(recipe, world)
+    parallel.spawn(run_rank, world, recipe, resume, world)

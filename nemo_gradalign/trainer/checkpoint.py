@@ -1,0 +1,92 @@
+"""Checkpoints in NeMo RL's layout: every rank writes into ``tmp_step_N/``, rank 0 renames it to
+``step_N/`` (atomic), keeps the latest plus the ``keep_top_k`` best by ``metric_name``.
+
+A kill at any moment leaves either a complete ``step_N/`` or a ``tmp_step_N/`` that resume
+ignores, so a failure never corrupts the checkpoint a run resumes from. Components are Stateful
+(``state_dict``/``load_state_dict``); each is stored per rank as ``<name>/rank_<r>.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+_STEP = re.compile(r"^step_(\d+)$")
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+class CheckpointManager:
+    def __init__(self, checkpoint_dir: str, keep_top_k: int, metric_name: str):
+        self.root = Path(checkpoint_dir)
+        self.keep_top_k, self.metric_name = keep_top_k, metric_name
+
+    def save(self, step: int, components: dict, training_info: dict, config: dict | None = None) -> Path:
+        tmp, final = self.root / f"tmp_step_{step}", self.root / f"step_{step}"
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        for name, component in components.items():
+            folder = tmp / name
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(component.state_dict(), folder / f"rank_{_rank()}.pt")
+        _barrier()
+        if _rank() == 0:
+            (tmp / "training_info.json").write_text(json.dumps({"step": step, **training_info}, indent=1))
+            if config is not None:
+                import yaml
+
+                (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            self._prune()
+        _barrier()
+        return final
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        if not self.root.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.root.iterdir() if (m := _STEP.match(p.name))]
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1][1] if found else None
+
+    def load(self, path: Path, components: dict) -> dict:
+        for name, component in components.items():
+            file = Path(path) / name / f"rank_{_rank()}.pt"
+            if not file.is_file():
+                raise FileNotFoundError(f"checkpoint {path} has no {name}/rank_{_rank()}.pt "
+                                        "(was it written with a different number of ranks?)")
+            component.load_state_dict(torch.load(file, weights_only=False))
+        return json.loads((Path(path) / "training_info.json").read_text())
+
+    def _prune(self) -> None:
+        found = self.checkpoints()
+        if len(found) <= self.keep_top_k:
+            return
+        latest = found[-1][1]
+
+        def metric(path: Path) -> float:
+            value = json.loads((path / "training_info.json").read_text()).get(self.metric_name)
+            return float("-inf") if value is None else float(value)
+
+        best = sorted((p for _, p in found), key=metric, reverse=True)[: self.keep_top_k]
+        for _, path in found:
+            if path != latest and path not in best:
+                shutil.rmtree(path)

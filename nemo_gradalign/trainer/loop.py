@@ -1,0 +1,219 @@
+"""The embedded GRPO loop with GradAlign selection, on a megatron-core GPT (any TP/PP/DP).
+
+The Trainer lists its components up front; each is built from the recipe, and resume is a
+property of each component (state_dict/load_state_dict), not a special code path.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+
+import torch
+
+from nemo_gradalign.data import regimes
+from nemo_gradalign.engine import EngineGroups, GradientEngine
+from nemo_gradalign.megatron.policy import Policy
+from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
+from nemo_gradalign.rollouts import ProblemRollouts
+from nemo_gradalign.selection.schedules import RoundSchedule, StepSchedule
+from nemo_gradalign.selection.selector import Selector
+from nemo_gradalign.trainer.checkpoint import CheckpointManager
+from nemo_gradalign.trainer.config import EmbeddedRecipe
+from nemo_gradalign.trainer.evaluate import evaluate
+from nemo_gradalign.trainer.metrics import MetricsLog
+from nemo_gradalign.trainer.rollouts import collect_rollouts
+from nemo_gradalign.trainer.update import grpo_step
+from nemo_gradalign.trainer.warmup import supervised_warmup
+
+
+class _Progress:
+    """Loop position and RNG state, checkpointed like any other component."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+class _Stateful:
+    """Adapts a (state_dict, load_state_dict) pair of callables to the Stateful protocol."""
+
+    def __init__(self, get, put):
+        self.state_dict, self.load_state_dict = get, put
+
+
+def build_schedule(recipe: EmbeddedRecipe, pool_size: int):
+    ga, n = recipe.gradalign, recipe.grpo.num_prompts_per_step
+    if ga.enabled and ga.schedule == "round":
+        return RoundSchedule(pool_size, ga.chunk_size, ga.keep_per_round, ga.steps_per_round, n, ga.seed)
+    draw = n * ga.selection_ratio if ga.enabled else n
+    return StepSchedule(pool_size, draw, n, ga.seed)
+
+
+class Trainer:
+    policy: Policy
+    optimizer: object
+    sets: regimes.TaskSets
+    engine: GradientEngine
+    runner: ProblemRunner
+    selector: Selector | None
+    schedule: RoundSchedule | StepSchedule
+    checkpointer: CheckpointManager
+    metrics: MetricsLog
+
+    def __init__(self, recipe: EmbeddedRecipe, rank: int, progress_bar: bool = True):
+        self.recipe, self.rank = recipe, rank
+        g, ga = recipe.grpo, recipe.gradalign
+        torch.manual_seed(g.seed)
+        self.policy = Policy(recipe.policy.model)
+        opt = recipe.policy.megatron_cfg.optimizer
+        self.optimizer = self.policy.make_optimizer(opt.lr, opt.weight_decay, (opt.adam_beta1, opt.adam_beta2))
+        self.sets = regimes.build(recipe.data)
+        self.pool = {p.problem_id: p for p in self.sets.pool}
+        self.loss = LossSettings("leave_one_out" if g.use_leave_one_out_baseline else "mean",
+                                 g.normalize_rewards, "token_mean")
+        score_loss = LossSettings(ga.advantage.baseline, ga.advantage.normalize_std, ga.aggregation)
+        self.engine = GradientEngine(self.policy.named_parameters(), EngineGroups.from_megatron(),
+                                     ga.reference_dtype)
+        self.runner = ProblemRunner(self.policy.model, score_loss, ga.max_rollouts_per_microbatch)
+        self.selector = (Selector(ga, self.engine, self.runner, self._validation_rollouts)
+                         if ga.enabled else None)
+        self.schedule = build_schedule(recipe, len(self.sets.pool))
+        ck = recipe.checkpointing
+        self.checkpointer = CheckpointManager(ck.checkpoint_dir, ck.keep_top_k, ck.metric_name)
+        self.metrics = MetricsLog(recipe.logger.log_dir, enabled=rank == 0)
+        self.progress = _Progress()
+        self.progress_bar = progress_bar and rank == 0
+        self.last_eval: dict = {}
+        self._reusable: dict[int, ProblemRollouts] = {}
+
+    # -- components -------------------------------------------------------------------------
+    def components(self) -> dict:
+        return {
+            "policy/weights": self.policy.model.module,
+            "policy/optimizer": self.optimizer,
+            "gradalign/selector": self.selector or _Stateful(dict, lambda s: None),
+            "gradalign/schedule": self.schedule,
+            "trainer": _Stateful(self._trainer_state, self._load_trainer_state),
+        }
+
+    def _trainer_state(self) -> dict:
+        return {**self.progress.state_dict(), "last_eval": self.last_eval,
+                "reusable": {i: r for i, r in self._reusable.items()}}
+
+    def _load_trainer_state(self, state: dict) -> None:
+        self.progress.load_state_dict(state)
+        self.last_eval, self._reusable = state["last_eval"], dict(state["reusable"])
+
+    # -- rollouts ----------------------------------------------------------------------------
+    def _rollouts(self, problems, k: int, salt: str) -> list[ProblemRollouts]:
+        return collect_rollouts(self.policy.model, problems, k, self.recipe.grpo.seed, salt,
+                                self.recipe.policy.generation.temperature)
+
+    def _validation_rollouts(self, step: int) -> list[ProblemRollouts]:
+        k = self.recipe.gradalign.validation.rollouts_per_problem
+        return self._rollouts(self.sets.validation, k, f"validation/{step}")
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        resumed = None
+        latest = self.checkpointer.latest() if resume else None
+        if latest is not None:
+            self.checkpointer.load(latest, self.components())
+            resumed = self.progress.step
+        else:
+            w = self.recipe.policy.warmup
+            supervised_warmup(self.policy, self.sets.warmup, w.steps, w.batch_size, w.lr, self.recipe.grpo.seed)
+        self.metrics.start(resumed)
+        if resumed is None:
+            self._evaluate(0)
+        g = self.recipe.grpo
+        with self._bar() as bar:
+            task = bar.add_task("GRPO", total=g.max_num_steps, completed=self.progress.step) if bar else None
+            while self.progress.step < g.max_num_steps:
+                record = self.train_step(self.progress.step)
+                self.progress.step += 1
+                done = self.progress.step
+                if done % g.val_period == 0 or done == g.max_num_steps:
+                    record.update(self._evaluate(done))
+                if bar:
+                    bar.update(task, completed=done, description=self._describe(record))
+                if self.recipe.checkpointing.enabled and (
+                        done % self.recipe.checkpointing.save_period == 0 or done == g.max_num_steps):
+                    self.checkpointer.save(done, self.components(), dict(self.last_eval),
+                                           self.recipe.model_dump(mode="json"))
+        return self.last_eval
+
+    def _bar(self):
+        if not self.progress_bar:
+            return nullcontext(None)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+    @staticmethod
+    def _describe(record: dict) -> str:
+        parts = [f"step {record['step']}", f"reward {record['train/reward']:.2f}"]
+        if "gradalign/picked_corrupted_share" in record:
+            parts.append(f"corrupted picked {record['gradalign/picked_corrupted_share']:.2f}")
+        if "val:accuracy" in record:
+            parts.append(f"val acc {record['val:accuracy']:.3f}")
+        return " | ".join(parts)
+
+    def _evaluate(self, step: int) -> dict:
+        g = self.recipe.grpo
+        result = evaluate(self.policy.model, self.sets.evaluation, g.val_generations, g.seed,
+                          self.recipe.policy.generation.temperature)
+        self.last_eval = result
+        self.metrics.write({"step": step, "kind": "eval", **result})
+        return result
+
+    def train_step(self, step: int) -> dict:
+        """Select (when the schedule says so), then one GRPO update."""
+        t0 = time.perf_counter()
+        record: dict = {"step": step + 1, "kind": "train"}
+        candidates = self.schedule.candidates(step)
+        if candidates is not None:
+            record.update(self._select(step, candidates))
+        ids = self.schedule.batch(step)
+        if self.schedule.reuses_selection_rollouts:
+            batch = [self._reusable[i] for i in ids]
+        else:
+            batch = self._rollouts([self.pool[i] for i in ids], self.recipe.grpo.num_generations_per_prompt,
+                                   f"train/{step}")
+        record["train/problems"] = len(batch)
+        record["train/reward"] = (sum(float(r.rewards.mean()) for r in batch) / len(batch)) if batch else float("nan")
+        if batch:
+            lf = self.recipe.loss_fn
+            record.update(grpo_step(self.policy, self.optimizer, batch, self.loss, lf.ratio_clip_min,
+                                    lf.ratio_clip_max, lf.inner_epochs,
+                                    self.recipe.policy.max_rollouts_per_microbatch))
+        record["seconds"] = time.perf_counter() - t0
+        self.metrics.write(record)
+        return record
+
+    def _select(self, step: int, candidate_ids: list[int]) -> dict:
+        ga = self.recipe.gradalign
+        reuse = self.schedule.reuses_selection_rollouts
+        k = self.recipe.grpo.num_generations_per_prompt if reuse else ga.rollouts_per_problem
+        rollouts = self._rollouts([self.pool[i] for i in candidate_ids], k, f"candidates/{step}")
+        keep = self.schedule.keep
+        if self.selector is None:  # plain GRPO: the draw itself is the batch
+            picked, record = list(range(len(rollouts)))[:keep], {}
+        else:
+            selection = self.selector.select(rollouts, keep, step)
+            picked, record = selection.picked, dict(selection.metrics)
+            record["gradalign/candidate_scores"] = [
+                [float(selection.scores[i]), bool(rollouts[i].tags.get("corrupted")),
+                 bool(rollouts[i].tags.get("target")), bool(rollouts[i].tags.get("wrong_key"))]
+                for i in range(len(rollouts))]
+        record["gradalign/picked_ids"] = [candidate_ids[i] for i in picked]
+        self.schedule.set_selection([candidate_ids[i] for i in picked])
+        self._reusable = {candidate_ids[i]: rollouts[i] for i in picked} if reuse else {}
+        return record
