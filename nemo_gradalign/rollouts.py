@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -44,12 +45,28 @@ class ProblemRollouts:
 
     @property
     def informative(self) -> bool:
-        return grpo.is_informative(self.rewards)
+        """False when g_i is exactly zero, so its backward is skipped and it is never NaN:
+        every rollout got the same reward, or every distinct response got on average the
+        group's mean reward (identical responses with different rewards — common for a
+        confident policy under noisy rewards — cancel: their advantages sum to zero).
+        """
+        if not grpo.is_informative(self.rewards):
+            return False
+        centred = self.rewards.double() - self.rewards.double().mean()
+        net: dict[tuple, float] = {}
+        for row, length, a in zip(self.tokens.tolist(), self.response_lens.tolist(), centred.tolist()):
+            key = tuple(row[self.prompt_len:self.prompt_len + length])
+            net[key] = net.get(key, 0.0) + a
+        return any(abs(v) > 1e-9 for v in net.values())
 
     @property
     def pass_rate(self) -> float:
         """Share of rollouts rewarded (rewards are 0/1 verifier outcomes)."""
         return float((self.rewards > 0.5).float().mean())
+
+    def fingerprint(self) -> int:
+        """CRC32 of the sampled tokens: tells whether two runs drew the same rollouts."""
+        return zlib.crc32(self.tokens.numpy().tobytes())
 
     def token_weights(self, baseline: grpo.Baseline = "mean", normalize_std: bool = False,
                       aggregation: grpo.Aggregation = "token_mean") -> torch.Tensor:

@@ -75,3 +75,17 @@ def test_surrogate_weights_token_and_sequence_mean():
     # sequence_mean: -mean(0.5*(-3/2), -0.5*(-3)) = -mean(-0.75, 1.5) = -0.375
     loss = grpo.policy_surrogate(logp, grpo.surrogate_weights(mask, adv, "sequence_mean"))
     assert abs(loss.item() + 0.375) < 1e-7
+
+
+def test_identical_responses_with_different_rewards_are_uninformative():
+    """Noisy reward on a confident policy: same answer, rewards 1 and 0 -> advantages cancel, g = 0."""
+    same = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8], [5, 6, 7, 8], [5, 6, 7, 8]])
+    lens = torch.full((4,), 2)
+    assert not ProblemRollouts(0, same, 2, lens, torch.tensor([1.0, 0.0, 1.0, 0.0])).informative
+    mixed = same.clone()
+    mixed[1, 3] = 9  # two distinct answers with different mean rewards: a real gradient
+    assert ProblemRollouts(0, mixed, 2, lens, torch.tensor([1.0, 0.0, 1.0, 0.0])).informative
+    # two distinct answers, each rewarded once and not once: both means equal the group mean
+    pairs = same.clone()
+    pairs[[1, 3], 3] = 9
+    assert not ProblemRollouts(0, pairs, 2, lens, torch.tensor([1.0, 1.0, 0.0, 0.0])).informative

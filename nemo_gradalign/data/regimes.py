@@ -39,6 +39,12 @@ class DataConfig(BaseModel):
     target_fraction: float = Field(0.1, gt=0, le=1)
     wrong_key_fraction: float = Field(0.5, ge=0, le=1)
     seed: int = 0
+    # Read a set instead of generating it: a save_to_disk folder (split = the set's name),
+    # .jsonl/.json/.parquet, or a hub dataset name (data/store.py). The regime's transform
+    # (noise, wrong keys) still applies to a loaded pool.
+    pool_source: str | None = None
+    validation_source: str | None = None
+    eval_source: str | None = None
 
     @model_validator(mode="after")
     def _known(self):
@@ -84,6 +90,24 @@ def wrong_keys(problems: list[tasks.Problem], fraction: float, seed: int) -> Non
 
 
 def build(cfg: DataConfig) -> TaskSets:
+    """The regime's sets: generated (disjoint) unless a ``*_source`` names stored ones."""
+    from nemo_gradalign.data.store import load_problems
+
+    sets = generate_sets(cfg)
+    if cfg.pool_source:
+        sets.pool = load_problems(cfg.pool_source, "pool")
+        if cfg.regime == "noisy":
+            corrupt(sets.pool, cfg.corrupt_fraction, cfg.seed * 10 + 6)
+        elif cfg.regime == "low_utility":
+            wrong_keys(sets.pool, cfg.wrong_key_fraction, cfg.seed * 10 + 7)
+    if cfg.validation_source:
+        sets.validation = load_problems(cfg.validation_source, "validation")
+    if cfg.eval_source:
+        sets.evaluation = load_problems(cfg.eval_source, "evaluation")
+    return sets
+
+
+def generate_sets(cfg: DataConfig) -> TaskSets:
     """Disjoint warm-up / pool / validation / evaluation sets for the configured regime."""
     seen: set = set()
     s = cfg.seed * 10

@@ -84,15 +84,15 @@ def run_demo(regime: str, methods: list[str], seeds: list[int], out_dir: str, wo
 def print_table(console: Console, summaries: dict, regime: str, seeds: list[int], wall: float,
                 figure: Path) -> None:
     tag = next((s["tag"] for runs in summaries.values() for s in runs), None)
-    what = {"corrupted": "noisy-reward", "target": "target-task", "wrong_key": "wrong-key"}.get(tag, "flagged")
-    table = Table(title=f"GradAlign demo — {regime} regime, seeds {seeds} (mean ± std)")
-    for col in ("method", f"{what} share picked, round 1", f"{what} share picked, run",
-                "val acc start", "val acc final", "val acc AUC", "s / run"):
+    what = {"corrupted": "noisy", "target": "target", "wrong_key": "wrong-key"}.get(tag, "flagged")
+    table = Table(title=f"GradAlign demo: {regime} regime, seeds {seeds} (mean±std)")
+    for col in ("method", f"{what} picked r1", f"{what} picked run", "acc start", "acc final",
+                "acc AUC", "s/run"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for method, runs in summaries.items():
         table.add_row(method, mean_std([r["first_round_share"] for r in runs]),
                       mean_std([r["run_share"] for r in runs]), mean_std([r["initial_acc"] for r in runs]),
                       mean_std([r["final_acc"] for r in runs]), mean_std([r["auc"] for r in runs]),
-                      mean_std([r["wall_seconds"] for r in runs]))
+                      mean_std([r["wall_seconds"] for r in runs], 0))
     console.print(table)
     console.print(f"whole demo: {wall:.0f} s wall. Plot: {figure}")

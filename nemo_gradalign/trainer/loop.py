@@ -75,7 +75,7 @@ class Trainer:
         opt = recipe.policy.megatron_cfg.optimizer
         self.optimizer = self.policy.make_optimizer(opt.lr, opt.weight_decay, (opt.adam_beta1, opt.adam_beta2))
         self.sets = regimes.build(recipe.data)
-        self.pool = {p.problem_id: p for p in self.sets.pool}
+        self.pool = self.sets.pool  # schedules hand out indices into this list
         self.loss = LossSettings("leave_one_out" if g.use_leave_one_out_baseline else "mean",
                                  g.normalize_rewards, "token_mean")
         score_loss = LossSettings(ga.advantage.baseline, ga.advantage.normalize_std, ga.aggregation)
@@ -209,11 +209,12 @@ class Trainer:
         else:
             selection = self.selector.select(rollouts, keep, step)
             picked, record = selection.picked, dict(selection.metrics)
+            # one row per candidate: [score, pass rate, corrupted, target, wrong_key, rollout crc]
             record["gradalign/candidate_scores"] = [
-                [float(selection.scores[i]), bool(rollouts[i].tags.get("corrupted")),
-                 bool(rollouts[i].tags.get("target")), bool(rollouts[i].tags.get("wrong_key"))]
-                for i in range(len(rollouts))]
-        record["gradalign/picked_ids"] = [candidate_ids[i] for i in picked]
+                [float(selection.scores[i]), r.pass_rate, bool(r.tags.get("corrupted")),
+                 bool(r.tags.get("target")), bool(r.tags.get("wrong_key")), r.fingerprint()]
+                for i, r in enumerate(rollouts)]
+        record["gradalign/picked_ids"] = [self.pool[candidate_ids[i]].problem_id for i in picked]
         self.schedule.set_selection([candidate_ids[i] for i in picked])
         self._reusable = {candidate_ids[i]: rollouts[i] for i in picked} if reuse else {}
         return record

@@ -43,14 +43,13 @@ def demo_figure(summaries: dict[str, list[dict]], regime: str, path: Path) -> Pa
     ax.legend()
 
     ax = axes[2]
-    scores = [r["first_scores"] for r in summaries.get("gradalign", []) if r["first_scores"]]
-    index = {"corrupted": 1, "target": 2, "wrong_key": 3}.get(tag)
-    flagged = [s for run in scores for s, *flags in [row for row in run] if s is not None
-               and math.isfinite(s) and index and flags[index - 1]]
-    clean = [s for run in scores for s, *flags in run if s is not None and math.isfinite(s)
-             and not (index and flags[index - 1])]
-    if flagged or clean:
-        ax.hist([clean, flagged], bins=25, label=["other", LABELS.get(tag, "flagged")], stacked=False, alpha=0.7)
+    rows = [row for r in summaries.get("gradalign", []) for row in (r["first_scores"] or [])]
+    column = {"corrupted": 2, "target": 3, "wrong_key": 4}.get(tag)  # see Trainer._select
+    finite = [row for row in rows if row[0] is not None and math.isfinite(row[0])]
+    flagged = [row[0] for row in finite if column and row[column]]
+    other = [row[0] for row in finite if not (column and row[column])]
+    if finite:
+        ax.hist([other, flagged], bins=25, label=["other", LABELS.get(tag, "flagged")], alpha=0.7)
         ax.legend()
     ax.set(title="gradalign cosines at the first round", xlabel="cos(g_i, G)", ylabel="problems")
     fig.tight_layout()

@@ -34,10 +34,10 @@ def run_summary(metrics_path, regime: str) -> dict:
     }
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int = 3) -> str:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f}±{statistics.stdev(values):.{digits}f}"

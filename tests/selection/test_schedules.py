@@ -1,0 +1,46 @@
+"""Round and step schedules: what is scored when, what is trained on, and exact resume."""
+
+from __future__ import annotations
+
+import pytest
+
+from nemo_gradalign.selection.schedules import RoundSchedule, StepSchedule
+
+
+def test_round_schedule_cycles_disjoint_chunks_and_trains_T_steps_on_the_kept_set():
+    s = RoundSchedule(pool_size=100, chunk_size=32, keep=8, steps_per_round=3, batch_size=4, seed=1)
+    chunks = [s.candidates(step) for step in range(0, 12, 3)]
+    assert s.num_chunks == 3 and all(len(c) == 32 for c in chunks)
+    assert not set(chunks[0]) & set(chunks[1]) and not set(chunks[1]) & set(chunks[2])
+    assert chunks[3] == chunks[0]  # round 3 -> chunk 3 mod 3 = 0, re-scored under the new policy
+    assert s.candidates(1) is None and s.candidates(2) is None
+    s.set_selection(chunks[0][:8])
+    batches = [s.batch(step) for step in range(3)]
+    assert all(len(b) == 4 for b in batches)
+    assert set(batches[0] + batches[1]) == set(chunks[0][:8])  # one pass over the kept set
+
+
+def test_round_schedule_state_round_trip():
+    a = RoundSchedule(100, 32, 8, 3, 4, seed=1)
+    a.set_selection([5, 6, 7, 8, 9, 10, 11, 12])
+    b = RoundSchedule(100, 32, 8, 3, 4, seed=1)
+    b.load_state_dict(a.state_dict())
+    assert [b.batch(s) for s in range(3)] == [a.batch(s) for s in range(3)]
+
+
+def test_step_schedule_draws_q_times_N_and_passes_over_the_pool():
+    s = StepSchedule(pool_size=12, draw=4, keep=2, seed=0)
+    draws = [s.candidates(step) for step in range(3)]
+    assert sorted(sum(draws, [])) == list(range(12))  # one full shuffled pass
+    saved = s.state_dict()
+    nxt = s.candidates(3)
+    t = StepSchedule(12, 4, 2, seed=0)
+    t.load_state_dict(saved)
+    assert t.candidates(3) == nxt
+
+
+def test_schedule_sizes_are_checked():
+    with pytest.raises(ValueError, match="chunk_size=64 exceeds the pool"):
+        RoundSchedule(10, 64, 16, 4, 16, 0)
+    with pytest.raises(ValueError, match="draws 64 problems"):
+        StepSchedule(10, 64, 16, 0)
