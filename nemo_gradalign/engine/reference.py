@@ -25,6 +25,14 @@ def _views(flat: torch.Tensor, params):
         offset += p.numel()
 
 
+EMPTY_MESSAGE = (
+    "the validation gradient is zero: every validation problem's rollouts got the same reward "
+    "(or the same response), so none carries a policy-gradient signal. Use more validation "
+    "problems or rollouts_per_problem, or a policy that is neither always right nor always "
+    "wrong on them."
+)
+
+
 class EmptyReferenceGradient(ValueError):
     """The validation gradient is zero: no validation problem had reward variance."""
 
@@ -59,7 +67,7 @@ class ReferenceGradient:
                 buf.zero_()
             else:
                 buf.copy_(grad)
-        self.groups.sum_data_parallel(self.buffers)
+        self.groups.sum_data_parallel([self.flat])  # the buffers are views of it: one collective
         sq = torch.zeros(1, dtype=torch.float64, device=self._device())
         for buf in self.buffers:
             sq += buf.double().square().sum()
@@ -67,12 +75,7 @@ class ReferenceGradient:
         if not math.isfinite(norm):
             raise ValueError(f"the validation gradient is not finite (norm {norm})")
         if norm == 0.0:
-            raise EmptyReferenceGradient(
-                "the validation gradient is zero: every validation problem's rollouts got the "
-                "same reward, so none carries a policy-gradient signal. Use more validation "
-                "problems or rollouts_per_problem, or a policy that is neither always right nor "
-                "always wrong on them."
-            )
+            raise EmptyReferenceGradient(EMPTY_MESSAGE)
         for buf in self.buffers:
             buf.div_(norm)
         self.norm = norm

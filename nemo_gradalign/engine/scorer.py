@@ -17,7 +17,7 @@ import torch.distributed as dist
 from nemo_gradalign.engine.flat import FlatGradients, can_flatten
 from nemo_gradalign.engine.grads import local_grad, zero_grads
 from nemo_gradalign.engine.groups import EngineGroups
-from nemo_gradalign.engine.reference import ReferenceGradient
+from nemo_gradalign.engine.reference import EMPTY_MESSAGE, EmptyReferenceGradient, ReferenceGradient
 from nemo_gradalign.engine.rules import counted_params
 
 
@@ -79,6 +79,8 @@ class GradientEngine:
 
     def refresh(self, reference: ReferenceGradient, problems: Sequence[Problem],
                 run_problem: RunProblem, step: int) -> None:
+        if not any(p.informative for p in problems):  # checked before touching the buffers
+            raise EmptyReferenceGradient(EMPTY_MESSAGE)
         self._zero()
         for i in self._local_share(len(problems)):
             if problems[i].informative:
