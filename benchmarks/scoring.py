@@ -33,25 +33,28 @@ from nemo_gradalign.megatron.step import (
 )
 from nemo_gradalign.rollouts import ProblemRollouts
 
+# size -> (model, problems in the pool, prompt tokens, response tokens); L is for a GPU
 SIZES = {
     "S": (ModelSpec(num_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=128,
-                    max_sequence_length=64), 48),
+                    max_sequence_length=64), 48, 16, 32),
     "M": (ModelSpec(num_layers=4, hidden_size=256, num_attention_heads=8, vocab_size=512,
-                    max_sequence_length=64), 24),
+                    max_sequence_length=64), 24, 16, 32),
+    "L": (ModelSpec(num_layers=8, hidden_size=1024, num_attention_heads=16, vocab_size=32768,
+                    max_sequence_length=1024), 32, 128, 384),
 }
-K, PROMPT, RESPONSE = 8, 16, 32
+K = 8
 
 
-def make_problems(n: int, vocab: int, seed: int) -> list[ProblemRollouts]:
-    """n informative groups of K rollouts, PROMPT+RESPONSE tokens each (as a real pool would be)."""
+def make_problems(n: int, vocab: int, seed: int, prompt: int, response: int) -> list[ProblemRollouts]:
+    """n informative groups of K rollouts, prompt+response tokens each (as a real pool would be)."""
     gen = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
-        tokens = torch.randint(1, vocab, (K, PROMPT + RESPONSE), generator=gen)
-        tokens[:, :PROMPT] = tokens[0, :PROMPT]
+        tokens = torch.randint(1, vocab, (K, prompt + response), generator=gen)
+        tokens[:, :prompt] = tokens[0, :prompt]
         rewards = (torch.rand(K, generator=gen) < 0.5).float()
         rewards[0], rewards[1] = 0.0, 1.0
-        out.append(ProblemRollouts(i, tokens, PROMPT, torch.full((K,), RESPONSE), rewards))
+        out.append(ProblemRollouts(i, tokens, prompt, torch.full((K,), response), rewards))
     return out
 
 
@@ -68,25 +71,26 @@ def official_path(model, named, problems, reference, groups, mp_group):
     modules = defaultdict(list)  # every rank walks the same modules, so collectives line up
     for name, param in named:
         modules[name.rsplit(".", 1)[0]].append(param)
+    device = named[0][1].device
     sims = []
     for problem in problems:
         outs = run_microbatches(model, problem_microbatches(problem, LossSettings(), None), weighted_logprob_loss)
-        loss = outs[0].detach().clone() if outs else torch.zeros(())
+        loss = outs[0].detach().clone() if outs else torch.zeros((), device=device)
         for _ in range(2):  # loss and token-count reductions, each read back
             dist.all_reduce(loss, group=mp_group)
             loss.item()
         grads = {id(p): local_grad(p).clone().detach().to(torch.float32)
                  for _, p in named if id(p) in counted and local_grad(p) is not None}
-        sq = torch.zeros(())
+        sq = torch.zeros((), device=device)
         for g in grads.values():
             sq += (g * g).sum()
         dist.all_reduce(sq, group=mp_group)
         norm = sq.sqrt() + 1e-5
         for key in grads:
             grads[key] = grads[key] / norm
-        total = torch.zeros(())
+        total = torch.zeros((), device=device)
         for module, params in modules.items():
-            part = torch.zeros(())
+            part = torch.zeros((), device=device)
             for p in params:
                 if id(p) in grads:
                     part += (grads[id(p)] * ref[id(p)]).sum()
@@ -109,15 +113,15 @@ def reference_params(named, groups):
 
 def bench_rank(rank, tp, size, repeats, out):
     parallel.init_distributed(parallel.Layout(tp=tp))
-    spec, n = SIZES[size]
+    spec, n, prompt, response = SIZES[size]
     model = build_gpt(spec)
     named = list(model.named_parameters())
     params = [p for _, p in named]
     groups = EngineGroups.from_megatron()
     engine = GradientEngine(named, groups)
     runner = ProblemRunner(model)
-    problems = make_problems(n, spec.vocab_size, seed=1)
-    reference = engine.build_reference(make_problems(8, spec.vocab_size, seed=2), runner)
+    problems = make_problems(n, spec.vocab_size, 1, prompt, response)
+    reference = engine.build_reference(make_problems(8, spec.vocab_size, 2, prompt, response), runner)
     mp_group = groups.model_parallel
     paths = {
         "a": lambda: plain_backward(runner, params, problems),
@@ -131,15 +135,21 @@ def bench_rank(rank, tp, size, repeats, out):
     order = list(paths)
     for r in range(repeats):
         for key in order[r % 3:] + order[: r % 3]:
-            dist.barrier()
+            synchronize()
             t0 = time.perf_counter()
             paths[key]()
-            dist.barrier()
+            synchronize()
             times[key].append(time.perf_counter() - t0)
-    counted = torch.tensor(float(sum(p.numel() for p in reference_params(named, groups))))
+    counted = torch.tensor(float(sum(p.numel() for p in reference_params(named, groups))), device=params[0].device)
     nparams = int(groups.sum_model_parallel(counted).item())  # each coordinate once
     if rank == 0:
         torch.save(dict(times=times, agree=agree, n=n, nparams=nparams), out)
+
+
+def synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    dist.barrier()
 
 
 def ratios(times, num, den):
@@ -169,7 +179,8 @@ def main():
                              b_over_a_min=ba, b_over_a_paired=ba_p, c_over_b_min=cb, c_over_b_paired=cb_p,
                              max_abs_cos_diff_b_vs_c=res["agree"], times_s=t))
     tmp.unlink(missing_ok=True)
-    Path(args.out).write_text(json.dumps(dict(rows=rows, torch=torch.__version__,
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    Path(args.out).write_text(json.dumps(dict(rows=rows, torch=torch.__version__, device=device,
                                               threads_per_rank=1, repeats=args.repeats), indent=1))
     print(f"{'size':4} {'TP':>2} {'params':>9} {'a ms/pb':>8} {'b ms/pb':>8} {'c ms/pb':>8} "
           f"{'b/a min':>8} {'b/a med':>8} {'c/b min':>8} {'c/b med':>8} {'|Δcos|':>8}")

@@ -32,19 +32,20 @@ def oracle_gradient(model, problem: ProblemRollouts, aggregation="token_mean",
     """g_i by brute force: hand-written advantages, mask and loss; full flattened autograd grad."""
     tokens = problem.tokens
     k, length = tokens.shape
-    logits = model(tokens, torch.arange(length).expand(k, -1),
-                   torch.triu(torch.ones(1, 1, length, length, dtype=torch.bool), 1))
+    dev = tokens.device
+    logits = model(tokens, torch.arange(length, device=dev).expand(k, -1),
+                   torch.triu(torch.ones(1, 1, length, length, dtype=torch.bool, device=dev), 1))
     logp = torch.log_softmax(logits.float(), dim=-1)
-    r = problem.rewards.double()
+    r = problem.rewards.double().to(dev)
     if baseline == "mean":
         adv = r - r.mean()
     else:
         adv = torch.stack([r[j] - (r.sum() - r[j]) / (k - 1) for j in range(k)])
-    total = torch.zeros((), dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64, device=dev)
     per_seq = []
     n_tokens = int(problem.response_lens.sum())
     for j in range(k):
-        seq = torch.zeros((), dtype=torch.float64)
+        seq = torch.zeros((), dtype=torch.float64, device=dev)
         for t in range(problem.prompt_len, problem.prompt_len + int(problem.response_lens[j])):
             seq = seq + logp[j, t - 1, tokens[j, t]].double()
         per_seq.append(adv[j] * seq / int(problem.response_lens[j]))
@@ -65,7 +66,7 @@ def oracle_scores(model, val, pool, **loss):
         g = oracle_gradient(model, p, **loss) if p.informative else torch.zeros_like(unit)
         dots.append(g @ unit)
         sqs.append(g @ g)
-        coss.append((g @ unit) / g.norm() if g.norm() > 0 else torch.zeros((), dtype=torch.float64))
+        coss.append((g @ unit) / g.norm() if g.norm() > 0 else torch.zeros((), dtype=torch.float64, device=g.device))
     return torch.stack(dots), torch.stack(sqs), torch.stack(coss)
 
 

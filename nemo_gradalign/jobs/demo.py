@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -61,7 +62,7 @@ def run_demo(regime: str, methods: list[str], seeds: list[int], out_dir: str, wo
 
     recipe_path(regime)
     quiet_expected_warnings()
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=110)  # logs: do not squeeze the table
     t0 = time.perf_counter()
     jobs = [(m, s) for s in seeds for m in methods]
     summaries: dict[str, list[dict]] = {m: [] for m in methods}
