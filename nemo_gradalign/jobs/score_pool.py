@@ -35,7 +35,7 @@ class ScoreJobConfig(BaseModel):
     corrupt_fraction: float = Field(0.5, ge=0, le=1)
     rollouts: int = Field(8, ge=2)
     val_rollouts: int = Field(8, ge=2)
-    warmup_steps: int = Field(150, ge=0)
+    warmup_steps: int = Field(60, ge=0)
     temperature: float = Field(1.0, gt=0)
     seed: int = 0
     out_dir: str = "runs/score"
