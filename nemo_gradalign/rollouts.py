@@ -23,6 +23,9 @@ class ProblemRollouts:
     response_lens: torch.Tensor  # [k] long
     rewards: torch.Tensor  # [k] float
     tags: dict = field(default_factory=dict)  # e.g. {"corrupted": True, "task": "sort"}
+    # Optional [k, L] mask over *tokens* whose log-prob is trained (NeMo RL's token_mask, e.g.
+    # multi-turn assistant tokens). Without it the response is tokens[prompt_len:][:response_len].
+    token_mask: torch.Tensor | None = None
 
     def __post_init__(self):
         k = self.tokens.shape[0]
@@ -33,6 +36,9 @@ class ProblemRollouts:
                 f"problem {self.problem_id}: {k} rollouts but rewards {tuple(self.rewards.shape)} "
                 f"and response_lens {tuple(self.response_lens.shape)}"
             )
+        if self.token_mask is not None and self.token_mask.shape != self.tokens.shape:
+            raise ValueError(f"problem {self.problem_id}: token_mask {tuple(self.token_mask.shape)} "
+                             f"does not match tokens {tuple(self.tokens.shape)}")
         if not torch.isfinite(self.rewards).all():
             raise ValueError(
                 f"problem {self.problem_id}: non-finite rewards {self.rewards.tolist()} "
@@ -54,10 +60,25 @@ class ProblemRollouts:
             return False
         centred = self.rewards.double() - self.rewards.double().mean()
         net: dict[tuple, float] = {}
-        for row, length, a in zip(self.tokens.tolist(), self.response_lens.tolist(), centred.tolist()):
-            key = tuple(row[self.prompt_len:self.prompt_len + length])
+        for j, a in enumerate(centred.tolist()):
+            key = self.response(j)
             net[key] = net.get(key, 0.0) + a
         return any(abs(v) > 1e-9 for v in net.values())
+
+    def response(self, j: int) -> tuple:
+        """Rollout j's trained tokens (with their positions when a token_mask is given)."""
+        if self.token_mask is None:
+            return tuple(self.tokens[j, self.prompt_len:self.prompt_len + int(self.response_lens[j])].tolist())
+        pos = self.token_mask[j].nonzero().flatten()
+        return tuple(zip(pos.tolist(), self.tokens[j, pos].tolist()))
+
+    def label_mask(self) -> torch.Tensor:
+        """[k, L] mask over label positions: position t predicts token t+1."""
+        if self.token_mask is None:
+            return grpo.response_mask(self.prompt_len, self.response_lens, self.tokens.shape[1])
+        mask = torch.zeros_like(self.token_mask, dtype=torch.bool)
+        mask[:, :-1] = self.token_mask[:, 1:].bool()
+        return mask
 
     @property
     def pass_rate(self) -> float:
@@ -72,5 +93,4 @@ class ProblemRollouts:
                       aggregation: grpo.Aggregation = "token_mean") -> torch.Tensor:
         """[k, L] weights w with surrogate loss = Σ w · log π (see grpo.surrogate_weights)."""
         adv = grpo.group_advantages(self.rewards, baseline, normalize_std)
-        mask = grpo.response_mask(self.prompt_len, self.response_lens, self.tokens.shape[1])
-        return grpo.surrogate_weights(mask, adv, aggregation)
+        return grpo.surrogate_weights(self.label_mask(), adv, aggregation)

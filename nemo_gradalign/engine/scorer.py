@@ -49,12 +49,15 @@ class GradientEngine:
     """Scores problems on this rank's shard of a (possibly TP/PP/DP-parallel) model."""
 
     def __init__(self, named_params: Sequence[tuple[str, torch.nn.Parameter]], groups: EngineGroups,
-                 reference_dtype: str = "float32"):
+                 reference_dtype: str = "float32", split_problems: bool = True):
+        """split_problems=False: each data-parallel rank was handed its own problems (NeMo RL
+        shards whole groups over DP); scores stay local, the reference is still summed over DP."""
         named_params = list(named_params)
         self.params = [p for _, p in named_params]
         self.groups = groups
         self.counted = counted_params(named_params, groups.tp_rank, groups.tp_size, groups.pp_size)
         self.reference_dtype = reference_dtype
+        self.split_problems = split_problems
         self.device = self.params[0].device if self.params else torch.device("cpu")
         counted_ids = {id(p) for p in self.counted.params}
         others = [p for p in self.params if id(p) not in counted_ids]
@@ -67,8 +70,12 @@ class GradientEngine:
         else:
             zero_grads(self.params)
 
+    @property
+    def _dp_split(self) -> int:
+        return self.groups.dp_size if self.split_problems else 1
+
     def _local_share(self, n: int) -> range:
-        return range(self.groups.dp_rank, n, self.groups.dp_size)
+        return range(self.groups.dp_rank, n, self.groups.dp_size) if self.split_problems else range(n)
 
     def build_reference(self, problems: Sequence[Problem], run_problem: RunProblem,
                         step: int = 0) -> ReferenceGradient:
@@ -79,7 +86,10 @@ class GradientEngine:
 
     def refresh(self, reference: ReferenceGradient, problems: Sequence[Problem],
                 run_problem: RunProblem, step: int) -> None:
-        if not any(p.informative for p in problems):  # checked before touching the buffers
+        informative = torch.tensor([float(sum(p.informative for p in problems))], device=self.device)
+        if not self.split_problems:  # each DP rank holds other problems: agree on the count
+            self.groups.sum_data_parallel([informative])
+        if informative.item() == 0:  # checked before touching the buffers, on every rank alike
             raise EmptyReferenceGradient(EMPTY_MESSAGE)
         self._zero()
         for i in self._local_share(len(problems)):
@@ -112,7 +122,7 @@ class GradientEngine:
         if not reference.ready:
             raise RuntimeError("the reference gradient has not been built yet")
         n = len(problems)
-        dp = self.groups.dp_size
+        dp = self._dp_split
         per_rank = -(-n // dp) if n else 0
         local = torch.zeros(per_rank, 2, dtype=torch.float64, device=self.device)
         self._zero()
@@ -130,7 +140,7 @@ class GradientEngine:
         return ProblemStats(stats[:, 0].clone(), stats[:, 1].clone(), informative)
 
     def _gather_data_parallel(self, local: torch.Tensor) -> torch.Tensor:
-        if self.groups.dp_size == 1:
+        if self._dp_split == 1:
             return local
         parts = [torch.empty_like(local) for _ in range(self.groups.dp_size)]
         dist.all_gather(parts, local, group=self.groups.data_parallel)

@@ -22,7 +22,8 @@ def pack(batch: list[ProblemRollouts], loss: LossSettings) -> dict[str, torch.Te
     for r in batch:
         length = r.tokens.shape[1]
         tokens[at:at + r.k, :length] = r.tokens
-        m = grpo.response_mask(r.prompt_len, r.response_lens, width).float()
+        m = torch.zeros(r.k, width)
+        m[:, :length] = r.label_mask().float()
         a = grpo.group_advantages(r.rewards, loss.baseline, loss.normalize_std).float()
         mask[at:at + r.k] = m
         adv[at:at + r.k] = a.unsqueeze(1) * m

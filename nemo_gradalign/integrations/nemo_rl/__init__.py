@@ -1,0 +1,1 @@
+"""NeMo RL integration. Nothing here imports ``nemo_rl`` at package import time."""
