@@ -1,0 +1,92 @@
+"""Driver side of the selection: turn NeMo RL's ``repeated_batch`` into flat group data, send each
+data-parallel rank whole groups, gather the workers' statistics, and score.
+
+The workers run ``GradAlignWorkerLogic`` (worker_logic.py) behind the policy worker extension's
+methods ``gradalign_build_reference`` and ``gradalign_score``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from nemo_gradalign.config import GradAlignConfig
+from nemo_gradalign.engine import ProblemStats
+from nemo_gradalign.selection.scores import reference_source, score_problems
+
+MODEL_PARALLEL_AXES = ["context_parallel", "tensor_parallel", "pipeline_parallel"]
+
+
+def flat_group_data(repeated_batch, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """input_ids / input_lengths / token_mask / total_reward, as grpo_train builds train_data."""
+    from nemo_rl.data.llm_message_utils import batched_message_log_to_flat_message
+
+    flat, lengths = batched_message_log_to_flat_message(
+        repeated_batch["message_log"], pad_value_dict={"token_ids": pad_token_id})
+    return {"input_ids": flat["token_ids"], "input_lengths": lengths,
+            "token_mask": flat["token_loss_mask"], "total_reward": repeated_batch["total_reward"]}
+
+
+def shard_whole_groups(data: dict[str, torch.Tensor], group_size: int, shards: int) -> list[dict]:
+    """Contiguous shards of whole groups, one per data-parallel rank (sizes may differ by a group)."""
+    n_groups = len(next(iter(data.values()))) // group_size
+    bounds = [round(i * n_groups / shards) * group_size for i in range(shards + 1)]
+    return [{k: v[bounds[i]:bounds[i + 1]] for k, v in data.items()} for i in range(shards)]
+
+
+class GroupScorer:
+    """The hook's ``score_groups``: one score per group of ``repeated_batch``.
+
+    ``validation_data(step)`` returns flat validation-group data from the current policy; it is
+    needed by gradalign and dot only (learnalign aligns with the candidates themselves, the
+    accuracy methods need no gradient).
+    """
+
+    def __init__(self, policy, cfg: GradAlignConfig, pad_token_id: int,
+                 validation_data: Callable[[int], dict] | None = None,
+                 to_flat: Callable[[object, int], dict] = flat_group_data):
+        self.policy, self.cfg, self.pad_token_id = policy, cfg, pad_token_id
+        self.validation_data, self.to_flat = validation_data, to_flat
+        self.step = 0
+        self.reference_step: int | None = None
+
+    def _run(self, method: str, shards: list[dict], **common) -> list:
+        group = self.policy.worker_group
+        futures = group.run_all_workers_sharded_data(
+            method, data=shards, in_sharded_axes=["data_parallel"], replicate_on_axes=MODEL_PARALLEL_AXES,
+            output_is_replicated=MODEL_PARALLEL_AXES, common_kwargs=common)
+        return group.get_all_worker_results(futures)
+
+    def __call__(self, repeated_batch, master_config) -> torch.Tensor:
+        from nemo_gradalign.integrations.nemo_rl.config import lookup
+
+        cfg, step = self.cfg, self.step
+        self.step += 1
+        group_size = int(lookup(master_config, "grpo.num_generations_per_prompt"))
+        data = self.to_flat(repeated_batch, self.pad_token_id)
+        rewards = data["total_reward"].float().reshape(-1, group_size)
+        pass_rates = (rewards > 0.5).float().mean(1)
+        stats = None
+        source = reference_source(cfg.method)
+        if source is not None:
+            dp = self.policy.sharding_annotations.get_axis_size("data_parallel")
+            shards = shard_whole_groups(data, group_size, dp)
+            self.policy.prepare_for_training()
+            if source == "pool":
+                self._run("gradalign_build_reference", shards, group_size=group_size, step=step)
+            elif self.reference_step is None or step - self.reference_step >= cfg.refresh_every:
+                if self.validation_data is None:
+                    raise RuntimeError(f"gradalign.method={cfg.method!r} needs validation rollouts")
+                val = shard_whole_groups(self.validation_data(step), group_size, dp)
+                self._run("gradalign_build_reference", val, group_size=group_size, step=step)
+                self.reference_step = step
+            parts = self._run("gradalign_score", shards, group_size=group_size)
+            stats = ProblemStats(torch.cat([p["dot"] for p in parts]), torch.cat([p["sqnorm"] for p in parts]),
+                                 torch.cat([p["informative"] for p in parts]))
+            informative = stats.informative
+        else:
+            informative = rewards.std(1) > 0
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        return score_problems(cfg.method, pass_rates, informative, stats, gen, cfg.uninformative,
+                              cfg.acc_low, cfg.acc_high)

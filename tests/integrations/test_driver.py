@@ -1,0 +1,74 @@
+"""The driver path end to end in one process: repeated_batch -> flat group data -> whole groups
+per data-parallel rank -> the worker logic on a real megatron GPT -> scores. NeMo RL's Ray worker
+group is replaced by an in-process stand-in with the real method signatures."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import torch
+
+from helpers import oracle_scores
+from nemo_gradalign.config import GradAlignConfig
+from nemo_gradalign.integrations.nemo_rl.driver import GroupScorer, shard_whole_groups
+from nemo_gradalign.integrations.nemo_rl.worker_logic import GradAlignWorkerLogic
+from nemo_gradalign.megatron import parallel
+from nemo_gradalign.megatron.policy import Policy
+from test_worker_logic import G, POOL, SPEC, as_nemo_rl_batch
+
+
+class InProcessWorkerGroup:
+    """run_all_workers_sharded_data(method, *, data, in_sharded_axes, replicate_on_axes,
+    output_is_replicated, common_kwargs) / get_all_worker_results(futures), one DP rank per shard."""
+
+    def __init__(self, logic):
+        self.logic, self.calls = logic, []
+
+    def run_all_workers_sharded_data(self, method_name, *args, in_sharded_axes=None, replicate_on_axes=None,
+                                     output_is_replicated=None, make_dummy_calls_to_free_axes=False,
+                                     common_kwargs=None, **kwargs):
+        self.calls.append((method_name, len(kwargs["data"])))
+        fn = {"gradalign_build_reference": lambda data, group_size, step: self.logic.build_reference(data, group_size, step),
+              "gradalign_score": lambda data, group_size: self.logic.score(data, group_size)}[method_name]
+        return [fn(shard, **common_kwargs) for shard in kwargs["data"]]
+
+    def get_all_worker_results(self, futures):
+        return futures
+
+
+def _driver_rank(rank, out):
+    parallel.init_distributed(parallel.Layout())
+    policy = Policy(SPEC)
+    logic = GradAlignWorkerLogic(policy.model, GradAlignConfig(enabled=True))
+    group = InProcessWorkerGroup(logic)
+    standin_policy = types.SimpleNamespace(
+        worker_group=group, prepare_for_training=lambda *a, **k: None,
+        sharding_annotations=types.SimpleNamespace(get_axis_size=lambda axis: 1))
+    cfg = types.SimpleNamespace(grpo=types.SimpleNamespace(num_generations_per_prompt=G))
+    batch = as_nemo_rl_batch(POOL)
+    scorer = GroupScorer(standin_policy, GradAlignConfig(enabled=True, method="learnalign"), 0,
+                         to_flat=lambda b, pad: b)
+    learn = scorer(batch, cfg)
+    accg = GroupScorer(standin_policy, GradAlignConfig(enabled=True, method="accgreedy"), 0,
+                       to_flat=lambda b, pad: b)(batch, cfg)
+    oracle = oracle_scores(policy.model.module, POOL, POOL)[2]
+    torch.save(dict(learn=learn, accg=accg, oracle=oracle, calls=group.calls), out)
+
+
+def test_driver_scores_groups_through_the_worker_methods(tmp_path):
+    parallel.spawn(_driver_rank, 1, str(tmp_path / "d.pt"))
+    res = torch.load(tmp_path / "d.pt")
+    informative = [p.informative for p in POOL]
+    for got, want, inf in zip(res["learn"].tolist(), res["oracle"].tolist(), informative):
+        assert (got == -math.inf) if not inf else abs(got - want) <= 1e-5 * max(abs(want), 1e-3)
+    assert res["calls"] == [("gradalign_build_reference", 1), ("gradalign_score", 1)]
+    rates = [float((p.rewards > 0.5).float().mean()) for p in POOL]
+    assert res["accg"].tolist() == [-abs(r - 0.5) for r in rates]
+
+
+def test_whole_groups_per_data_parallel_rank():
+    data = {"x": torch.arange(5 * G)}
+    shards = shard_whole_groups(data, G, 2)
+    assert [len(s["x"]) for s in shards] == [2 * G, 3 * G]  # rounding keeps groups whole
+    assert torch.equal(torch.cat([s["x"] for s in shards]), data["x"])
