@@ -84,6 +84,14 @@ class GradientEngine:
         self.refresh(reference, problems, run_problem, step)
         return reference
 
+    def restore_reference(self, state: dict | None) -> ReferenceGradient | None:
+        """A reference gradient from its state_dict (None stays None): checkpoint resume."""
+        if state is None:
+            return None
+        reference = ReferenceGradient(self.counted, self.groups, self.reference_dtype)
+        reference.load_state_dict(state)
+        return reference
+
     def refresh(self, reference: ReferenceGradient, problems: Sequence[Problem],
                 run_problem: RunProblem, step: int) -> None:
         informative = torch.tensor([float(sum(p.informative for p in problems))], device=self.device)

@@ -85,14 +85,10 @@ class Selector:
         return Selection(picked, scores, stats, metrics)
 
     def state_dict(self) -> dict:
-        return {"reference": self.reference.state_dict() if self.reference is not None else None}
+        return {"reference": self.reference.state_dict() if self.reference else None}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("reference") is None:
-            self.reference = None
-            return
-        self.reference = ReferenceGradient(self.engine.counted, self.engine.groups, self.cfg.reference_dtype)
-        self.reference.load_state_dict(state["reference"])
+        self.reference = self.engine.restore_reference(state.get("reference"))
 
 
 def selection_metrics(candidates: list[ProblemRollouts], scores: torch.Tensor, picked: list[int],

@@ -67,6 +67,9 @@ def _worker_rank(rank, layout, out):
     shard = lambda items: items[d * len(items) // dp:(d + 1) * len(items) // dp]  # contiguous, whole groups
     logic.build_reference(as_nemo_rl_batch(shard(VAL)), G, step=0)
     local = logic.score(as_nemo_rl_batch(shard(POOL)), G)
+    restored = GradAlignWorkerLogic(policy.model, GradAlignConfig(enabled=True))
+    restored.load_state_dict(logic.state_dict())  # what a NeMo RL checkpoint holds per rank
+    assert torch.equal(restored.score(as_nemo_rl_batch(shard(POOL)), G)["dot"], local["dot"])
     gathered = [None] * dp
     torch.distributed.all_gather_object(gathered, local, group=ps.get_data_parallel_group())
     if rank == 0:

@@ -80,8 +80,4 @@ class GradAlignWorkerLogic:
         return {"reference": self.reference.state_dict() if self.reference else None}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("reference") is None:
-            self.reference = None
-            return
-        self.reference = ReferenceGradient(self.engine.counted, self.engine.groups, self.cfg.reference_dtype)
-        self.reference.load_state_dict(state["reference"])
+        self.reference = self.engine.restore_reference(state.get("reference"))
