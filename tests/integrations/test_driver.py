@@ -12,26 +12,36 @@ import torch
 from helpers import oracle_scores
 from nemo_gradalign.config import GradAlignConfig
 from nemo_gradalign.integrations.nemo_rl.driver import GroupScorer, shard_whole_groups
-from nemo_gradalign.integrations.nemo_rl.worker_logic import GradAlignWorkerLogic
+from nemo_gradalign.integrations.nemo_rl.worker_mixin import GradAlignWorkerMixin
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.policy import Policy
 from test_worker_logic import G, POOL, SPEC, as_nemo_rl_batch
 
 
-class InProcessWorkerGroup:
-    """run_all_workers_sharded_data(method, *, data, in_sharded_axes, replicate_on_axes,
-    output_is_replicated, common_kwargs) / get_all_worker_results(futures), one DP rank per shard."""
+class LocalWorker(GradAlignWorkerMixin):
+    """One 'Megatron policy worker': the mixin over a real megatron model, as in NeMo RL."""
 
-    def __init__(self, logic):
-        self.logic, self.calls = logic, []
+    def __init__(self, model):
+        self.model = model
+
+
+class InProcessWorkerGroup:
+    """Stand-in for NeMo RL's RayWorkerGroup with its method signatures
+    (run_all_workers_sharded_data, run_all_workers_single_data, get_all_worker_results); one
+    data-parallel rank, so one shard."""
+
+    def __init__(self, worker):
+        self.worker, self.calls = worker, []
 
     def run_all_workers_sharded_data(self, method_name, *args, in_sharded_axes=None, replicate_on_axes=None,
                                      output_is_replicated=None, make_dummy_calls_to_free_axes=False,
                                      common_kwargs=None, **kwargs):
         self.calls.append((method_name, len(kwargs["data"])))
-        fn = {"gradalign_build_reference": lambda data, group_size, step: self.logic.build_reference(data, group_size, step),
-              "gradalign_score": lambda data, group_size: self.logic.score(data, group_size)}[method_name]
-        return [fn(shard, **common_kwargs) for shard in kwargs["data"]]
+        return [getattr(self.worker, method_name)(data=shard, **common_kwargs) for shard in kwargs["data"]]
+
+    def run_all_workers_single_data(self, method_name, *args, run_rank_0_only_axes=None, **kwargs):
+        self.calls.append((method_name, 1))
+        return [getattr(self.worker, method_name)(*args, **kwargs)]
 
     def get_all_worker_results(self, futures):
         return futures
@@ -40,8 +50,7 @@ class InProcessWorkerGroup:
 def _driver_rank(rank, out):
     parallel.init_distributed(parallel.Layout())
     policy = Policy(SPEC)
-    logic = GradAlignWorkerLogic(policy.model, GradAlignConfig(enabled=True))
-    group = InProcessWorkerGroup(logic)
+    group = InProcessWorkerGroup(LocalWorker(policy.model))
     standin_policy = types.SimpleNamespace(
         worker_group=group, prepare_for_training=lambda *a, **k: None,
         sharding_annotations=types.SimpleNamespace(get_axis_size=lambda axis: 1))
@@ -50,6 +59,10 @@ def _driver_rank(rank, out):
     scorer = GroupScorer(standin_policy, GradAlignConfig(enabled=True, method="learnalign"), 0,
                          to_flat=lambda b, pad: b)
     learn = scorer(batch, cfg)
+    scorer.save(out + ".ckpt")  # NeMo RL's tmp checkpoint dir gets gradalign/rank_0.pt
+    saved = group.worker._gradalign.reference.flat.clone()
+    group.worker._gradalign.reference.flat.zero_()
+    assert scorer.load(out + ".ckpt") and torch.equal(group.worker._gradalign.reference.flat, saved)
     accg = GroupScorer(standin_policy, GradAlignConfig(enabled=True, method="accgreedy"), 0,
                        to_flat=lambda b, pad: b)(batch, cfg)
     oracle = oracle_scores(policy.model.module, POOL, POOL)[2]
@@ -62,7 +75,8 @@ def test_driver_scores_groups_through_the_worker_methods(tmp_path):
     informative = [p.informative for p in POOL]
     for got, want, inf in zip(res["learn"].tolist(), res["oracle"].tolist(), informative):
         assert (got == -math.inf) if not inf else abs(got - want) <= 1e-5 * max(abs(want), 1e-3)
-    assert res["calls"] == [("gradalign_build_reference", 1), ("gradalign_score", 1)]
+    assert res["calls"] == [("gradalign_build_reference", 1), ("gradalign_score", 1),
+                            ("gradalign_save", 1), ("gradalign_load", 1)]
     rates = [float((p.rewards > 0.5).float().mean()) for p in POOL]
     assert res["accg"].tolist() == [-abs(r - 0.5) for r in rates]
 

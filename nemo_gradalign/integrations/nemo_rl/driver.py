@@ -55,8 +55,20 @@ class GroupScorer:
         group = self.policy.worker_group
         futures = group.run_all_workers_sharded_data(
             method, data=shards, in_sharded_axes=["data_parallel"], replicate_on_axes=MODEL_PARALLEL_AXES,
-            output_is_replicated=MODEL_PARALLEL_AXES, common_kwargs=common)
+            output_is_replicated=MODEL_PARALLEL_AXES,
+            common_kwargs={**common, "cfg": self.cfg.model_dump(mode="json")})
         return group.get_all_worker_results(futures)
+
+    def save(self, checkpoint_dir: str) -> None:
+        """Every worker writes its validation gradient into NeMo RL's tmp checkpoint directory."""
+        group = self.policy.worker_group
+        group.get_all_worker_results(group.run_all_workers_single_data(
+            "gradalign_save", checkpoint_dir=str(checkpoint_dir), cfg=self.cfg.model_dump(mode="json")))
+
+    def load(self, checkpoint_dir: str) -> bool:
+        group = self.policy.worker_group
+        return all(group.get_all_worker_results(group.run_all_workers_single_data(
+            "gradalign_load", checkpoint_dir=str(checkpoint_dir), cfg=self.cfg.model_dump(mode="json"))))
 
     def __call__(self, repeated_batch, master_config) -> torch.Tensor:
         from nemo_gradalign.integrations.nemo_rl.config import lookup
