@@ -58,7 +58,7 @@ def run(grpo_module, BatchedDataDict, Timer, enabled):
 
 def check_hook(grpo_module, BatchedDataDict, Timer):
     upstream = [run(grpo_module, BatchedDataDict, Timer, flag) for flag in (None, False)]
-    uninstall = install(grpo_module, lambda batch, cfg: SCORES)
+    uninstall = install(grpo_module, lambda batch, cfg, validation: SCORES)
     try:
         off = [run(grpo_module, BatchedDataDict, Timer, flag) for flag in (None, False)]
         for (b0, c0, _, m0), (b1, c1, _, m1) in zip(upstream, off):  # flag off: untouched
@@ -132,3 +132,57 @@ def test_real_signatures_match_what_the_hook_wraps():
             inspect.signature(getattr(upstream_standin.BatchedDataDict, name)).parameters)[:2]
     assert list(inspect.signature(CheckpointManager.init_tmp_checkpoint).parameters)[:3] == [
         "self", "step", "training_info"]
+
+
+def test_validation_prompts_ride_along_and_are_split_out():
+    from nemo_gradalign.integrations.nemo_rl.validation_loader import WithValidationPrompts
+
+    class Loader:  # a Stateful loader, as NeMo RL's StatefulDataLoader
+        def __init__(self, batches):
+            self.batches, self.pos = batches, 0
+
+        def __iter__(self):
+            while self.pos < len(self.batches):
+                self.pos += 1
+                yield self.batches[self.pos - 1]
+
+        def __len__(self):
+            return len(self.batches)
+
+        def state_dict(self):
+            return {"pos": self.pos}
+
+        def load_state_dict(self, state):
+            self.pos = state["pos"]
+
+    BDD = upstream_standin.BatchedDataDict
+    train = [BDD({"message_log": [[{"content": f"t{i}"}]] * 4, "idx": torch.arange(4) + 10 * i,
+                  "total_reward": torch.zeros(4)}) for i in range(3)]
+    val = BDD({"message_log": [[{"content": "v"}]] * 2, "idx": torch.tensor([-1, -2]), "total_reward": torch.ones(2)})
+    loader = WithValidationPrompts(Loader(train), val, refresh_every=2, batched_data_dict_cls=BDD)
+    sizes = [b.size for b in loader]
+    assert sizes == [6, 4, 6]  # batches 0 and 2 carry the 2 validation prompts
+    resumed = WithValidationPrompts(Loader(train), val, 2, BDD)
+    resumed.load_state_dict(loader.state_dict())
+    assert resumed.batches_seen == 3 and resumed.loader.pos == 3
+
+    # the hook hands the flagged rows to the scorer and never to upstream
+    rows = Q * N * G
+    batch, std, baseline = make_batch(BDD)
+    batch["gradalign_validation"] = torch.zeros(rows, dtype=torch.bool)
+    extra = BDD({"message_log": [[{"role": "user", "content": "val"}]] * G, "idx": torch.full((G,), -1),
+                 "total_reward": torch.tensor([1.0, 0.0, 1.0]), "gradalign_validation": torch.ones(G, dtype=torch.bool)})
+    merged = BDD.from_batches([batch, extra])
+    seen = {}
+
+    def scorer(candidates, cfg, validation):
+        seen["candidates"], seen["validation"] = candidates.size, validation["idx"].tolist()
+        return SCORES
+
+    module = types.SimpleNamespace(dynamic_sampling=upstream_standin.dynamic_sampling)
+    install(module, scorer)
+    out, complete, _, _ = module.dynamic_sampling(merged, torch.cat([std, torch.full((G,), 0.4)]),
+                                                  torch.cat([baseline, torch.full((G,), 0.6)]), 1,
+                                                  master_config(True), upstream_standin.Timer())
+    assert seen == {"candidates": rows, "validation": [-1, -1, -1]}
+    assert complete and out["idx"].tolist() == [6, 7, 8, 0, 1, 2]

@@ -38,16 +38,15 @@ def shard_whole_groups(data: dict[str, torch.Tensor], group_size: int, shards: i
 class GroupScorer:
     """The hook's ``score_groups``: one score per group of ``repeated_batch``.
 
-    ``validation_data(step)`` returns flat validation-group data from the current policy; it is
-    needed by gradalign and dot only (learnalign aligns with the candidates themselves, the
-    accuracy methods need no gradient).
+    gradalign and dot align with the trusted validation groups that arrive with a batch every
+    ``refresh_every`` steps (validation_loader.py); learnalign aligns with the candidates
+    themselves; the accuracy methods need no gradient.
     """
 
     def __init__(self, policy, cfg: GradAlignConfig, pad_token_id: int,
-                 validation_data: Callable[[int], dict] | None = None,
                  to_flat: Callable[[object, int], dict] = flat_group_data):
         self.policy, self.cfg, self.pad_token_id = policy, cfg, pad_token_id
-        self.validation_data, self.to_flat = validation_data, to_flat
+        self.to_flat = to_flat
         self.step = 0
         self.reference_step: int | None = None
 
@@ -70,7 +69,7 @@ class GroupScorer:
         return all(group.get_all_worker_results(group.run_all_workers_single_data(
             "gradalign_load", checkpoint_dir=str(checkpoint_dir), cfg=self.cfg.model_dump(mode="json"))))
 
-    def __call__(self, repeated_batch, master_config) -> torch.Tensor:
+    def __call__(self, repeated_batch, master_config, validation_batch=None) -> torch.Tensor:
         from nemo_gradalign.integrations.nemo_rl.config import lookup
 
         cfg, step = self.cfg, self.step
@@ -87,12 +86,13 @@ class GroupScorer:
             self.policy.prepare_for_training()
             if source == "pool":
                 self._run("gradalign_build_reference", shards, group_size=group_size, step=step)
-            elif self.reference_step is None or step - self.reference_step >= cfg.refresh_every:
-                if self.validation_data is None:
-                    raise RuntimeError(f"gradalign.method={cfg.method!r} needs validation rollouts")
-                val = shard_whole_groups(self.validation_data(step), group_size, dp)
+            elif validation_batch is not None:
+                val = shard_whole_groups(self.to_flat(validation_batch, self.pad_token_id), group_size, dp)
                 self._run("gradalign_build_reference", val, group_size=group_size, step=step)
                 self.reference_step = step
+            elif self.reference_step is None:
+                raise RuntimeError(f"gradalign.method={cfg.method!r} needs the validation prompts' "
+                                   "rollouts before the first selection (validation_loader.py)")
             parts = self._run("gradalign_score", shards, group_size=group_size)
             stats = ProblemStats(torch.cat([p["dot"] for p in parts]), torch.cat([p["sqnorm"] for p in parts]),
                                  torch.cat([p["informative"] for p in parts]))

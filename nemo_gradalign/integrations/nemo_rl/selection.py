@@ -24,8 +24,9 @@ import torch
 
 from nemo_gradalign.integrations.nemo_rl.config import lookup, read_gradalign
 
-# (repeated_batch, master_config) -> one score per group, float, -inf = never keep
-ScoreGroups = Callable[[Any, Any], torch.Tensor]
+# (candidate batch, master_config, validation batch or None) -> one score per group, -inf = never keep
+ScoreGroups = Callable[[Any, Any, Any], torch.Tensor]
+VALIDATION_FLAG = "gradalign_validation"  # per-row bool set by validation_loader.WithValidationPrompts
 
 
 def ranked_rows(scores: torch.Tensor, group_size: int) -> list[int]:
@@ -48,6 +49,20 @@ def selection_metrics(scores: torch.Tensor, rewards: torch.Tensor, group_size: i
     }
 
 
+def split_validation_rows(batch, std, baseline):
+    """Separate the trusted validation prompts' rows (generated with this step's batch) from the
+    candidates; upstream never sees them."""
+    flag = batch.get(VALIDATION_FLAG) if hasattr(batch, "get") else None
+    if flag is None or not bool(torch.as_tensor(flag).any()):
+        return batch, std, baseline, None
+    flag = torch.as_tensor(flag).bool().cpu()
+    val_rows = flag.nonzero().flatten().tolist()
+    rows = (~flag).nonzero().flatten().tolist()
+    index = torch.tensor(rows, dtype=torch.long)
+    return (batch.select_indices(rows), std[index.to(std.device)], baseline[index.to(baseline.device)],
+            batch.select_indices(val_rows))
+
+
 def with_gradalign(original: Callable, score_groups: ScoreGroups) -> Callable:
     """Wrap upstream's dynamic_sampling; same signature, same 4-tuple return."""
 
@@ -61,7 +76,8 @@ def with_gradalign(original: Callable, score_groups: ScoreGroups) -> Callable:
         group_size = int(lookup(master_config, "grpo.num_generations_per_prompt"))
         keep = int(lookup(master_config, "grpo.num_prompts_per_step"))
         t0 = time.perf_counter()
-        scores = score_groups(repeated_batch, master_config).cpu()
+        repeated_batch, std, baseline, validation = split_validation_rows(repeated_batch, std, baseline)
+        scores = score_groups(repeated_batch, master_config, validation).cpu()
         if scores.numel() * group_size != repeated_batch.size:
             raise ValueError(f"{scores.numel()} group scores for {repeated_batch.size} rows of "
                              f"groups of {group_size}")
