@@ -3,8 +3,9 @@
   PYTHONPATH=<nemo-rl checkout>:<this folder> pytest -p gradalign_upstream_plugin \\
       tests/unit/algorithms/test_grpo.py -k dynamic_sampling
 
-Installs the dynamic_sampling hook on the real ``nemo_rl.algorithms.grpo`` before collection (the
-upstream tests bind the name at import). Upstream's configs carry no ``gradalign:`` block, so the
+Installs what the entry point installs (load_config's default block, the setup wrapper) and the
+dynamic_sampling hook on the real ``nemo_rl.algorithms.grpo`` before collection (the upstream
+tests bind the names at import). Upstream's configs carry no ``gradalign:`` block, so the
 flag is off: every call must reach upstream's function unchanged, and the scorer must never run.
 """
 
@@ -20,8 +21,10 @@ def _never_score(batch, master_config, validation=None):
 def pytest_configure(config):
     import nemo_rl.algorithms.grpo as grpo
 
+    from nemo_gradalign.integrations.nemo_rl.entry import install_all
     from nemo_gradalign.integrations.nemo_rl.selection import install
 
+    install_all()  # load_config default block + setup wrapper, as the entry point does
     install(grpo, _never_score)
     hooked = grpo.dynamic_sampling
 

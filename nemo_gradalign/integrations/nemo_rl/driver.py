@@ -48,7 +48,7 @@ class GroupScorer:
         self.policy, self.cfg, self.pad_token_id = policy, cfg, pad_token_id
         self.to_flat = to_flat
         self.step = 0
-        self.reference_step: int | None = None
+        self.has_reference = False  # workers hold a validation gradient (built or restored)
 
     def _run(self, method: str, shards: list[dict], **common) -> list:
         group = self.policy.worker_group
@@ -89,8 +89,8 @@ class GroupScorer:
             elif validation_batch is not None:
                 val = shard_whole_groups(self.to_flat(validation_batch, self.pad_token_id), group_size, dp)
                 self._run("gradalign_build_reference", val, group_size=group_size, step=step)
-                self.reference_step = step
-            elif self.reference_step is None:
+                self.has_reference = True
+            elif not self.has_reference:
                 raise RuntimeError(f"gradalign.method={cfg.method!r} needs the validation prompts' "
                                    "rollouts before the first selection (validation_loader.py)")
             parts = self._run("gradalign_score", shards, group_size=group_size)

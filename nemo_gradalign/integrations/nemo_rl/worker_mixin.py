@@ -42,8 +42,10 @@ class GradAlignWorkerMixin:
         return str(path)
 
     def gradalign_load(self, checkpoint_dir: str, cfg: dict) -> bool:
+        """Restore this rank's validation gradient; False when the checkpoint holds none."""
         path = Path(checkpoint_dir) / STATE_DIR / f"rank_{dist.get_rank() if dist.is_initialized() else 0}.pt"
         if not path.is_file():
             return False
-        self._gradalign_logic(cfg).load_state_dict(torch.load(path, weights_only=False))
-        return True
+        logic = self._gradalign_logic(cfg)
+        logic.load_state_dict(torch.load(path, weights_only=False))
+        return logic.reference is not None

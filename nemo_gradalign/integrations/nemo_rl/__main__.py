@@ -1,0 +1,29 @@
+"""python -m nemo_gradalign.integrations.nemo_rl --config <recipe> [overrides]
+
+Installs GradAlign into the NeMo RL found on the path (the container's checkout) and runs that
+checkout's own ``examples/run_grpo.py`` with the same arguments.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    import nemo_rl
+
+    from nemo_gradalign.integrations.nemo_rl.entry import install_all
+
+    script = Path(nemo_rl.__file__).resolve().parents[1] / "examples" / "run_grpo.py"
+    if not script.is_file():
+        raise SystemExit(f"NeMo RL's examples/run_grpo.py not found next to {nemo_rl.__file__}; "
+                         "run from a NeMo RL source checkout (the NVIDIA container has one)")
+    install_all()
+    sys.argv = [str(script), *(sys.argv[1:] if argv is None else argv)]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Installs GradAlign into NeMo RL's GRPO and runs upstream's own example script.
+
+    python -m nemo_gradalign.integrations.nemo_rl --config <recipe> [overrides]
+
+1. ``load_config`` gains a default ``gradalign:`` block (disabled), so a plain
+   ``gradalign.enabled=true`` override works under NeMo RL's struct-mode overrides and a misspelt
+   gradalign key fails there, as any other key would.
+2. ``setup`` — with the flag off, upstream's, untouched. With it on: the configuration is checked,
+   the GradAlign worker is registered with upstream's Megatron worker environment and used for the
+   policy (``policy_factory`` on v0.7+/main, a ``Policy`` partial on v0.6), the training dataloader
+   carries the trusted validation prompts every ``refresh_every`` batches, the checkpointer also
+   writes (and on resume reads) every worker's validation gradient, and the dynamic_sampling hook
+   is installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+from nemo_gradalign.config import GradAlignConfig
+from nemo_gradalign.integrations.nemo_rl.config import check_supported, read_gradalign
+from nemo_gradalign.integrations.nemo_rl.driver import GroupScorer
+from nemo_gradalign.integrations.nemo_rl.selection import install as install_hook
+from nemo_gradalign.integrations.nemo_rl.validation_loader import WithValidationPrompts
+
+WORKER_FQN = "nemo_gradalign.integrations.nemo_rl.worker.GradAlignMegatronPolicyWorker"
+UPSTREAM_WORKER_FQN = "nemo_rl.models.policy.workers.megatron_policy_worker.MegatronPolicyWorker"
+LOADER_TYPES = ("StatefulDataLoader", "MultipleDataloaderWrapper")
+
+
+def with_default_block(load_config):
+    @functools.wraps(load_config)
+    def load(config_path):
+        cfg = load_config(config_path)
+        if "gradalign" not in cfg:
+            cfg["gradalign"] = GradAlignConfig().model_dump(mode="json")
+        return cfg
+
+    return load
+
+
+def _validation_batch(val_dataloader, cfg: GradAlignConfig, collate):
+    if val_dataloader is None:
+        raise ValueError(f"gradalign.method={cfg.method!r} aligns with the trusted validation set: "
+                         "the recipe needs validation data (data.validation / val dataset)")
+    dataset = val_dataloader.dataset
+    n = min(len(dataset), cfg.validation.max_problems or len(dataset))
+    return collate([dataset[i] for i in range(n)])
+
+
+def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate, batched_data_dict_cls):
+    """Wrap upstream's ``setup``; see the module docstring."""
+    takes_factory = "policy_factory" in inspect.signature(setup).parameters
+
+    @functools.wraps(setup)
+    def wrapped(master_config, tokenizer, dataset, val_dataset, *args, **kwargs):
+        cfg = read_gradalign(master_config)
+        if not cfg.enabled:
+            return setup(master_config, tokenizer, dataset, val_dataset, *args, **kwargs)
+        check_supported(master_config, cfg)
+        registry[WORKER_FQN] = registry[UPSTREAM_WORKER_FQN]
+        factory = functools.partial(policy_cls, worker_extension_cls_fqn=WORKER_FQN)
+        if takes_factory:
+            if kwargs.get("policy_factory") is not None:
+                raise ValueError("a custom policy_factory (e.g. the data-plane TQPolicy) cannot be "
+                                 "combined with gradalign.enabled=true")
+            kwargs["policy_factory"] = factory
+        else:
+            grpo_module.Policy = factory  # v0.6 builds Policy(...) directly
+        result = list(setup(master_config, tokenizer, dataset, val_dataset, *args, **kwargs))
+        policy = result[0]
+        loaders = [i for i, x in enumerate(result) if type(x).__name__ in LOADER_TYPES]
+        checkpointer = next(x for x in result if type(x).__name__ == "CheckpointManager")
+        scorer = GroupScorer(policy, cfg, tokenizer.pad_token_id)
+        if cfg.method in ("gradalign", "dot"):
+            val_loader = result[loaders[1]] if len(loaders) > 1 else None
+            result[loaders[0]] = WithValidationPrompts(
+                result[loaders[0]], _validation_batch(val_loader, cfg, collate),
+                cfg.refresh_every, batched_data_dict_cls)
+        _checkpoint_with_gradalign(checkpointer, scorer)
+        install_hook(grpo_module, scorer)
+        return tuple(result)
+
+    return wrapped
+
+
+def _checkpoint_with_gradalign(checkpointer, scorer: GroupScorer) -> None:
+    """Every tmp_step_N directory also holds gradalign/rank_<r>.pt; resume reads the latest."""
+    init_tmp = checkpointer.init_tmp_checkpoint
+
+    @functools.wraps(init_tmp)
+    def init_tmp_checkpoint(step, training_info, *args, **kwargs):
+        path = init_tmp(step, training_info, *args, **kwargs)
+        scorer.save(path)
+        return path
+
+    checkpointer.init_tmp_checkpoint = init_tmp_checkpoint
+    latest = checkpointer.get_latest_checkpoint_path()
+    if latest is not None:
+        scorer.has_reference = scorer.load(latest)
+
+
+def install_all() -> None:
+    """Patch the real NeMo RL modules (call before upstream's example script runs)."""
+    import nemo_rl.algorithms.grpo as grpo
+    import nemo_rl.utils.config as config_module
+    from nemo_rl.data.collate_fn import rl_collate_fn
+    from nemo_rl.distributed.batched_data_dict import BatchedDataDict
+    from nemo_rl.distributed.ray_actor_environment_registry import ACTOR_ENVIRONMENT_REGISTRY
+
+    config_module.load_config = with_default_block(config_module.load_config)
+    grpo.setup = gradalign_setup(grpo.setup, grpo, ACTOR_ENVIRONMENT_REGISTRY, grpo.Policy,
+                                 rl_collate_fn, BatchedDataDict)

@@ -1,0 +1,148 @@
+"""The NeMo RL entry: default gradalign block for struct-mode overrides, and the setup wrapper's
+wiring (worker registration, policy factory, validation prompts, checkpoint state, hook) on
+stand-ins whose signatures mirror NeMo RL's (main / v0.7 with policy_factory, v0.6 without)."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import upstream_standin
+from nemo_gradalign.config import ConfigError, apply_overrides
+from nemo_gradalign.integrations.nemo_rl.entry import (
+    UPSTREAM_WORKER_FQN, WORKER_FQN, gradalign_setup, with_default_block)
+from nemo_gradalign.integrations.nemo_rl.validation_loader import WithValidationPrompts
+
+
+def test_plain_gradalign_override_works_once_the_default_block_exists():
+    load = with_default_block(lambda path: OmegaConf.create({"grpo": {"num_prompts_per_step": 8}}))
+    cfg = apply_overrides(load("recipe.yaml"), ["gradalign.enabled=true", "gradalign.method=dot"])
+    assert cfg.gradalign.enabled is True and cfg.gradalign.method == "dot"
+    with pytest.raises(ConfigError, match="gradalign.enabeld"):  # a typo fails like any other key
+        apply_overrides(load("recipe.yaml"), ["gradalign.enabeld=true"])
+
+
+class StatefulDataLoader:
+    def __init__(self, items):
+        self.dataset = items
+
+    def __iter__(self):
+        yield from ()
+
+    def __len__(self):
+        return 0
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+class CheckpointManager:
+    def __init__(self, root: Path, latest=None):
+        self.root, self.latest = root, latest
+
+    def init_tmp_checkpoint(self, step, training_info, run_config=None):
+        path = self.root / f"tmp_step_{step}"
+        path.mkdir(parents=True)
+        return path
+
+    def get_latest_checkpoint_path(self):
+        return self.latest
+
+
+class RecordingWorkers:
+    def __init__(self):
+        self.calls = []
+
+    def run_all_workers_single_data(self, method_name, *args, run_rank_0_only_axes=None, **kwargs):
+        self.calls.append((method_name, kwargs.get("checkpoint_dir")))
+        return [True]
+
+    def get_all_worker_results(self, futures):
+        return futures
+
+
+class Policy:
+    def __init__(self, cluster=None, config=None, worker_extension_cls_fqn=None, **kwargs):
+        self.worker_extension_cls_fqn = worker_extension_cls_fqn
+        self.worker_group = RecordingWorkers()
+
+
+def make_grpo(tmp_path, with_factory: bool, latest=None):
+    module = types.SimpleNamespace(Policy=Policy, dynamic_sampling=upstream_standin.dynamic_sampling)
+
+    def build(master_config, make_policy):
+        policy = make_policy(cluster="cluster", config={})
+        return (policy, None, "cluster", StatefulDataLoader(["t"]), StatefulDataLoader([{"idx": 0}, {"idx": 1}]),
+                "loss", "logger", CheckpointManager(tmp_path, latest), {}, master_config)
+
+    if with_factory:  # main / v0.7
+        def setup(master_config, tokenizer, dataset, val_dataset, processor=None, policy_factory=None):
+            return build(master_config, policy_factory or module.Policy)
+    else:  # v0.6
+        def setup(master_config, tokenizer, dataset, val_dataset, processor=None):
+            return build(master_config, module.Policy)
+    module.setup = setup
+    return module
+
+
+def master_config(**gradalign):
+    return {"grpo": {"batch_multiplier": 4, "num_prompts_per_step": 2, "num_generations_per_prompt": 2},
+            "policy": {"megatron_cfg": {"enabled": True}}, "gradalign": gradalign}
+
+
+TOKENIZER = types.SimpleNamespace(pad_token_id=0)
+
+
+@pytest.mark.parametrize("with_factory", [True, False], ids=["main/v0.7", "v0.6"])
+def test_setup_flag_off_is_upstream(tmp_path, with_factory):
+    grpo = make_grpo(tmp_path, with_factory)
+    registry = {UPSTREAM_WORKER_FQN: "mcore-exe"}
+    setup = gradalign_setup(grpo.setup, grpo, registry, Policy, list, upstream_standin.BatchedDataDict)
+    result = setup(master_config(enabled=False), TOKENIZER, None, None)
+    assert result[0].worker_extension_cls_fqn is None and isinstance(result[3], StatefulDataLoader)
+    assert registry == {UPSTREAM_WORKER_FQN: "mcore-exe"} and grpo.dynamic_sampling is upstream_standin.dynamic_sampling
+
+
+@pytest.mark.parametrize("with_factory", [True, False], ids=["main/v0.7", "v0.6"])
+def test_setup_flag_on_wires_everything(tmp_path, with_factory):
+    grpo = make_grpo(tmp_path, with_factory, latest=str(tmp_path / "step_3"))
+    registry = {UPSTREAM_WORKER_FQN: "mcore-exe"}
+    collate = lambda datums: upstream_standin.BatchedDataDict({"idx": [d["idx"] for d in datums]})
+    setup = gradalign_setup(grpo.setup, grpo, registry, Policy, collate, upstream_standin.BatchedDataDict)
+    policy, *_, loader, _val, _loss, _log, checkpointer, _state, _cfg = setup(
+        master_config(enabled=True), TOKENIZER, None, None)
+    assert registry[WORKER_FQN] == "mcore-exe"  # same environment as upstream's Megatron worker
+    assert policy.worker_extension_cls_fqn == WORKER_FQN
+    assert isinstance(loader, WithValidationPrompts) and loader.validation["idx"] == [0, 1]
+    path = checkpointer.init_tmp_checkpoint(7, {"val:accuracy": 0.5})
+    assert path == tmp_path / "tmp_step_7"
+    assert policy.worker_group.calls == [("gradalign_load", str(tmp_path / "step_3")),
+                                         ("gradalign_save", str(path))]
+    assert grpo.dynamic_sampling.__gradalign_original__ is upstream_standin.dynamic_sampling
+
+
+def test_setup_refuses_unsupported_configs(tmp_path):
+    grpo = make_grpo(tmp_path, True)
+    setup = gradalign_setup(grpo.setup, grpo, {UPSTREAM_WORKER_FQN: "x"}, Policy, list,
+                            upstream_standin.BatchedDataDict)
+    bad = master_config(enabled=True)
+    bad["grpo"]["async_grpo"] = {"enabled": True}
+    with pytest.raises(ConfigError, match="grpo.async_grpo.enabled=true"):
+        setup(bad, TOKENIZER, None, None)
+
+
+def test_real_setup_and_loader_signatures():
+    grpo = pytest.importorskip("nemo_rl.algorithms.grpo", reason="NeMo RL source not on PYTHONPATH")
+    import inspect
+
+    from nemo_rl.models.policy.lm_policy import Policy as RealPolicy
+
+    params = list(inspect.signature(grpo.setup).parameters)
+    assert params[:4] == ["master_config", "tokenizer", "dataset", "val_dataset"]
+    assert "worker_extension_cls_fqn" in inspect.signature(RealPolicy).parameters
