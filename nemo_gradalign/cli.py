@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out-dir", default="runs/demo")
     demo.add_argument("overrides", nargs="*", help="recipe overrides applied to every run")
     demo.set_defaults(func=_demo)
+
+    sub.add_parser("nemo-rl", help="NeMo RL's GRPO (its run_grpo.py) with GradAlign installed: "
+                   "nemo-gradalign nemo-rl --config <recipe> [overrides]")
     return parser
 
 
@@ -94,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     from nemo_gradalign.megatron.cpu_shim import quiet_expected_warnings
 
     quiet_expected_warnings()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["nemo-rl"]:  # everything after it belongs to NeMo RL's run_grpo.py
+        from nemo_gradalign.integrations.nemo_rl.__main__ import main as run_nemo_rl
+
+        run_nemo_rl(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     from nemo_gradalign.megatron.parallel import RankFailed
 

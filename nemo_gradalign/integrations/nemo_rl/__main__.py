@@ -12,7 +12,11 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    import nemo_rl
+    try:
+        import nemo_rl
+    except ImportError:
+        raise SystemExit("NeMo RL is not importable: run inside NVIDIA's NeMo RL container, or put a "
+                         "NeMo RL source checkout on PYTHONPATH") from None
 
     from nemo_gradalign.integrations.nemo_rl.entry import install_all
 
