@@ -48,6 +48,12 @@ def _demo(args) -> None:
     demo.run_demo(args.regime, args.methods.split(","), seeds, args.out_dir, args.workers, args.overrides)
 
 
+def _launch(args) -> None:
+    from nemo_gradalign.launcher import launch
+
+    launch(args.recipe, args.cluster, args.nodes, args.time, args.dry_run, args.overrides)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -88,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", help="recipe overrides applied to every run")
     demo.set_defaults(func=_demo)
 
+    launch = sub.add_parser("launch", help="submit a recipe to Slurm (checks everything first)")
+    launch.add_argument("recipe", help="an embedded or a NeMo RL recipe")
+    launch.add_argument("--cluster", required=True, help="launcher/clusters/<name>.yaml")
+    launch.add_argument("--nodes", type=int, default=1)
+    launch.add_argument("--time", default="01:00:00", help="Slurm time limit")
+    launch.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
+    launch.add_argument("overrides", nargs="*", help="recipe overrides (key=value, ++new.key=value)")
+    launch.set_defaults(func=_launch)
+
     sub.add_parser("nemo-rl", help="NeMo RL's GRPO (its run_grpo.py) with GradAlign installed: "
                    "nemo-gradalign nemo-rl --config <recipe> [overrides]")
     return parser
@@ -103,7 +118,12 @@ def main(argv: list[str] | None = None) -> int:
 
         run_nemo_rl(argv[1:])
         return 0
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides may follow options: `launch r.yaml --cluster c.yaml --dry-run a.b=1`
+        if not hasattr(args, "overrides") or any("=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     from nemo_gradalign.megatron.parallel import RankFailed
 
     try:

@@ -1,0 +1,175 @@
+"""`nemo-gradalign launch`: render and submit Slurm jobs, checking everything before the queue.
+
+Written here rather than through NeMo-Run or submitit: NeMo RL's own way is `sbatch ray.sub` with
+CONTAINER/MOUNTS/COMMAND in the environment, which neither renders; submitit submits pickled Python
+functions, not a command line per rank; NeMo-Run brings ~440 MB (Ray, torchx, fiddle) and a
+leptonai pin for what is one sbatch script here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nemo_gradalign.config import ConfigError, format_validation_error, load_recipe
+
+CLUSTERS = Path(__file__).resolve().parents[1] / "launcher" / "clusters"
+_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
+
+
+class ClusterProfile(BaseModel):
+    """launcher/clusters/<name>.yaml"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account: str | None = None
+    partition: str | None = None
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_task: int | None = Field(None, gt=0)
+    container_image: str | None = None
+    container_mounts: list[str] = []
+    nemo_rl_root: str = "/opt/nemo-rl"  # where ray.sub lives (in the container image)
+    log_dir: str = "runs/slurm"
+
+    @field_validator("container_image")
+    @classmethod
+    def _image(cls, value):
+        if value is not None and (not value or any(c.isspace() for c in value)):
+            raise ValueError(f"container image must be one word without spaces, got {value!r}")
+        return value
+
+
+def load_profile(path: str) -> ClusterProfile:
+    file = Path(path)
+    if not file.is_file():
+        known = ", ".join(sorted(p.stem for p in CLUSTERS.glob("*.yaml")))
+        raise ConfigError(f"--cluster: no cluster profile at {path} (shipped: {known})")
+    try:
+        return ClusterProfile.model_validate(yaml.safe_load(file.read_text()) or {})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, f"cluster({file.name})")) from None
+
+
+def check_time(value: str) -> str:
+    if not _TIME.match(value):
+        raise ConfigError(f"--time: {value!r} is not a Slurm time limit (minutes, MM:SS, HH:MM:SS "
+                          "or D-HH:MM:SS)")
+    return value
+
+
+def _sbatch_options(profile: ClusterProfile, nodes: int, time: str, job_name: str, log: Path,
+                    ntasks_per_node: int | None) -> list[str]:
+    opts = [f"--job-name={job_name}", f"--nodes={nodes}", f"--time={time}", f"--output={log}/slurm-%j.out"]
+    if ntasks_per_node:
+        opts.append(f"--ntasks-per-node={ntasks_per_node}")
+    if profile.account:
+        opts.append(f"--account={profile.account}")
+    if profile.partition:
+        opts.append(f"--partition={profile.partition}")
+    if profile.gpus_per_node:
+        opts.append(f"--gres=gpu:{profile.gpus_per_node}")
+    if profile.cpus_per_task:
+        opts.append(f"--cpus-per-task={profile.cpus_per_task}")
+    return opts
+
+
+def embedded_script(recipe: str, overrides: list[str], profile: ClusterProfile, nodes: int, time: str) -> str:
+    """One srun task per rank; torch.distributed set up from Slurm's variables."""
+    from nemo_gradalign.trainer.config import parse_recipe
+
+    cfg = parse_recipe(load_recipe(recipe, overrides))  # bad overrides never reach the queue
+    m = cfg.policy.megatron_cfg
+    ranks = m.tensor_model_parallel_size * m.pipeline_model_parallel_size
+    if ranks % nodes:
+        raise ConfigError(f"--nodes={nodes} does not divide the recipe's TP×PP = {ranks} ranks")
+    log = Path(profile.log_dir).resolve()
+    train = [sys.executable, "-m", "nemo_gradalign.cli", "train", "--config", str(Path(recipe).resolve()), *overrides]
+    container = ""
+    if profile.container_image:
+        mounts = ",".join([*profile.container_mounts, f"{Path.cwd()}:{Path.cwd()}"])
+        container = f"--container-image={profile.container_image} --container-mounts={mounts} "
+    lines = ["#!/bin/bash", *(f"#SBATCH {o}" for o in _sbatch_options(
+        profile, nodes, time, f"gradalign-{Path(recipe).stem}", log, ranks // nodes)), "",
+        'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+        f"export PYTHONPATH={shlex.quote(str(Path(__file__).resolve().parents[1]))}${{PYTHONPATH:+:$PYTHONPATH}}",
+        *(["export OMP_NUM_THREADS=1"] if not profile.gpus_per_node else []),
+        f"cd {shlex.quote(str(Path.cwd()))}",
+        f"srun {container}bash -c 'RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID "
+        f"exec {shlex.join(train)}'", ""]
+    return "\n".join(lines)
+
+
+def nemo_rl_submission(recipe: str, overrides: list[str], profile: ClusterProfile, nodes: int,
+                       time: str) -> tuple[list[str], dict[str, str]]:
+    """NeMo RL's way: `sbatch ... ray.sub` with CONTAINER, MOUNTS, COMMAND in the environment."""
+    from nemo_gradalign.integrations.nemo_rl.config import check_supported, read_gradalign
+
+    raw = yaml.safe_load(Path(recipe).read_text()) or {}
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(raw), OmegaConf.from_dotlist(
+        [o.lstrip("+") for o in overrides])), resolve=False)
+    check_supported(merged, read_gradalign(merged))  # the gradalign block, before the queue
+    if not profile.container_image:
+        raise ConfigError("cluster.container_image: NeMo RL runs in its container; the profile names none")
+    package = Path(__file__).resolve().parents[1]
+    run_dir = Path.cwd()
+    log = Path(profile.log_dir).resolve()
+    command = (f"cd {profile.nemo_rl_root} && PYTHONPATH={package}:$PYTHONPATH python -m "
+               f"nemo_gradalign.integrations.nemo_rl --config {Path(recipe).resolve()} {shlex.join(overrides)}")
+    env = {
+        "CONTAINER": profile.container_image,
+        "MOUNTS": ",".join(dict.fromkeys([*profile.container_mounts, f"{run_dir}:{run_dir}", f"{package}:{package}"])),
+        "COMMAND": command.strip(),
+        "GPUS_PER_NODE": str(profile.gpus_per_node),
+        "BASE_LOG_DIR": str(log),
+    }
+    cmd = ["sbatch", *_sbatch_options(profile, nodes, time, f"gradalign-{Path(recipe).stem}", log, None),
+           f"{profile.nemo_rl_root}/ray.sub"]
+    return cmd, env
+
+
+def launch(recipe: str, cluster: str, nodes: int, time: str, dry_run: bool, overrides: list[str]) -> str | None:
+    if nodes <= 0:
+        raise ConfigError(f"--nodes: must be positive, got {nodes}")
+    check_time(time)
+    if not Path(recipe).is_file():
+        raise ConfigError(f"recipe not found: {recipe}")
+    profile = load_profile(cluster)
+    if _is_nemo_rl(recipe):
+        cmd, env = nemo_rl_submission(recipe, overrides, profile, nodes, time)
+        if dry_run:
+            print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))
+            print(shlex.join(cmd))
+            return None
+        Path(profile.log_dir).mkdir(parents=True, exist_ok=True)
+        out = subprocess.run([cmd[0], "--parsable", *cmd[1:]], env={**os.environ, **env},
+                             capture_output=True, text=True)
+    else:
+        script = embedded_script(recipe, overrides, profile, nodes, time)
+        if dry_run:
+            print(script)
+            return None
+        Path(profile.log_dir).mkdir(parents=True, exist_ok=True)
+        out = subprocess.run(["sbatch", "--parsable"], input=script, capture_output=True, text=True)
+    if out.returncode:
+        raise ConfigError(f"sbatch refused the job: {out.stderr.strip()}")
+    job = out.stdout.strip().split(";")[0]
+    print(f"submitted job {job}; logs: {Path(profile.log_dir).resolve()}/slurm-{job}.out\n"
+          f"follow: squeue -j {job}   tail -f {Path(profile.log_dir).resolve()}/slurm-{job}.out\n"
+          f"cancel: scancel {job}")
+    return job
+
+
+def _is_nemo_rl(recipe: str) -> bool:
+    """NeMo RL recipes name a cluster block or inherit the container's NeMo RL examples."""
+    raw = yaml.safe_load(Path(recipe).read_text()) or {}
+    return "cluster" in raw or str(raw.get("defaults", "")).startswith("/opt/nemo-rl")
