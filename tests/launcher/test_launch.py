@@ -121,3 +121,15 @@ def test_bad_input_never_reaches_the_queue(slurm, tmp_path):
     for proc, _ in _bad_runs(tmp_path):
         assert proc.returncode == 2
     assert queue_size() == before
+
+
+def test_embedded_dry_run_renders_pyxis_flags_and_slurm_rank_variables(tmp_path):
+    proc = launch(NOISY, "--cluster", profile(tmp_path, container_image="nvcr.io/nvidia/nemo-rl:v0.6.0",
+                                               gpus_per_node=8), "--nodes", "1", "--dry-run", *TINY, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    script = proc.stdout
+    assert "#SBATCH --ntasks-per-node=2" in script and "#SBATCH --gres=gpu:8" in script
+    assert "srun --container-image=nvcr.io/nvidia/nemo-rl:v0.6.0 --container-mounts=" in script
+    assert "RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID" in script
+    assert "MASTER_ADDR=$(scontrol show hostnames" in script and "OMP_NUM_THREADS" not in script
+    assert not (tmp_path / "logs").exists()  # a dry run writes nothing
