@@ -12,6 +12,15 @@ from __future__ import annotations
 import torch
 
 
+def flat_views(flat: torch.Tensor, params) -> list[torch.Tensor]:
+    """Consecutive slices of ``flat`` shaped like ``params`` (shared by grads and the reference)."""
+    views, offset = [], 0
+    for p in params:
+        views.append(flat[offset:offset + p.numel()].view(p.shape))
+        offset += p.numel()
+    return views
+
+
 def can_flatten(params: list[torch.nn.Parameter]) -> bool:
     if not params or any(hasattr(p, "main_grad") for p in params):
         return False
@@ -25,11 +34,7 @@ class FlatGradients:
         self.n_counted = sum(p.numel() for p in counted)
         first = self.params[0]
         self.flat = torch.zeros(sum(p.numel() for p in self.params), dtype=first.dtype, device=first.device)
-        self.views = []
-        offset = 0
-        for p in self.params:
-            self.views.append(self.flat[offset:offset + p.numel()].view(p.shape))
-            offset += p.numel()
+        self.views = flat_views(self.flat, self.params)
 
     @property
     def counted(self) -> torch.Tensor:

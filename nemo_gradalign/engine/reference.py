@@ -11,18 +11,12 @@ import math
 
 import torch
 
+from nemo_gradalign.engine.flat import flat_views
 from nemo_gradalign.engine.grads import local_grad
 from nemo_gradalign.engine.groups import EngineGroups
 from nemo_gradalign.engine.rules import CountedParams
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def _views(flat: torch.Tensor, params):
-    offset = 0
-    for p in params:
-        yield flat[offset:offset + p.numel()].view(p.shape)
-        offset += p.numel()
 
 
 EMPTY_MESSAGE = (
@@ -48,7 +42,7 @@ class ReferenceGradient:
         # one flat tensor, the per-parameter buffers are views of it: a problem's dot with G is
         # then a single kernel when the grads are flat too (engine/flat.py)
         self.flat = torch.zeros(sum(p.numel() for p in counted.params), dtype=self.dtype, device=device)
-        self.buffers = list(_views(self.flat, counted.params))
+        self.buffers = flat_views(self.flat, counted.params)
         self.norm = 0.0  # ‖G‖ before normalisation (for logging)
         self.built_at_step: int | None = None
 
@@ -68,9 +62,7 @@ class ReferenceGradient:
             else:
                 buf.copy_(grad)
         self.groups.sum_data_parallel([self.flat])  # the buffers are views of it: one collective
-        sq = torch.zeros(1, dtype=torch.float64, device=self._device())
-        for buf in self.buffers:
-            sq += buf.double().square().sum()
+        sq = self.flat.double().square().sum().reshape(1)
         norm = math.sqrt(self.groups.sum_model_parallel(sq).item())
         if not math.isfinite(norm):
             raise ValueError(f"the validation gradient is not finite (norm {norm})")
@@ -80,9 +72,6 @@ class ReferenceGradient:
             buf.div_(norm)
         self.norm = norm
         self.built_at_step = step
-
-    def _device(self):
-        return self.buffers[0].device if self.buffers else torch.device("cpu")
 
     def state_dict(self) -> dict:
         return {

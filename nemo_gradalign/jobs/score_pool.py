@@ -107,12 +107,4 @@ def run_rank(rank: int, cfg: ScoreJobConfig) -> dict | None:
 
 def main(cfg: ScoreJobConfig) -> None:
     """Run on torchrun/srun ranks if launched that way, else spawn the layout's ranks locally."""
-    import os
-
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        try:
-            run_rank(int(os.environ["RANK"]), cfg)
-        finally:
-            parallel.shutdown()
-    else:
-        parallel.spawn(run_rank, cfg.layout.world_size, cfg)
+    parallel.run_on_ranks(run_rank, cfg.layout.world_size, cfg)

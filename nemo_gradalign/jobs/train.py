@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.trainer.config import EmbeddedRecipe
 
@@ -28,15 +26,8 @@ def run_rank(rank: int, recipe: EmbeddedRecipe, resume: bool, world_size: int,
 
 def main(recipe: EmbeddedRecipe, resume: bool, ranks: int | None) -> None:
     """Join torchrun/srun ranks when launched that way, else spawn the ranks locally."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        world = int(os.environ["WORLD_SIZE"])
-        layout_for(recipe, world)
-        try:
-            run_rank(int(os.environ["RANK"]), recipe, resume, world)
-        finally:
-            parallel.shutdown()
-        return
     m = recipe.policy.megatron_cfg
-    world = ranks or m.tensor_model_parallel_size * m.pipeline_model_parallel_size
+    world = (parallel.launched_world_size() or ranks
+             or m.tensor_model_parallel_size * m.pipeline_model_parallel_size)
     layout_for(recipe, world)
-    parallel.spawn(run_rank, world, recipe, resume, world)
+    parallel.run_on_ranks(run_rank, world, recipe, resume, world)

@@ -95,3 +95,21 @@ def spawn(fn, world: int, *args) -> None:
         mp.spawn(_rank_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
     except mp.ProcessRaisedException as err:
         raise RankFailed(err.error_index, str(err)) from None
+
+
+def launched_world_size() -> int | None:
+    """World size when torchrun/srun started this process as one rank, else None."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    return None
+
+
+def run_on_ranks(fn, world: int, *args) -> None:
+    """``fn(rank, *args)`` on this launcher-started rank, or on ``world`` locally spawned ranks."""
+    if launched_world_size() is None:
+        spawn(fn, world, *args)
+        return
+    try:
+        fn(int(os.environ["RANK"]), *args)
+    finally:
+        shutdown()

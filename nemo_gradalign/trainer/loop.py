@@ -105,7 +105,7 @@ class Trainer:
 
     def _trainer_state(self) -> dict:
         return {**self.progress.state_dict(), "last_eval": self.last_eval,
-                "reusable": {i: r for i, r in self._reusable.items()}}
+                "reusable": dict(self._reusable)}
 
     def _load_trainer_state(self, state: dict) -> None:
         self.progress.load_state_dict(state)
