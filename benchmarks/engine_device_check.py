@@ -34,7 +34,7 @@ def main(rank):
     engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron())
     run = ProblemRunner(model)
     stats = engine.score(pool, run, engine.build_reference(val, run))
-    o_dot, o_sq, o_cos = oracle_scores(model, _to_device(val, device), _to_device(pool, device))
+    o_dot, o_sq, o_cos, _ = oracle_scores(model, _to_device(val, device), _to_device(pool, device))
     rel = lambda a, b: float(((a.cpu() - b.cpu()).abs() / b.cpu().abs().clamp_min(1e-12)).max())
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}: max relative error "
           f"dot {rel(stats.dot, o_dot):.2e}, sqnorm {rel(stats.sqnorm, o_sq):.2e}, "

@@ -50,7 +50,7 @@ class GradAlignConfig(_Strict):
     acc_high: float = Field(0.8, ge=0.0, le=1.0)
     advantage: AdvantageConfig = AdvantageConfig()
     aggregation: Literal["token_mean", "sequence_mean"] = "token_mean"
-    reference_dtype: Literal["float32", "bfloat16"] = "float32"
+    reference_dtype: Literal["float32", "bfloat16", "float64"] = "float32"
     max_rollouts_per_microbatch: int | None = Field(None, gt=0)
     seed: int = 42
     validation: ValidationSetConfig = ValidationSetConfig()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nemo_gradalign import grpo
+from nemo_gradalign import advantages, grpo
 
 
 @dataclass
@@ -49,28 +49,21 @@ class ProblemRollouts:
     def k(self) -> int:
         return self.tokens.shape[0]
 
-    @property
-    def informative(self) -> bool:
-        """False when g_i is exactly zero, so its backward is skipped and it is never NaN:
-        every rollout got the same reward, or every distinct response got on average the
-        group's mean reward (identical responses with different rewards — common for a
-        confident policy under noisy rewards — cancel: their advantages sum to zero).
-        """
-        if not grpo.is_informative(self.rewards):
-            return False
-        centred = self.rewards.double() - self.rewards.double().mean()
-        net: dict[tuple, float] = {}
-        for j, a in enumerate(centred.tolist()):
-            key = self.response(j)
-            net[key] = net.get(key, 0.0) + a
-        return any(abs(v) > 1e-9 for v in net.values())
+    def has_gradient(self, baseline: advantages.Baseline = "mean", normalize_std: bool = False) -> bool:
+        """False when g_i is exactly zero under these advantage settings, so its backward is
+        skipped and it is never NaN (advantages.has_gradient: per distinct response, exact)."""
+        return advantages.has_gradient(self.rewards, self.responses(), baseline, normalize_std)
 
-    def response(self, j: int) -> tuple:
-        """Rollout j's trained tokens (with their positions when a token_mask is given)."""
-        if self.token_mask is None:
-            return tuple(self.tokens[j, self.prompt_len:self.prompt_len + int(self.response_lens[j])].tolist())
-        pos = self.token_mask[j].nonzero().flatten()
-        return tuple(zip(pos.tolist(), self.tokens[j, pos].tolist()))
+    def responses(self) -> list[tuple | None]:
+        """Per rollout, what determines its log-prob gradient: its tokens up to the last trained
+        one and which of them are trained (equal keys, equal gradients); None when nothing of
+        it is trained (no gradient at all)."""
+        keys = []
+        for row, tokens in zip(self.label_mask(), self.tokens):
+            trained = row.nonzero().flatten()
+            end = int(trained[-1]) + 2 if trained.numel() else 0  # label t predicts token t + 1
+            keys.append((tuple(tokens[:end].tolist()), tuple(trained.tolist())) if end else None)
+        return keys
 
     def label_mask(self) -> torch.Tensor:
         """[k, L] mask over label positions: position t predicts token t+1."""
@@ -89,8 +82,8 @@ class ProblemRollouts:
         """CRC32 of the sampled tokens: tells whether two runs drew the same rollouts."""
         return zlib.crc32(self.tokens.numpy().tobytes())
 
-    def token_weights(self, baseline: grpo.Baseline = "mean", normalize_std: bool = False,
+    def token_weights(self, baseline: advantages.Baseline = "mean", normalize_std: bool = False,
                       aggregation: grpo.Aggregation = "token_mean") -> torch.Tensor:
-        """[k, L] weights w with surrogate loss = Σ w · log π (see grpo.surrogate_weights)."""
-        adv = grpo.group_advantages(self.rewards, baseline, normalize_std)
+        """[k, L] float64 weights w with surrogate loss = Σ w · log π (grpo.surrogate_weights)."""
+        adv = advantages.group_advantages(self.rewards, baseline, normalize_std)
         return grpo.surrogate_weights(self.label_mask(), adv, aggregation)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+from fractions import Fraction
+
 import torch
 
 from nemo_gradalign.rollouts import ProblemRollouts
@@ -27,47 +31,103 @@ def random_problems(seed: int, n: int, vocab: int = 32, uninformative_every: int
     return problems
 
 
-def oracle_gradient(model, problem: ProblemRollouts, aggregation="token_mean",
-                    baseline="mean") -> torch.Tensor:
-    """g_i by brute force: hand-written advantages, mask and loss; full flattened autograd grad."""
+def problem_from_responses(problem_id: int, prompt: list[int], responses: list[list[int]],
+                           rewards: list[float]) -> ProblemRollouts:
+    """A group with the given responses (repeat one to make identical rollouts) and rewards."""
+    width = len(prompt) + max(len(r) for r in responses)
+    tokens = torch.zeros(len(responses), width, dtype=torch.long)
+    for j, resp in enumerate(responses):
+        tokens[j, :len(prompt) + len(resp)] = torch.tensor(prompt + resp)
+    lens = torch.tensor([len(r) for r in responses])
+    return ProblemRollouts(problem_id, tokens, len(prompt), lens, torch.tensor(rewards, dtype=torch.float64))
+
+
+def edge_case_problems(first_id: int) -> list[ProblemRollouts]:
+    """Groups where naive advantage code goes wrong: cancelling one-pass std, identical responses
+    with different rewards, rewards at a tiny scale, k = 1, 2 and 3."""
+    a, b, c, d = [5, 6, 7], [8, 9], [10, 11, 12, 13], [14]
+    cases = [
+        ([a, b, c, d], [0.2, 0.2, 0.2, 1.5]),      # E[x²] − E[x]² cancels for the odd one out
+        ([a, a, a, b], [0.0, 0.0, 0.75, 0.25]),    # three identical responses, leave-one-out + std
+        ([a, b, c], [0.0, 1e-10, 2e-10]),          # tiny but real reward differences
+        ([a, b, c], [0.0, 1.0, 2.0]),              # the same group at scale 1e10
+        ([a, a, a, a], [1.0, 0.0, 1.0, 0.0]),      # one response, balanced rewards: g = 0 always
+        ([a, a, a, a], [1.0, 1.0, 1.0, 0.0]),      # one response: g = 0 except leave-one-out + std
+        ([a, a, b, b], [1.0, 0.0, 1.0, 1.0]),      # two responses, one of them cancels
+        ([a, b], [1.0, 0.0]),                      # k = 2: leave-one-out std is 0
+        ([c], [1.0]),                              # k = 1: no advantage
+    ]
+    return [problem_from_responses(first_id + i, [3, 4], rows, rewards)
+            for i, (rows, rewards) in enumerate(cases)]
+
+
+def oracle_advantages(rewards, baseline: str = "mean", normalize_std: bool = False) -> list[float]:
+    """NeMo RL's GRPO advantages from their definition, in exact fractions: baseline = mean of the
+    group (or of the others), std = the sample std of that same set (Bessel), A/(std + 1e-6)
+    where std > 0; a lone rollout is its own baseline."""
+    r = [Fraction(float(x)) for x in rewards]
+    k, out = len(r), []
+    for j in range(k):
+        if k == 1:
+            out.append(0.0)
+            continue
+        group = r[:j] + r[j + 1:] if baseline == "leave_one_out" else r
+        centred = r[j] - statistics.mean(group)
+        std = math.sqrt(statistics.variance(group)) if len(group) > 1 else 0.0
+        out.append(float(centred) / (std + 1e-6) if normalize_std and std > 0 else float(centred))
+    return out
+
+
+def oracle_rollout_gradients(model, problem: ProblemRollouts, aggregation="token_mean") -> torch.Tensor:
+    """[k, P]: rollout j's gradient of its aggregated log-prob, by brute force (TP=1, full vocab,
+    one autograd call per rollout, masks written from prompt_len and response_lens)."""
     tokens = problem.tokens
     k, length = tokens.shape
     dev = tokens.device
     logits = model(tokens, torch.arange(length, device=dev).expand(k, -1),
                    torch.triu(torch.ones(1, 1, length, length, dtype=torch.bool, device=dev), 1))
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    r = problem.rewards.double().to(dev)
-    if baseline == "mean":
-        adv = r - r.mean()
-    else:
-        adv = torch.stack([r[j] - (r.sum() - r[j]) / (k - 1) for j in range(k)])
-    total = torch.zeros((), dtype=torch.float64, device=dev)
-    per_seq = []
+    logp = torch.log_softmax(logits.double(), dim=-1)
     n_tokens = int(problem.response_lens.sum())
-    for j in range(k):
-        seq = torch.zeros((), dtype=torch.float64, device=dev)
-        for t in range(problem.prompt_len, problem.prompt_len + int(problem.response_lens[j])):
-            seq = seq + logp[j, t - 1, tokens[j, t]].double()
-        per_seq.append(adv[j] * seq / int(problem.response_lens[j]))
-        total = total + adv[j] * seq
-    loss = -(total / n_tokens if aggregation == "token_mean" else torch.stack(per_seq).mean())
     params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double()
-                      for g, p in zip(grads, params)])
+    rows = []
+    for j in range(k):
+        start, n = problem.prompt_len, int(problem.response_lens[j])
+        seq = sum(logp[j, t - 1, tokens[j, t]] for t in range(start, start + n))
+        agg = seq / n_tokens if aggregation == "token_mean" else seq / (n * k)
+        grads = torch.autograd.grad(agg, params, retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double()
+                               for g, p in zip(grads, params)]))
+    return torch.stack(rows)
+
+
+def oracle_gradient(model, problem: ProblemRollouts, aggregation="token_mean", baseline="mean",
+                    normalize_std=False) -> tuple[torch.Tensor, float]:
+    """(g_i, scale): g_i = -Σ_j A_j h_j, and scale = Σ_j |A_j| ‖h_j‖, against which a g_i that
+    cancels (identical responses, equal rewards) is zero up to rounding."""
+    h = oracle_rollout_gradients(model, problem, aggregation)
+    adv = torch.tensor(oracle_advantages(problem.rewards, baseline, normalize_std),
+                       dtype=torch.float64, device=h.device)
+    return -(adv.unsqueeze(1) * h).sum(0), float((adv.abs() * h.norm(dim=1)).sum())
 
 
 def oracle_scores(model, val, pool, **loss):
-    """(dot with Ĝ, ‖g‖², cosine) per pool problem, by hand."""
-    big_g = sum(oracle_gradient(model, p, **loss) for p in val if p.informative)
+    """(dot with Ĝ, ‖g‖², cosine, has_gradient) per pool problem, by hand; a g_i below 1e-12 of
+    its own scale counts as zero (float64 rounding is ~1e-16 of it)."""
+    def gradient(p):
+        g, scale = oracle_gradient(model, p, **loss)
+        nonzero = bool(g.norm() > 1e-12 * scale)
+        return (g if nonzero else torch.zeros_like(g)), nonzero
+
+    big_g = sum(gradient(p)[0] for p in val)
     unit = big_g / big_g.norm()
-    dots, sqs, coss = [], [], []
+    dots, sqs, coss, nonzero = [], [], [], []
     for p in pool:
-        g = oracle_gradient(model, p, **loss) if p.informative else torch.zeros_like(unit)
+        g, nz = gradient(p)
         dots.append(g @ unit)
         sqs.append(g @ g)
-        coss.append((g @ unit) / g.norm() if g.norm() > 0 else torch.zeros((), dtype=torch.float64, device=g.device))
-    return torch.stack(dots), torch.stack(sqs), torch.stack(coss)
+        coss.append((g @ unit) / g.norm() if nz else torch.zeros((), dtype=torch.float64, device=g.device))
+        nonzero.append(nz)
+    return torch.stack(dots), torch.stack(sqs), torch.stack(coss), torch.tensor(nonzero)
 
 
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5,

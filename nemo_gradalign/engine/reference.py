@@ -16,7 +16,7 @@ from nemo_gradalign.engine.grads import local_grad
 from nemo_gradalign.engine.groups import EngineGroups
 from nemo_gradalign.engine.rules import CountedParams
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 EMPTY_MESSAGE = (

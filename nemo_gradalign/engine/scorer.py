@@ -9,7 +9,7 @@ problem and their results are gathered back in problem order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import torch
 import torch.distributed as dist
@@ -21,14 +21,13 @@ from nemo_gradalign.engine.reference import EMPTY_MESSAGE, EmptyReferenceGradien
 from nemo_gradalign.engine.rules import counted_params
 
 
-class Problem(Protocol):
-    """What the engine needs to know of a problem: whether its gradient can be non-zero."""
+class RunProblem(Protocol):
+    """The engine's one interface to a model: a problem's forward+backward on this rank (grads
+    accumulate), and whether its gradient can be non-zero at all (else no backward is run)."""
 
-    @property
-    def informative(self) -> bool: ...
+    def __call__(self, problem) -> None: ...
 
-
-RunProblem = Callable[[Problem], None]  # forward+backward of one problem, grads accumulate
+    def has_gradient(self, problem) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class ProblemStats:
 
     dot: torch.Tensor  # ⟨g_i, G/‖G‖⟩, float64
     sqnorm: torch.Tensor  # ‖g_i‖², float64
-    informative: torch.Tensor  # bool: rewards not all equal
+    informative: torch.Tensor  # bool: g_i can be non-zero (else dot = sqnorm = 0 exactly)
 
     def cosine(self) -> torch.Tensor:
         """cos(g_i, G); 0 where g_i = 0 (never NaN)."""
@@ -77,7 +76,7 @@ class GradientEngine:
     def _local_share(self, n: int) -> range:
         return range(self.groups.dp_rank, n, self.groups.dp_size) if self.split_problems else range(n)
 
-    def build_reference(self, problems: Sequence[Problem], run_problem: RunProblem,
+    def build_reference(self, problems: Sequence, run_problem: RunProblem,
                         step: int = 0) -> ReferenceGradient:
         """G = Σ over validation problems of g_v, each DP rank taking its share; unit norm."""
         reference = ReferenceGradient(self.counted, self.groups, self.reference_dtype)
@@ -92,16 +91,17 @@ class GradientEngine:
         reference.load_state_dict(state)
         return reference
 
-    def refresh(self, reference: ReferenceGradient, problems: Sequence[Problem],
+    def refresh(self, reference: ReferenceGradient, problems: Sequence,
                 run_problem: RunProblem, step: int) -> None:
-        informative = torch.tensor([float(sum(p.informative for p in problems))], device=self.device)
+        has_grad = [run_problem.has_gradient(p) for p in problems]
+        informative = torch.tensor([float(sum(has_grad))], device=self.device)
         if not self.split_problems:  # each DP rank holds other problems: agree on the count
             self.groups.sum_data_parallel([informative])
         if informative.item() == 0:  # checked before touching the buffers, on every rank alike
             raise EmptyReferenceGradient(EMPTY_MESSAGE)
         self._zero()
         for i in self._local_share(len(problems)):
-            if problems[i].informative:
+            if has_grad[i]:
                 run_problem(problems[i])
         try:
             reference.set_from_grads(self.counted, step)
@@ -124,7 +124,7 @@ class GradientEngine:
             sq += torch.dot(flat, flat).double()
         return torch.stack([dot, sq])
 
-    def score(self, problems: Sequence[Problem], run_problem: RunProblem,
+    def score(self, problems: Sequence, run_problem: RunProblem,
               reference: ReferenceGradient) -> ProblemStats:
         """Per-problem ⟨g_i, Ĝ⟩ and ‖g_i‖² over the whole model, gathered in problem order."""
         if not reference.ready:
@@ -133,9 +133,10 @@ class GradientEngine:
         dp = self._dp_split
         per_rank = -(-n // dp) if n else 0
         local = torch.zeros(per_rank, 2, dtype=torch.float64, device=self.device)
+        has_grad = [run_problem.has_gradient(p) for p in problems]
         self._zero()
         for slot, i in enumerate(self._local_share(n)):
-            if not problems[i].informative:
+            if not has_grad[i]:
                 continue  # g_i = 0 exactly: no backward needed
             run_problem(problems[i])
             local[slot] = self._partials(reference)
@@ -144,8 +145,7 @@ class GradientEngine:
         gathered = self._gather_data_parallel(local).cpu()
         order = torch.tensor([gathered_index(i, dp, per_rank) for i in range(n)], dtype=torch.long)
         stats = gathered.reshape(-1, 2)[order] if n else torch.zeros(0, 2, dtype=torch.float64)
-        informative = torch.tensor([bool(p.informative) for p in problems], dtype=torch.bool)
-        return ProblemStats(stats[:, 0].clone(), stats[:, 1].clone(), informative)
+        return ProblemStats(stats[:, 0].clone(), stats[:, 1].clone(), torch.tensor(has_grad, dtype=torch.bool))
 
     def _gather_data_parallel(self, local: torch.Tensor) -> torch.Tensor:
         if self._dp_split == 1:

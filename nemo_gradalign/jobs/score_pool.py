@@ -81,12 +81,12 @@ def run_rank(rank: int, cfg: ScoreJobConfig) -> dict | None:
     stats["pool"] = engine.score(pool_r, runner, engine.build_reference(pool_r, runner))
 
     rates = torch.tensor([r.pass_rate for r in pool_r])
-    informative = torch.tensor([r.informative for r in pool_r])
+    informative = torch.tensor([runner.has_gradient(r) for r in pool_r])
     keep = max(1, cfg.pool_size // ga.selection_ratio)
     results = {"config": cfg.model_dump(mode="json"), "keep": keep, "seconds_scoring": t1 - t0,
                "problems": [{"id": r.problem_id, "text": p.text(), "pass_rate": r.pass_rate,
-                             "corrupted": bool(r.tags.get("corrupted")), "informative": r.informative}
-                            for r, p in zip(pool_r, pool)],
+                             "corrupted": bool(r.tags.get("corrupted")), "informative": bool(flag)}
+                            for r, p, flag in zip(pool_r, pool, informative)],
                "methods": {}}
     for method in METHODS:
         source = reference_source(method)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +30,7 @@ class ModelSpec(BaseModel):
     max_sequence_length: int = Field(32, ge=2)
     init_std: float = Field(0.05, gt=0)
     tie_embeddings: bool = False
+    dtype: Literal["float32", "float64"] = "float32"  # float64: exactness tests independent of CPU kernels
     sequence_parallel: bool = False
     seed: int = 1234
 
@@ -54,7 +56,7 @@ def _global_names(model) -> dict[str, str]:
 
 def _full_value(global_name: str, shape: torch.Size, seed: int, std: float) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(global_name.encode()))
-    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+    noise = torch.randn(shape, generator=gen, dtype=torch.float32)  # float32 draws: same weights in float64
     if "norm" in global_name and global_name.endswith("weight"):
         return 1.0 + 0.1 * noise  # layer norm gains
     if global_name.endswith("bias"):
@@ -113,8 +115,8 @@ def build_gpt(spec: ModelSpec):
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
         sequence_parallel=spec.sequence_parallel and tp > 1,
-        pipeline_dtype=torch.float32,
-        params_dtype=torch.float32,
+        pipeline_dtype=getattr(torch, spec.dtype),
+        params_dtype=getattr(torch, spec.dtype),
         hidden_dropout=0.0,
         attention_dropout=0.0,
         use_cpu_initialization=cpu_shim.needed(),
@@ -132,6 +134,8 @@ def build_gpt(spec: ModelSpec):
         )
     if torch.cuda.is_available():
         model.cuda()
+    # the local spec's torch LayerNorm ignores params_dtype; .to() keeps megatron's param attributes
+    model.to(getattr(torch, spec.dtype))
     init_full_weights(model, spec.seed, spec.init_std)
     return model
 

@@ -17,8 +17,9 @@ class Policy:
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
         module = build_gpt(spec)
+        # grads in the params' dtype: fp32 for training, float64 in the exactness tests
         self.model = DistributedDataParallel(
-            module.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), module)
+            module.config, DistributedDataParallelConfig(grad_reduce_in_fp32=False), module)
         self.optimizer = None
 
     def make_optimizer(self, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)):

@@ -11,8 +11,9 @@ from typing import Callable
 
 import torch
 
-from nemo_gradalign import grpo
+from nemo_gradalign import advantages, grpo
 from nemo_gradalign.megatron import cpu_shim
+from nemo_gradalign.megatron.logprobs import vocab_parallel_logprobs
 from nemo_gradalign.rollouts import ProblemRollouts
 
 
@@ -42,7 +43,7 @@ def split_rows(tensors: dict[str, torch.Tensor], max_rows: int | None) -> list[d
     return [{k: v[i * per:(i + 1) * per] for k, v in tensors.items()} for i in range(n_mb)]
 
 
-LossFn = Callable[[torch.Tensor, dict], torch.Tensor]  # (model output, microbatch) -> loss
+LossFn = Callable[[torch.Tensor, dict], torch.Tensor]  # (log-probs or logits, microbatch) -> loss
 
 
 def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn: LossFn | None,
@@ -50,9 +51,9 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
     """One call of megatron's forward_backward_func over ``microbatches``.
 
     Each microbatch holds ``tokens`` [b, L] and, for a loss, ``labels`` [b, L]. ``loss_fn`` maps
-    the last stage's output (per-token CE when labels are given, else vocab-parallel logits) to
-    the microbatch's share of the total loss; it is not averaged over microbatches. Without a
-    ``loss_fn`` the raw outputs come back. Returns, on the last stage, one entry per microbatch
+    the last stage's output (per-token log-probs of the labels when given, in the model's dtype,
+    else vocab-parallel logits) to the microbatch's share of the total loss; it is not averaged
+    over microbatches. Without a ``loss_fn`` those outputs come back. Returns, on the last stage, one entry per microbatch
     (else []). ``finalize_grads`` runs megatron's ``finalize_model_grads`` at the end (DP
     all-reduce, tied-embedding sync) — for training steps; scoring must leave grads local.
     """
@@ -70,9 +71,10 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
 
     def forward_step(_iterator, model_chunk):
         mb = {k: v.to(device) for k, v in next(batches).items()}
-        output = model_chunk(mb["tokens"], position_ids, mask, labels=mb.get("labels"))
+        output = model_chunk(mb["tokens"], position_ids, mask)
 
-        def loss_func(out):
+        def loss_func(logits):
+            out = logits if "labels" not in mb else vocab_parallel_logprobs(logits, mb["labels"])
             if loss_fn is None:
                 return out.sum() * 0.0, {"out": out.detach()}
             loss = loss_fn(out, mb)
@@ -101,7 +103,7 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
 class LossSettings:
     """How a problem's rollouts turn into its policy-gradient loss (grpo.py)."""
 
-    baseline: grpo.Baseline = "mean"
+    baseline: advantages.Baseline = "mean"
     normalize_std: bool = False
     aggregation: grpo.Aggregation = "token_mean"
 
@@ -113,13 +115,14 @@ def problem_microbatches(problem: ProblemRollouts, loss: LossSettings,
     return split_rows(tensors, max_rows)
 
 
-def weighted_logprob_loss(ce: torch.Tensor, mb: dict) -> torch.Tensor:
-    """Σ w · log π with log π = -CE (megatron returns the per-token CE for given labels)."""
-    return grpo.policy_surrogate(-ce, mb["weights"])
+def weighted_logprob_loss(logprobs: torch.Tensor, mb: dict) -> torch.Tensor:
+    """Σ w · log π over the microbatch's tokens."""
+    return grpo.policy_surrogate(logprobs, mb["weights"])
 
 
 class ProblemRunner:
-    """The engine's callable: one problem's on-policy forward+backward; grads accumulate."""
+    """The engine's runner: one problem's on-policy forward+backward (grads accumulate), and
+    whether that problem's gradient can be non-zero under these loss settings."""
 
     def __init__(self, model, loss: LossSettings = LossSettings(), max_rows: int | None = None):
         self.model = model
@@ -129,3 +132,6 @@ class ProblemRunner:
     def __call__(self, problem: ProblemRollouts) -> None:
         run_microbatches(self.model, problem_microbatches(problem, self.loss, self.max_rows),
                          weighted_logprob_loss)
+
+    def has_gradient(self, problem: ProblemRollouts) -> bool:
+        return problem.has_gradient(self.loss.baseline, self.loss.normalize_std)

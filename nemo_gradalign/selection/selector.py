@@ -43,7 +43,7 @@ class Selector:
         if self.reference is not None and not self.reference.needs_refresh(step, self.cfg.refresh_every):
             return self.reference
         val = self.validation_rollouts(step)
-        metrics["gradalign/val_informative_share"] = sum(r.informative for r in val) / len(val)
+        metrics["gradalign/val_informative_share"] = sum(map(self.run_problem.has_gradient, val)) / len(val)
         try:
             if self.reference is None:
                 self.reference = self.engine.build_reference(val, self.run_problem, step)
@@ -64,7 +64,7 @@ class Selector:
         t0 = time.perf_counter()
         metrics: dict = {}
         rates = torch.tensor([r.pass_rate for r in candidates])
-        informative = torch.tensor([r.informative for r in candidates], dtype=torch.bool)
+        informative = torch.tensor([self.run_problem.has_gradient(r) for r in candidates], dtype=torch.bool)
         stats = None
         source = reference_source(cfg.method)
         if source == "validation":

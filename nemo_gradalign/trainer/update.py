@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nemo_gradalign import grpo
+from nemo_gradalign import advantages, grpo
 from nemo_gradalign.megatron.policy import Policy
 from nemo_gradalign.megatron.step import LossSettings, run_microbatches, shift_labels, split_rows
 from nemo_gradalign.rollouts import ProblemRollouts
@@ -24,7 +24,7 @@ def pack(batch: list[ProblemRollouts], loss: LossSettings) -> dict[str, torch.Te
         tokens[at:at + r.k, :length] = r.tokens
         m = torch.zeros(r.k, width)
         m[:, :length] = r.label_mask().float()
-        a = grpo.group_advantages(r.rewards, loss.baseline, loss.normalize_std).float()
+        a = advantages.group_advantages(r.rewards, loss.baseline, loss.normalize_std).float()
         mask[at:at + r.k] = m
         adv[at:at + r.k] = a.unsqueeze(1) * m
         at += r.k
@@ -39,13 +39,13 @@ def grpo_step(policy: Policy, optimizer, batch: list[ProblemRollouts], loss: Los
     policy.zero_grad(optimizer)
     microbatches = split_rows(pack(batch, loss), max_rows)
     old = run_microbatches(model, microbatches, loss_fn=None, forward_only=True)
-    for mb, ce in zip(microbatches, old):  # only the last pipeline stage gets (and needs) them
-        mb["old_logprobs"] = -ce
+    for mb, logp in zip(microbatches, old):  # only the last pipeline stage gets (and needs) them
+        mb["old_logprobs"] = logp
     losses = []
     for _ in range(inner_epochs):
         out = run_microbatches(
             model, microbatches,
-            lambda ce, mb: grpo.clipped_surrogate(-ce, mb["old_logprobs"], mb["advantages"],
+            lambda logp, mb: grpo.clipped_surrogate(logp, mb["old_logprobs"], mb["advantages"],
                                                   mb["token_scale"], clip_min, clip_max),
             finalize_grads=True)
         policy.step(optimizer)

@@ -43,6 +43,6 @@ def supervised_warmup(policy: Policy, problems: list[tasks.Problem], steps: int,
         total = sum(len(problems[i].answer) for i in picks)
         # DDP averages over DP ranks; scale so the result is the mean over the global batch
         batch = answer_batch([problems[i] for i in picks[dp_rank::dp_size]], total / dp_size)
-        run_microbatches(policy.model, [batch], lambda ce, mb: (ce * mb["weights"]).sum(),
+        run_microbatches(policy.model, [batch], lambda logp, mb: -(logp * mb["weights"]).sum(),
                          finalize_grads=True)
         policy.step(optimizer)

@@ -58,7 +58,7 @@ def _empty_rank(rank):
     parallel.init_distributed(parallel.Layout())
     model = build_gpt(SPEC)
     engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron())
-    all_same = [p for p in random_problems(5, 12) if not p.informative]
+    all_same = [p for p in random_problems(5, 12) if not p.has_gradient()]
     assert all_same
     with pytest.raises(EmptyReferenceGradient, match="same reward"):
         engine.build_reference(all_same, ProblemRunner(model))

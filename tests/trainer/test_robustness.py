@@ -26,7 +26,7 @@ def _selector_rank(rank):
     policy = Policy(SPEC)
     engine = GradientEngine(policy.named_parameters(), EngineGroups.from_megatron())
     runner = ProblemRunner(policy.model)
-    dead = [p for p in random_problems(3, 16) if not p.informative]
+    dead = [p for p in random_problems(3, 16) if not p.has_gradient()]
     alive = random_problems(4, 6)
     served = {"val": dead}
     selector = Selector(GradAlignConfig(enabled=True), engine, runner, lambda step: served["val"])
