@@ -131,8 +131,9 @@ def oracle_scores(model, val, pool, **loss):
 
 
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5,
-                     floor: float = 1e-12) -> None:
+                     floor: float = 1e-12) -> float:
     err = (actual.double() - expected.double()).abs()
     scale = expected.double().abs().clamp_min(floor)
     worst = float((err / scale).max()) if err.numel() else 0.0
     assert worst <= rtol, f"max relative error {worst:.3e} > {rtol} (actual {actual}, expected {expected})"
+    return worst
