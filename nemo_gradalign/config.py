@@ -21,10 +21,18 @@ class _Strict(BaseModel):
 
 
 class AdvantageConfig(_Strict):
-    """How rewards become advantages when a problem is scored (match your trainer)."""
+    """How rewards become advantages when a problem is scored. Unset (None), each follows the
+    trainer's own setting (``grpo.use_leave_one_out_baseline``, ``grpo.normalize_rewards``), so
+    the scored gradient is the trained one; set, it overrides them for scoring only."""
 
-    baseline: Literal["mean", "leave_one_out"] = "mean"
-    normalize_std: bool = False
+    baseline: Literal["mean", "leave_one_out"] | None = None
+    normalize_std: bool | None = None
+
+    def resolve(self, use_leave_one_out_baseline: bool, normalize_rewards: bool) -> tuple[str, bool]:
+        """(baseline, normalize_std) for scoring, given the trainer's settings."""
+        trainer = "leave_one_out" if use_leave_one_out_baseline else "mean"
+        return (self.baseline or trainer,
+                normalize_rewards if self.normalize_std is None else self.normalize_std)
 
 
 class ValidationSetConfig(_Strict):

@@ -47,13 +47,15 @@ LossFn = Callable[[torch.Tensor, dict], torch.Tensor]  # (log-probs or logits, m
 
 
 def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn: LossFn | None,
-                     forward_only: bool = False, finalize_grads: bool = False) -> list:
+                     forward_only: bool = False, finalize_grads: bool = False,
+                     temperature: float = 1.0) -> list:
     """One call of megatron's forward_backward_func over ``microbatches``.
 
     Each microbatch holds ``tokens`` [b, L] and, for a loss, ``labels`` [b, L]. ``loss_fn`` maps
     the last stage's output (per-token log-probs of the labels when given, in the model's dtype,
     else vocab-parallel logits) to the microbatch's share of the total loss; it is not averaged
-    over microbatches. Without a ``loss_fn`` those outputs come back. Returns, on the last stage, one entry per microbatch
+    over microbatches. Without a ``loss_fn`` those outputs come back. Log-probs are of
+    softmax(logits / ``temperature``), as NeMo RL's Megatron loss and get_logprobs take them. Returns, on the last stage, one entry per microbatch
     (else []). ``finalize_grads`` runs megatron's ``finalize_model_grads`` at the end (DP
     all-reduce, tied-embedding sync) — for training steps; scoring must leave grads local.
     """
@@ -74,7 +76,7 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
         output = model_chunk(mb["tokens"], position_ids, mask)
 
         def loss_func(logits):
-            out = logits if "labels" not in mb else vocab_parallel_logprobs(logits, mb["labels"])
+            out = logits if "labels" not in mb else vocab_parallel_logprobs(logits, mb["labels"], temperature)
             if loss_fn is None:
                 return out.sum() * 0.0, {"out": out.detach()}
             loss = loss_fn(out, mb)
@@ -106,6 +108,7 @@ class LossSettings:
     baseline: advantages.Baseline = "mean"
     normalize_std: bool = False
     aggregation: grpo.Aggregation = "token_mean"
+    temperature: float = 1.0  # log-probs of softmax(logits / T), as the trainer computes them
 
 
 def problem_microbatches(problem: ProblemRollouts, loss: LossSettings,
@@ -131,7 +134,7 @@ class ProblemRunner:
 
     def __call__(self, problem: ProblemRollouts) -> None:
         run_microbatches(self.model, problem_microbatches(problem, self.loss, self.max_rows),
-                         weighted_logprob_loss)
+                         weighted_logprob_loss, temperature=self.loss.temperature)
 
     def has_gradient(self, problem: ProblemRollouts) -> bool:
         return problem.has_gradient(self.loss.baseline, self.loss.normalize_std)

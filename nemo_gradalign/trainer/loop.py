@@ -76,9 +76,11 @@ class Trainer:
         self.optimizer = self.policy.make_optimizer(opt.lr, opt.weight_decay, (opt.adam_beta1, opt.adam_beta2))
         self.sets = regimes.build(recipe.data)
         self.pool = self.sets.pool  # schedules hand out indices into this list
+        temperature = recipe.policy.generation.temperature
         self.loss = LossSettings("leave_one_out" if g.use_leave_one_out_baseline else "mean",
-                                 g.normalize_rewards, "token_mean")
-        score_loss = LossSettings(ga.advantage.baseline, ga.advantage.normalize_std, ga.aggregation)
+                                 g.normalize_rewards, "token_mean", temperature)
+        score_loss = LossSettings(*ga.advantage.resolve(g.use_leave_one_out_baseline, g.normalize_rewards),
+                                  ga.aggregation, temperature)
         self.engine = GradientEngine(self.policy.named_parameters(), EngineGroups.from_megatron(),
                                      ga.reference_dtype)
         self.runner = ProblemRunner(self.policy.model, score_loss, ga.max_rollouts_per_microbatch)

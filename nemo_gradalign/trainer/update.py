@@ -38,7 +38,7 @@ def grpo_step(policy: Policy, optimizer, batch: list[ProblemRollouts], loss: Los
     model = policy.model
     policy.zero_grad(optimizer)
     microbatches = split_rows(pack(batch, loss), max_rows)
-    old = run_microbatches(model, microbatches, loss_fn=None, forward_only=True)
+    old = run_microbatches(model, microbatches, loss_fn=None, forward_only=True, temperature=loss.temperature)
     for mb, logp in zip(microbatches, old):  # only the last pipeline stage gets (and needs) them
         mb["old_logprobs"] = logp
     losses = []
@@ -47,7 +47,7 @@ def grpo_step(policy: Policy, optimizer, batch: list[ProblemRollouts], loss: Los
             model, microbatches,
             lambda logp, mb: grpo.clipped_surrogate(logp, mb["old_logprobs"], mb["advantages"],
                                                   mb["token_scale"], clip_min, clip_max),
-            finalize_grads=True)
+            finalize_grads=True, temperature=loss.temperature)
         policy.step(optimizer)
         losses.append(float(sum(out)) if out else float("nan"))
     return {"loss": losses[-1]}
