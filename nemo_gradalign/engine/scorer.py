@@ -9,7 +9,7 @@ problem and their results are gathered back in problem order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import ContextManager, Protocol, Sequence
 
 import torch
 import torch.distributed as dist
@@ -23,11 +23,14 @@ from nemo_gradalign.engine.rules import counted_params
 
 class RunProblem(Protocol):
     """The engine's one interface to a model: a problem's forward+backward on this rank (grads
-    accumulate), and whether its gradient can be non-zero at all (else no backward is run)."""
+    accumulate), whether its gradient can be non-zero at all (else no backward is run), and the
+    scope every pass runs in, which hands the model back to its owner as it was found."""
 
     def __call__(self, problem) -> None: ...
 
     def has_gradient(self, problem) -> bool: ...
+
+    def borrowed(self) -> ContextManager: ...
 
 
 @dataclass(frozen=True)
@@ -99,14 +102,15 @@ class GradientEngine:
             self.groups.sum_data_parallel([informative])
         if informative.item() == 0:  # checked before touching the buffers, on every rank alike
             raise EmptyReferenceGradient(EMPTY_MESSAGE)
-        self._zero()
-        for i in self._local_share(len(problems)):
-            if has_grad[i]:
-                run_problem(problems[i])
-        try:
-            reference.set_from_grads(self.counted, step)
-        finally:
+        with run_problem.borrowed():
             self._zero()
+            for i in self._local_share(len(problems)):
+                if has_grad[i]:
+                    run_problem(problems[i])
+            try:
+                reference.set_from_grads(self.counted, step)
+            finally:
+                self._zero()
 
     def _partials(self, reference: ReferenceGradient) -> torch.Tensor:
         if self.flat is not None:
@@ -134,13 +138,14 @@ class GradientEngine:
         per_rank = -(-n // dp) if n else 0
         local = torch.zeros(per_rank, 2, dtype=torch.float64, device=self.device)
         has_grad = [run_problem.has_gradient(p) for p in problems]
-        self._zero()
-        for slot, i in enumerate(self._local_share(n)):
-            if not has_grad[i]:
-                continue  # g_i = 0 exactly: no backward needed
-            run_problem(problems[i])
-            local[slot] = self._partials(reference)
+        with run_problem.borrowed():
             self._zero()
+            for slot, i in enumerate(self._local_share(n)):
+                if not has_grad[i]:
+                    continue  # g_i = 0 exactly: no backward needed
+                run_problem(problems[i])
+                local[slot] = self._partials(reference)
+                self._zero()
         self.groups.sum_model_parallel(local)
         gathered = self._gather_data_parallel(local).cpu()
         order = torch.tensor([gathered_index(i, dp, per_rank) for i in range(n)], dtype=torch.long)

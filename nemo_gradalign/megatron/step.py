@@ -13,6 +13,7 @@ import torch
 
 from nemo_gradalign import advantages, grpo
 from nemo_gradalign.megatron import cpu_shim
+from nemo_gradalign.megatron.borrow import borrowed
 from nemo_gradalign.megatron.logprobs import vocab_parallel_logprobs
 from nemo_gradalign.rollouts import ProblemRollouts
 
@@ -55,9 +56,11 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
     the last stage's output (per-token log-probs of the labels when given, in the model's dtype,
     else vocab-parallel logits) to the microbatch's share of the total loss; it is not averaged
     over microbatches. Without a ``loss_fn`` those outputs come back. Log-probs are of
-    softmax(logits / ``temperature``), as NeMo RL's Megatron loss and get_logprobs take them. Returns, on the last stage, one entry per microbatch
-    (else []). ``finalize_grads`` runs megatron's ``finalize_model_grads`` at the end (DP
-    all-reduce, tied-embedding sync) — for training steps; scoring must leave grads local.
+    softmax(logits / ``temperature``), as NeMo RL's Megatron loss and get_logprobs take them.
+    Returns, on the last stage, one entry per microbatch (else []). ``finalize_grads`` runs
+    megatron's ``finalize_model_grads`` at the end (DP all-reduce, tied-embedding sync) for the
+    embedded trainer's own steps; the config's own hook is put back afterwards. Scoring runs
+    inside ``borrow.borrowed`` (every hook off, grads local).
     """
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.utils import get_model_config
@@ -86,18 +89,22 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
         return output, loss_func
 
     config = get_model_config(model)
-    config.finalize_model_grads_func = finalize_model_grads if finalize_grads else None
-    with cpu_shim.device_context():
-        results = get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=batches,
-            model=[model],
-            num_microbatches=n_mb,
-            seq_length=seq_len,
-            micro_batch_size=batch,
-            forward_only=forward_only,
-        )
-    config.finalize_model_grads_func = None
+    own_finalize = config.finalize_model_grads_func
+    if finalize_grads:
+        config.finalize_model_grads_func = finalize_model_grads
+    try:
+        with cpu_shim.device_context():
+            results = get_forward_backward_func()(
+                forward_step_func=forward_step,
+                data_iterator=batches,
+                model=[model],
+                num_microbatches=n_mb,
+                seq_length=seq_len,
+                micro_batch_size=batch,
+                forward_only=forward_only,
+            )
+    finally:
+        config.finalize_model_grads_func = own_finalize
     return [r["out"] for r in results]
 
 
@@ -138,3 +145,7 @@ class ProblemRunner:
 
     def has_gradient(self, problem: ProblemRollouts) -> bool:
         return problem.has_gradient(self.loss.baseline, self.loss.normalize_std)
+
+    def borrowed(self):
+        """The scope the engine scores in: the model's owner gets it back untouched."""
+        return borrowed(self.model)

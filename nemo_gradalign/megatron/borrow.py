@@ -1,0 +1,99 @@
+"""Borrow a model that someone else trains, score with it, and give it back as it was found.
+
+NeMo RL's Megatron worker (through Megatron-Bridge's ``_update_model_config_funcs``) installs
+hooks on the model config once at setup: ``no_sync_func`` / ``grad_sync_func`` (DDP's
+``no_sync`` / ``start_grad_sync`` with ``overlap_grad_reduce``), ``finalize_model_grads_func``
+(the DP reduce, SP layer-norm and tied-embedding all-reduces), ``param_sync_func`` and
+``grad_scale_func`` (the optimizer's loss scale). A scoring pass must not fire any of them: no
+DP collective, no reduce left in flight, no grad-ready counts registered for megatron's
+overlap bookkeeping (the PP=1 schedule runs its last microbatch outside ``no_sync_func``, so a
+live hook would count it). So while borrowed: every hook is off, the pass runs under DDP's
+``no_sync()`` as upstream's own split-step training does (``begin_train_step``), and on the way
+out the hooks, the grad buffers, ``.grad`` tensors, DDP's per-parameter flags, the bucket
+groups' microbatch flag and the RNG states are put back exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+HOOKS = ("no_sync_func", "grad_sync_func", "finalize_model_grads_func", "param_sync_func",
+         "grad_scale_func")
+
+
+@contextlib.contextmanager
+def borrowed(model):
+    """Scope in which forward/backward passes on ``model`` leave its owner's state untouched."""
+    from megatron.core.utils import get_model_config
+
+    config = get_model_config(model)
+    hooks = {name: getattr(config, name, None) for name in HOOKS}
+    grads = _GradState(model)
+    rng = _RngState()
+    training = [(m, m.training) for m in model.modules()]
+    flags = [(b, b.is_last_microbatch) for b in _bucket_groups(model)]
+    try:
+        for name in HOOKS:
+            if hasattr(config, name):
+                setattr(config, name, None)
+        with model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext():
+            yield model
+    finally:
+        for name, value in hooks.items():
+            if hasattr(config, name):
+                setattr(config, name, value)
+        for group, flag in flags:
+            group.is_last_microbatch = flag
+        for module, mode in training:
+            module.training = mode
+        grads.restore()
+        rng.restore()
+
+
+def _bucket_groups(model) -> list:
+    return list(getattr(model, "bucket_groups", [])) + list(getattr(model, "expert_parallel_bucket_groups", []))
+
+
+class _GradState:
+    """The gradients as the host left them: DDP's contiguous grad buffers (kept only when not
+    all zero, as between NeMo RL's steps, so the common case costs one reduction per buffer)
+    plus each parameter's ``.grad`` object and DDP's ``grad_added_to_main_grad`` flag."""
+
+    def __init__(self, model):
+        self.buffers = [b.grad_data for b in list(getattr(model, "buffers", []))
+                        + list(getattr(model, "expert_parallel_buffers", []))]
+        self.saved = [None if not bool(g.any()) else g.clone() for g in self.buffers]
+        self.params = list(model.parameters())
+        self.grads = [p.grad for p in self.params]
+        self.flags = [getattr(p, "grad_added_to_main_grad", None) for p in self.params]
+
+    def restore(self) -> None:
+        for grad_data, saved in zip(self.buffers, self.saved):
+            if saved is None:
+                grad_data.zero_()
+            else:
+                grad_data.copy_(saved)
+        for p, grad, flag in zip(self.params, self.grads, self.flags):
+            p.grad = grad
+            if flag is not None:
+                p.grad_added_to_main_grad = flag
+
+
+class _RngState:
+    """torch's CPU and CUDA generators and megatron's model-parallel RNG tracker."""
+
+    def __init__(self):
+        from megatron.core import tensor_parallel
+
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        self.tracker = tensor_parallel.get_cuda_rng_tracker()
+        self.tracked = self.tracker.get_states()
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+        self.tracker.set_states(self.tracked)
