@@ -14,6 +14,7 @@ class EngineGroups:
 
     model_parallel: object | None = None
     data_parallel: object | None = None
+    tensor_parallel: object | None = None
     tp_rank: int = 0
     tp_size: int = 1
     pp_size: int = 1
@@ -25,6 +26,7 @@ class EngineGroups:
         return cls(
             model_parallel=ps.get_model_parallel_group(),
             data_parallel=ps.get_data_parallel_group(),
+            tensor_parallel=ps.get_tensor_model_parallel_group(),
             tp_rank=ps.get_tensor_model_parallel_rank(),
             tp_size=ps.get_tensor_model_parallel_world_size(),
             pp_size=ps.get_pipeline_model_parallel_world_size(),
@@ -42,6 +44,10 @@ class EngineGroups:
         if self.model_parallel is not None and dist.get_world_size(self.model_parallel) > 1:
             dist.all_reduce(tensor, group=self.model_parallel)
         return tensor
+
+    def sum_tensor_parallel(self, tensor: torch.Tensor) -> None:
+        if self.tp_size > 1:
+            dist.all_reduce(tensor, group=self.tensor_parallel)
 
     def sum_data_parallel(self, tensors: list[torch.Tensor]) -> None:
         if self.dp_size > 1:

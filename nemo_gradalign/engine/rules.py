@@ -3,12 +3,15 @@
 Summing the ranks' partials must give the full model's ⟨g, G⟩ and ‖g‖², so every coordinate of
 the full gradient has to be counted exactly once across the model-parallel group. These are
 megatron's own rules for its global grad norm (``clip_grads.py``): TP-sharded parameters
-partition the coordinates; TP-duplicated ones are counted on TP rank 0 only.
+partition the coordinates; TP-duplicated ones are counted on TP rank 0 only. Under sequence
+parallelism a duplicated parameter's local grad covers only this rank's slice of the sequence:
+the engine first sums those grads over TP (megatron's ``_allreduce_non_tensor_model_parallel_grads``
+rule, per problem, a few vectors of size h), after which they are ordinary duplicates.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,20 +26,20 @@ class CountedParams:
 
     params: list[torch.nn.Parameter]
     names: list[str]
+    # this rank's sequence-parallel parameters (counted or not): their grads are summed over TP
+    sequence_parallel: list[torch.nn.Parameter] = field(default_factory=list)
 
 
 def is_tensor_parallel_shard(param: torch.Tensor) -> bool:
     return bool(getattr(param, "tensor_model_parallel", False))
 
 
+def is_sequence_parallel_partial(param: torch.Tensor, tp_size: int) -> bool:
+    return tp_size > 1 and bool(getattr(param, "sequence_parallel", False))
+
+
 def check_supported(name: str, param: torch.Tensor, tp_size: int, pp_size: int) -> None:
     """Refuse parameters whose local grad is not this rank's exact share of g."""
-    if tp_size > 1 and getattr(param, "sequence_parallel", False):
-        raise UnsupportedLayout(
-            f"parameter {name!r} is sequence-parallel: its local grad is a partial sum over TP "
-            "ranks, so its squared norm needs a per-problem TP all-reduce that this engine does "
-            "not do. Score with sequence_parallel=false (the scores are identical)."
-        )
     if pp_size > 1 and getattr(param, "shared_embedding", False):
         raise UnsupportedLayout(
             f"parameter {name!r} is an embedding tied across pipeline stages: the two stages' "
@@ -49,12 +52,14 @@ def counted_params(
     named_params: list[tuple[str, torch.nn.Parameter]], tp_rank: int, tp_size: int, pp_size: int
 ) -> CountedParams:
     """Select the parameters this rank counts: all TP shards, duplicates only on TP rank 0."""
-    keep, names = [], []
+    keep, names, partial = [], [], []
     for name, param in named_params:
         if not param.requires_grad:
             continue
         check_supported(name, param, tp_size, pp_size)
+        if is_sequence_parallel_partial(param, tp_size):
+            partial.append(param)
         if is_tensor_parallel_shard(param) or tp_rank == 0:
             keep.append(param)
             names.append(name)
-    return CountedParams(keep, names)
+    return CountedParams(keep, names, partial)

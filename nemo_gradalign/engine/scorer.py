@@ -107,10 +107,23 @@ class GradientEngine:
             for i in self._local_share(len(problems)):
                 if has_grad[i]:
                     run_problem(problems[i])
+            self._sum_sequence_parallel_grads()
             try:
                 reference.set_from_grads(self.counted, step)
             finally:
                 self._zero()
+
+    def _sum_sequence_parallel_grads(self) -> None:
+        """Sequence-parallel grads are partial over TP: sum them (one small all-reduce)."""
+        grads = [local_grad(p) for p in self.counted.sequence_parallel]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.groups.sum_tensor_parallel(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def _partials(self, reference: ReferenceGradient) -> torch.Tensor:
         if self.flat is not None:
@@ -144,6 +157,7 @@ class GradientEngine:
                 if not has_grad[i]:
                     continue  # g_i = 0 exactly: no backward needed
                 run_problem(problems[i])
+                self._sum_sequence_parallel_grads()
                 local[slot] = self._partials(reference)
                 self._zero()
         self.groups.sum_model_parallel(local)

@@ -34,6 +34,7 @@ def borrowed(model):
     rng = _RngState()
     training = [(m, m.training) for m in model.modules()]
     flags = [(b, b.is_last_microbatch) for b in _bucket_groups(model)]
+    gathered = _gather_params(model)
     try:
         for name in HOOKS:
             if hasattr(config, name):
@@ -46,10 +47,28 @@ def borrowed(model):
                 setattr(config, name, value)
         for group, flag in flags:
             group.is_last_microbatch = flag
+        for group, dispatched in gathered:
+            group.param_gather_dispatched = dispatched
         for module, mode in training:
             module.training = mode
         grads.restore()
         rng.restore()
+
+
+def _gather_params(model) -> list:
+    """With the distributed optimizer and ``overlap_param_gather`` (NeMo RL's recipe default),
+    the weights an optimizer step produced reach the other DP ranks lazily, through the next
+    forward's pre-hooks — on the ranks that run one, while scoring may give a rank nothing to
+    run. Gather them here, synchronously, on every rank (the engine's calls are collective), so
+    scoring sees current weights and issues no DP collective of its own. The bucket groups'
+    dispatch flags are put back on exit: the host's next forward gathers as it would have (the
+    same values again)."""
+    ddp = getattr(model, "ddp_config", None)
+    if ddp is None or not (ddp.use_distributed_optimizer and ddp.overlap_param_gather):
+        return []
+    flags = [(g, g.param_gather_dispatched) for g in _bucket_groups(model)]
+    model.start_param_sync(force_sync=True)
+    return flags
 
 
 def _bucket_groups(model) -> list:

@@ -91,11 +91,35 @@ def init_full_weights(model, seed: int, std: float) -> None:
         param.copy_(tp_shard(full, param, tp_rank, tp_size))
 
 
+class SequenceParallelNorm:
+    """torch's LayerNorm with its parameters marked ``sequence_parallel``, as megatron's fused and
+    Transformer Engine norms mark them (so ``finalize_model_grads`` all-reduces their partial
+    grads over TP); megatron-core's own torch wrapper refuses sequence parallelism."""
+
+    def __new__(cls, config, hidden_size: int, eps: float = 1e-5, **_unused):
+        norm = torch.nn.LayerNorm(hidden_size, eps=eps)
+        for param in norm.parameters():
+            param.sequence_parallel = config.sequence_parallel
+        return norm
+
+
+def _layer_spec(spec: ModelSpec, layers_here: int):
+    """megatron-core's local layer spec; with sequence parallelism, its norms are SP-marked."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+
+    layer = get_gpt_layer_local_spec()
+    if not spec.sequence_parallel:
+        return layer
+    layer.submodules.input_layernorm = SequenceParallelNorm
+    layer.submodules.pre_mlp_layernorm = SequenceParallelNorm
+    return TransformerBlockSubmodules(layer_specs=[layer] * layers_here, layer_norm=SequenceParallelNorm)
+
+
 def build_gpt(spec: ModelSpec):
     """GPTModel for this rank's pipeline stage; needs `parallel.init_distributed` first."""
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer import TransformerConfig
 
     tp = ps.get_tensor_model_parallel_world_size()
@@ -125,7 +149,7 @@ def build_gpt(spec: ModelSpec):
     with cpu_shim.device_context():
         model = GPTModel(
             config=config,
-            transformer_layer_spec=get_gpt_layer_local_spec(),
+            transformer_layer_spec=_layer_spec(spec, spec.num_layers // pp),
             vocab_size=spec.vocab_size,
             max_sequence_length=spec.max_sequence_length,
             pre_process=ps.is_pipeline_first_stage(),

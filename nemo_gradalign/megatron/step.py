@@ -67,6 +67,9 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
 
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    config = get_model_config(model)
+    length = microbatches[0]["tokens"].shape[1]
+    microbatches = _pad_for_sequence_parallel(microbatches, config)
     n_mb = len(microbatches)
     batch, seq_len = microbatches[0]["tokens"].shape
     device = next(model.parameters()).device
@@ -88,7 +91,6 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
 
         return output, loss_func
 
-    config = get_model_config(model)
     own_finalize = config.finalize_model_grads_func
     if finalize_grads:
         config.finalize_model_grads_func = finalize_model_grads
@@ -105,7 +107,18 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
             )
     finally:
         config.finalize_model_grads_func = own_finalize
-    return [r["out"] for r in results]
+    return [r["out"][:, :length] if r["out"].dim() > 1 else r["out"] for r in results]
+
+
+def _pad_for_sequence_parallel(microbatches: list[dict], config) -> list[dict]:
+    """Sequence parallelism splits the sequence over TP ranks, so its length must divide by TP:
+    right-pad every [b, L] tensor with zeros (a causal model's earlier positions do not see
+    them; weight 0, so no loss or gradient). Outputs are cropped back to L."""
+    length = microbatches[0]["tokens"].shape[1]
+    pad = (-length) % config.tensor_model_parallel_size if config.sequence_parallel else 0
+    if not pad:
+        return microbatches
+    return [{k: torch.nn.functional.pad(v, (0, pad)) for k, v in mb.items()} for mb in microbatches]
 
 
 @dataclass(frozen=True)

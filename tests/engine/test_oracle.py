@@ -47,9 +47,9 @@ def _oracle_rank(rank, out):
     torch.save(results, out)
 
 
-def _engine_rank(rank, layout, out, ddp=False):
+def _engine_rank(rank, layout, out, ddp=False, sequence_parallel=False):
     parallel.init_distributed(layout)
-    model = build_gpt(SPEC64)
+    model = build_gpt(SPEC64.model_copy(update={"sequence_parallel": sequence_parallel}))
     if ddp:
         model = _wrap_ddp(model, grad_reduce_in_fp32=False)
     engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron(), "float64")
@@ -73,7 +73,7 @@ def oracle(tmp_path_factory):
     parallel.Layout(tp=2), parallel.Layout(pp=2), parallel.Layout(tp=2, pp=2), parallel.Layout(dp=2),
 ], ids=str)
 def test_engine_matches_oracle_in_float64(layout, oracle, tmp_path):
-    _check_against_oracle(layout, oracle, tmp_path, ddp=False)
+    _check_against_oracle(layout, oracle, tmp_path)
 
 
 def test_engine_reads_megatron_ddp_main_grad(oracle, tmp_path):
@@ -81,9 +81,15 @@ def test_engine_reads_megatron_ddp_main_grad(oracle, tmp_path):
     _check_against_oracle(parallel.Layout(tp=2, dp=2), oracle, tmp_path, ddp=True)
 
 
-def _check_against_oracle(layout, oracle, tmp_path, ddp):
+@pytest.mark.parametrize("layout", [parallel.Layout(tp=2), parallel.Layout(tp=2, pp=2)], ids=str)
+def test_engine_matches_oracle_with_sequence_parallelism(layout, oracle, tmp_path):
+    """SP: layer-norm grads are partial per TP rank (and sequences are padded to a multiple of TP)."""
+    _check_against_oracle(layout, oracle, tmp_path, ddp=True, sequence_parallel=True)
+
+
+def _check_against_oracle(layout, oracle, tmp_path, ddp=False, sequence_parallel=False):
     out = tmp_path / "engine.pt"
-    parallel.spawn(_engine_rank, layout.world_size, layout, str(out), ddp)
+    parallel.spawn(_engine_rank, layout.world_size, layout, str(out), ddp, sequence_parallel)
     results = torch.load(out)
     worst = 0.0
     for name in SETTINGS:
@@ -94,7 +100,7 @@ def _check_against_oracle(layout, oracle, tmp_path, ddp):
         for got, want in ((dot, o_dot), (sq, o_sq), (cos, o_cos)):
             # relative to each value, or to 1e-4 of the largest where a value is ~0 by cancellation
             worst = max(worst, assert_close_rel(got, want, rtol=RTOL, floor=1e-4 * float(want.abs().max())))
-    print(f"{layout}{' DDP' if ddp else ''}: max relative error {worst:.2e} "
+    print(f"{layout}{' DDP' if ddp else ''}{' SP' if sequence_parallel else ''}: max relative error {worst:.2e} "
           f"(kernels {torch.backends.cpu.get_cpu_capability()})")
 
 

@@ -79,15 +79,18 @@ def test_tied_embeddings_across_pipeline_stages_are_refused():
     parallel.spawn(_tied_pp_rank, 2)
 
 
-def test_sequence_parallel_parameters_are_refused():
-    """megatron marks SP-partial grads with `sequence_parallel`; the engine refuses them at TP>1."""
+def test_sequence_parallel_parameters_are_summed_over_tp_then_counted_once():
+    """megatron marks SP-partial grads with `sequence_parallel`: every TP rank lists them for the
+    per-problem TP sum; rank 0 alone counts them afterwards, as any duplicate."""
     norm = torch.nn.LayerNorm(4)
     setattr(norm.weight, "sequence_parallel", True)
     from nemo_gradalign.engine.rules import counted_params
 
-    with pytest.raises(UnsupportedLayout, match="sequence-parallel"):
-        counted_params(list(norm.named_parameters()), tp_rank=0, tp_size=2, pp_size=1)
-    assert len(counted_params(list(norm.named_parameters()), 0, 1, 1).params) == 2
+    named = list(norm.named_parameters())
+    assert counted_params(named, 0, 2, 1).sequence_parallel == [norm.weight]
+    assert counted_params(named, 1, 2, 1).sequence_parallel == [norm.weight]
+    assert counted_params(named, 1, 2, 1).names == [] and len(counted_params(named, 0, 2, 1).names) == 2
+    assert counted_params(named, 0, 1, 1).sequence_parallel == []  # TP=1: grads are whole
 
 
 def test_tp_duplicates_are_counted_on_rank_zero_only():

@@ -10,7 +10,8 @@ training step shaped like the worker's ``train()``. Then
 
     score → train → score → train   ==   train → train
 
-for weights and optimizer state, bit for bit, at DP=2, TP=2×DP=2 and PP=2×DP=2. Scoring first is
+for weights and optimizer state, bit for bit, at DP=2, TP=2×DP=2, PP=2×DP=2 and TP=2×DP=2 with
+sequence parallelism. Scoring first is
 the case of NeMo RL's step 1 (dynamic_sampling runs before the first ``train()``). The
 distributed optimizer needs CUDA tensors in megatron-core and is not run here.
 """
@@ -36,13 +37,13 @@ VAL, POOL = random_problems(300, 4), random_problems(301, 6)
 class Host:
     """What NeMo RL's worker holds after setup: DDP model, optimizer, hooks on the config."""
 
-    def __init__(self, ddp_options: dict):
+    def __init__(self, ddp_options: dict, spec: ModelSpec = SPEC):
         from megatron.core.distributed import (DistributedDataParallel, DistributedDataParallelConfig,
                                                finalize_model_grads)
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
         from megatron.core.process_groups_config import ProcessGroupCollection
 
-        module = build_gpt(SPEC)
+        module = build_gpt(spec)
         ddp = DistributedDataParallelConfig(check_for_nan_in_grad=True, average_in_collective=False,
                                             **ddp_options)
         self.model = DistributedDataParallel(module.config, ddp, module)
@@ -65,7 +66,7 @@ class Host:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         gen = torch.Generator().manual_seed(1000 * step + ps.get_data_parallel_rank())
-        batches = iter([torch.randint(1, SPEC.vocab_size, (2, 9), generator=gen) for _ in range(3)])
+        batches = iter([torch.randint(1, SPEC.vocab_size, (2, 9), generator=gen) for _ in range(3)])  # 8 tokens: divisible by TP
         positions = torch.arange(8).expand(2, -1)
 
         def forward_step(_iterator, model):
@@ -100,14 +101,15 @@ def gradalign_scores(host: Host) -> None:
         assert getattr(host.config, name) is value, f"{name} was not restored"
 
 
-def _twin_rank(rank, layout, out):
+def _twin_rank(rank, layout, out, sequence_parallel):
     parallel.init_distributed(layout)
+    spec = SPEC.model_copy(update={"sequence_parallel": sequence_parallel})
     same = []
     for options in DDP_CONFIGS:
-        plain = Host(options)
+        plain = Host(options, spec)
         plain.train_step(1)
         plain.train_step(2)
-        scored = Host(options)
+        scored = Host(options, spec)
         gradalign_scores(scored)
         scored.train_step(1)
         gradalign_scores(scored)
@@ -119,10 +121,12 @@ def _twin_rank(rank, layout, out):
         torch.save(gathered, out)
 
 
-@pytest.mark.parametrize("layout", [parallel.Layout(dp=2), parallel.Layout(tp=2, dp=2),
-                                    parallel.Layout(pp=2, dp=2)], ids=str)
-def test_scoring_leaves_the_hosts_training_bit_identical(layout, tmp_path):
-    parallel.spawn(_twin_rank, layout.world_size, layout, str(tmp_path / "twin.pt"))
+@pytest.mark.parametrize("layout,sequence_parallel", [
+    (parallel.Layout(dp=2), False), (parallel.Layout(tp=2, dp=2), False), (parallel.Layout(pp=2, dp=2), False),
+    (parallel.Layout(tp=2, dp=2), True),
+], ids=lambda v: str(v) if isinstance(v, parallel.Layout) else ("SP" if v else ""))
+def test_scoring_leaves_the_hosts_training_bit_identical(layout, sequence_parallel, tmp_path):
+    parallel.spawn(_twin_rank, layout.world_size, layout, str(tmp_path / "twin.pt"), sequence_parallel)
     per_rank = torch.load(tmp_path / "twin.pt")
     for options, *ranks in zip(DDP_CONFIGS, *per_rank):
-        assert all(ranks), f"{layout} {options}: training differs after scoring on ranks {ranks}"
+        assert all(ranks), f"{layout} SP={sequence_parallel} {options}: training differs after scoring: {ranks}"
