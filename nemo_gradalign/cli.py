@@ -38,7 +38,7 @@ def _train(args) -> None:
     from nemo_gradalign.jobs import train
     from nemo_gradalign.trainer.config import load_embedded_recipe
 
-    train.main(load_embedded_recipe(args.config, args.overrides), args.resume, args.ranks)
+    train.main(load_embedded_recipe(args.config, args.overrides), args.resume, args.ranks, args.overwrite)
 
 
 def _demo(args) -> None:
@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run the embedded GRPO loop with GradAlign selection")
     train.add_argument("--config", required=True, help="recipe YAML (e.g. recipes/embedded/noisy.yaml)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace another run's metrics and checkpoints in logger.log_dir")
     train.add_argument("--ranks", type=_positive, default=None,
                        help="local ranks to spawn (default TP x PP); ignored under torchrun/srun")
     train.add_argument("overrides", nargs="*", help="NeMo RL-style overrides: key=value, ++new.key=value")

@@ -117,6 +117,8 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         resumed = None
         latest = self.checkpointer.latest() if resume else None
+        if resume and latest is None:  # jobs/train.py refuses this before spawning; never start over
+            raise FileNotFoundError(f"--resume: no complete checkpoint in {self.checkpointer.root}")
         if latest is not None:
             self.checkpointer.load(latest, self.components())
             resumed = self.progress.step
