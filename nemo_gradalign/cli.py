@@ -51,7 +51,8 @@ def _demo(args) -> None:
 def _launch(args) -> None:
     from nemo_gradalign.launcher import launch
 
-    launch(args.recipe, args.cluster, args.nodes, args.time, args.dry_run, args.overrides)
+    launch(args.recipe, args.cluster, args.nodes, args.time, args.dry_run, args.overrides, args.resume,
+           args.overwrite)
 
 
 def _positive(text: str) -> int:
@@ -99,9 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     launch = sub.add_parser("launch", help="submit a recipe to Slurm (checks everything first)")
     launch.add_argument("recipe", help="an embedded or a NeMo RL recipe")
     launch.add_argument("--cluster", required=True, help="launcher/clusters/<name>.yaml")
-    launch.add_argument("--nodes", type=int, default=1)
+    launch.add_argument("--nodes", type=int, default=None,
+                        help="nodes (default: the recipe's cluster.num_nodes, else 1); forwarded to NeMo RL")
     launch.add_argument("--time", default="01:00:00", help="Slurm time limit")
     launch.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
+    launch.add_argument("--resume", action="store_true", help="embedded: continue the run in logger.log_dir")
+    launch.add_argument("--overwrite", action="store_true", help="embedded: replace the run in logger.log_dir")
     launch.add_argument("overrides", nargs="*", help="recipe overrides (key=value, ++new.key=value)")
     launch.set_defaults(func=_launch)
 
