@@ -63,7 +63,7 @@ class DataConfig(BaseModel):
         """Generation draws distinct problems; asking for more than exist would loop forever."""
         sizes = dict(pool_size=self.pool_size, validation_size=self.validation_size,
                      eval_size=self.eval_size, warmup_size=self.warmup_size)
-        demands = [(sum(sizes.values()), sizes, {*self.ops, *([self.target_op] if self.regime == "imbalance" else [])})]
+        demands = []
         if self.regime == "imbalance":
             n_target = max(1, round(self.target_fraction * self.pool_size))
             demands.append((self.eval_size + self.validation_size + n_target,
@@ -74,6 +74,8 @@ class DataConfig(BaseModel):
             demands.append((rest, dict(pool_size_minus_target=self.pool_size - n_target,
                                        **({} if self.target_op in self.ops else {"warmup_size": self.warmup_size})),
                             others))
+        every_op = {*self.ops, *([self.target_op] if self.regime == "imbalance" else [])}
+        demands.append((sum(sizes.values()), sizes, every_op))
         for need, parts, ops in demands:
             have = tasks.distinct_problems(ops, self.lengths)
             if need > have:
