@@ -148,7 +148,7 @@ def test_embedded_dry_run_renders_pyxis_flags_and_slurm_rank_variables(tmp_path)
     assert proc.returncode == 0, proc.stderr
     script = proc.stdout
     assert "#SBATCH --ntasks-per-node=2" in script and "#SBATCH --gres=gpu:8" in script
-    assert "srun --container-image=nvcr.io/nvidia/nemo-rl:v0.6.0 --container-mounts=" in script
+    assert "srun --kill-on-bad-exit=1 --container-image=nvcr.io/nvidia/nemo-rl:v0.6.0 --container-mounts=" in script
     assert "RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID" in script
     assert "MASTER_ADDR=$(scontrol show hostnames" in script and "OMP_NUM_THREADS" not in script
     assert not (tmp_path / "logs").exists()  # a dry run writes nothing
