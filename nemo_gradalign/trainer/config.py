@@ -102,6 +102,10 @@ class EmbeddedRecipe(_Strict):
         if self.policy.warmup.steps > 0 and d.warmup_size == 0:
             raise ValueError(f"data.warmup_size=0 but policy.warmup.steps={self.policy.warmup.steps}: the "
                              "warm-up needs problems (or set policy.warmup.steps=0)")
+        metric = self.checkpointing.metric_name
+        if metric != "val:accuracy" and not metric.startswith("val:accuracy/"):
+            raise ValueError(f"checkpointing.metric_name={metric!r} is not an evaluation metric (val:accuracy, "
+                             "val:accuracy/<op> or val:accuracy/len<n>); keep_top_k would rank nothing")
         if self.gradalign.validation.dataset and d.validation_source:
             raise ValueError("gradalign.validation.dataset and data.validation_source both name the "
                              "validation set; set one")

@@ -41,6 +41,7 @@ def test_recipe_files_that_are_not_yaml_mappings_or_inherit_in_a_cycle(tmp_path)
     ("data.lengths=[]", r"data.lengths: List should have at least 1 item"),
     ("policy.model.vocab_size=16", r"policy.model.vocab_size=16 is too small: .* at least 26"),
     ("policy.model.max_sequence_length=8", r"max_sequence_length=8 is shorter than the longest problem"),
+    ("checkpointing.metric_name=accuracy", r"checkpointing.metric_name='accuracy' is not an evaluation metric"),
     ("policy.megatron_cfg.optimizer.optimizer=sgd", r"policy.megatron_cfg.optimizer.optimizer: Input should be 'adam' \(got 'sgd'\)"),
     ("++policy.megatron_cfg.enabled=false", r"policy.megatron_cfg.enabled: Input should be True"),
     ("data.lengths=[3]", r"the sets need 4560 distinct problems \(pool_size 2048 \+ validation_size 256 \+ "
