@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace another run's metrics and checkpoints in logger.log_dir")
     train.add_argument("--ranks", type=_positive, default=None,
-                       help="local ranks to spawn (default TP x PP); ignored under torchrun/srun")
+                       help="local ranks to spawn (default TP x PP); under torchrun/srun it must match WORLD_SIZE")
     train.add_argument("overrides", nargs="*", help="NeMo RL-style overrides: key=value, ++new.key=value")
     train.set_defaults(func=_train)
 

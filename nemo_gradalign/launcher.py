@@ -123,6 +123,8 @@ def _reconcile_cluster(merged: dict, overrides: list[str], profile: ClusterProfi
     """Nodes and GPUs per node agree between --nodes, the profile and the recipe's ``cluster:``;
     returns the node count and the overrides that tell NeMo RL the same."""
     block = merged.get("cluster") or {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"cluster: expected a mapping (num_nodes, gpus_per_node), got {block!r}")
     wanted_nodes, wanted_gpus = block.get("num_nodes"), block.get("gpus_per_node")
     if nodes is not None and wanted_nodes is not None and nodes != wanted_nodes:
         raise ConfigError(f"--nodes {nodes} but the recipe's cluster.num_nodes={wanted_nodes}; pass --nodes "

@@ -33,10 +33,12 @@ def main(recipe: EmbeddedRecipe, resume: bool, ranks: int | None, overwrite: boo
     from nemo_gradalign.trainer.sets import preflight
 
     m = recipe.policy.megatron_cfg
-    world = (parallel.launched_world_size() or ranks
-             or m.tensor_model_parallel_size * m.pipeline_model_parallel_size)
+    launched = parallel.launched_world_size()
+    if launched is not None and ranks is not None and ranks != launched:
+        raise ValueError(f"--ranks {ranks} but the launcher started {launched} ranks (WORLD_SIZE); drop --ranks")
+    world = launched or ranks or m.tensor_model_parallel_size * m.pipeline_model_parallel_size
     layout_for(recipe, world)
-    if parallel.launched_world_size() is not None and os.environ.get("RANK") != "0":
+    if launched is not None and os.environ.get("RANK") != "0":
         parallel.run_on_ranks(run_rank, world, recipe, resume, world)
         return
     preflight(recipe)  # before the folder is touched: bad data never costs an old run

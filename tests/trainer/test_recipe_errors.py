@@ -3,6 +3,7 @@ error naming the field and the value, raised before any work."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -85,3 +86,11 @@ def test_asking_for_more_problems_than_exist_fails_at_once_from_the_cli(tmp_path
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "have only 1000" in proc.stderr and time.time() - t0 < 60
     assert not (tmp_path / "run").exists()
+
+
+def test_ranks_that_disagree_with_the_launcher_are_refused(tmp_path):
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "nemo_gradalign.cli", "train", "--config", str(NOISY), *SMALL,
+                           "--ranks", "2", f"logger.log_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "--ranks 2 but the launcher started 1 ranks" in proc.stderr
