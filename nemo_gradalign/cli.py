@@ -38,7 +38,7 @@ def _train(args) -> None:
     from nemo_gradalign.jobs import train
     from nemo_gradalign.trainer.config import load_embedded_recipe
 
-    train.main(load_embedded_recipe(args.config, args.overrides), args.resume, args.ranks)
+    train.main(load_embedded_recipe(args.config, args.overrides), args.resume, args.ranks, args.overwrite)
 
 
 def _demo(args) -> None:
@@ -51,7 +51,8 @@ def _demo(args) -> None:
 def _launch(args) -> None:
     from nemo_gradalign.launcher import launch
 
-    launch(args.recipe, args.cluster, args.nodes, args.time, args.dry_run, args.overrides)
+    launch(args.recipe, args.cluster, args.nodes, args.time, args.dry_run, args.overrides, args.resume,
+           args.overwrite)
 
 
 def _positive(text: str) -> int:
@@ -80,8 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run the embedded GRPO loop with GradAlign selection")
     train.add_argument("--config", required=True, help="recipe YAML (e.g. recipes/embedded/noisy.yaml)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace another run's metrics and checkpoints in logger.log_dir")
     train.add_argument("--ranks", type=_positive, default=None,
-                       help="local ranks to spawn (default TP x PP); ignored under torchrun/srun")
+                       help="local ranks to spawn (default TP x PP); under torchrun/srun it must match WORLD_SIZE")
     train.add_argument("overrides", nargs="*", help="NeMo RL-style overrides: key=value, ++new.key=value")
     train.set_defaults(func=_train)
 
@@ -97,9 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     launch = sub.add_parser("launch", help="submit a recipe to Slurm (checks everything first)")
     launch.add_argument("recipe", help="an embedded or a NeMo RL recipe")
     launch.add_argument("--cluster", required=True, help="launcher/clusters/<name>.yaml")
-    launch.add_argument("--nodes", type=int, default=1)
+    launch.add_argument("--nodes", type=int, default=None,
+                        help="nodes (default: the recipe's cluster.num_nodes, else 1); forwarded to NeMo RL")
     launch.add_argument("--time", default="01:00:00", help="Slurm time limit")
     launch.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
+    launch.add_argument("--resume", action="store_true", help="embedded: continue the run in logger.log_dir")
+    launch.add_argument("--overwrite", action="store_true", help="embedded: replace the run in logger.log_dir")
     launch.add_argument("overrides", nargs="*", help="recipe overrides (key=value, ++new.key=value)")
     launch.set_defaults(func=_launch)
 

@@ -104,15 +104,34 @@ def parse_gradalign(block: Any, root: str = "gradalign") -> GradAlignConfig:
         raise ConfigError(format_validation_error(err, root)) from None
 
 
-def load_yaml_with_defaults(path: str | Path):
+def read_yaml_mapping(path: str | Path, what: str = "recipe") -> dict:
+    """A YAML file that must hold a mapping; anything else is a ConfigError naming the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{what} {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a mapping of keys, got a {type(data).__name__}: {data!r:.80}")
+    return data
+
+
+def load_yaml_with_defaults(path: str | Path, _chain: tuple[Path, ...] = ()):
     """NeMo RL's ``load_config_with_inheritance``: a ``defaults:`` key (a path or a list of paths,
     relative to the file) names parents that are loaded first and merged under this file."""
     from omegaconf import OmegaConf
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe not found: {path}")
-    cfg = OmegaConf.load(path)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in [*_chain, path.resolve()])
+        raise ConfigError(f"defaults: cycle in recipe inheritance: {cycle}")
+    cfg = OmegaConf.create(read_yaml_mapping(path))
     parents = cfg.pop("defaults", None) if "defaults" in cfg else None
     if parents is None:
         return cfg
@@ -120,7 +139,7 @@ def load_yaml_with_defaults(path: str | Path):
     merged = OmegaConf.create()
     for parent in parents:
         parent_path = Path(parent) if Path(parent).is_absolute() else path.parent / parent
-        merged = OmegaConf.merge(merged, load_yaml_with_defaults(parent_path))
+        merged = OmegaConf.merge(merged, load_yaml_with_defaults(parent_path, (*_chain, path.resolve())))
     return OmegaConf.merge(merged, cfg)
 
 
@@ -149,5 +168,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     """A recipe as a plain dict: inheritance, then overrides, then interpolations resolved."""
     from omegaconf import OmegaConf
 
+    from omegaconf.errors import OmegaConfBaseException
+
     cfg = apply_overrides(load_yaml_with_defaults(path), overrides or [])
-    return OmegaConf.to_container(cfg, resolve=True)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:  # ${...} naming a missing key, or a bad resolver
+        raise ConfigError(f"recipe {path}: {' '.join(str(err).split())}") from None

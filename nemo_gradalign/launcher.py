@@ -15,10 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from nemo_gradalign.config import ConfigError, format_validation_error, load_recipe
+from nemo_gradalign.config import ConfigError, format_validation_error, load_recipe, read_yaml_mapping
 
 CLUSTERS = Path(__file__).resolve().parents[1] / "launcher" / "clusters"
 _TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
@@ -52,7 +51,7 @@ def load_profile(path: str) -> ClusterProfile:
         known = ", ".join(sorted(p.stem for p in CLUSTERS.glob("*.yaml")))
         raise ConfigError(f"--cluster: no cluster profile at {path} (shipped: {known})")
     try:
-        return ClusterProfile.model_validate(yaml.safe_load(file.read_text()) or {})
+        return ClusterProfile.model_validate(read_yaml_mapping(file, "cluster profile"))
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, f"cluster({file.name})")) from None
 
@@ -80,21 +79,33 @@ def _sbatch_options(profile: ClusterProfile, nodes: int, time: str, job_name: st
     return opts
 
 
-def embedded_script(recipe: str, overrides: list[str], profile: ClusterProfile, nodes: int, time: str) -> str:
-    """One srun task per rank; torch.distributed set up from Slurm's variables."""
+def embedded_script(recipe: str, overrides: list[str], profile: ClusterProfile, nodes: int | None, time: str,
+                    resume: bool = False, overwrite: bool = False) -> str:
+    """One srun task per rank; torch.distributed set up from Slurm's variables. The train command is
+    a quoted bash array passed to each task as arguments: no shell ever re-parses an override."""
     from nemo_gradalign.trainer.config import parse_recipe
+    from nemo_gradalign.trainer.run_folder import RunFolder
+    from nemo_gradalign.trainer.sets import preflight
 
     cfg = parse_recipe(load_recipe(recipe, overrides))  # bad overrides never reach the queue
     m = cfg.policy.megatron_cfg
     ranks = m.tensor_model_parallel_size * m.pipeline_model_parallel_size
+    nodes = nodes or 1
     if ranks % nodes:
         raise ConfigError(f"--nodes={nodes} does not divide the recipe's TP×PP = {ranks} ranks")
+    if profile.gpus_per_node and ranks // nodes > profile.gpus_per_node:
+        raise ConfigError(f"{ranks // nodes} ranks per node (TP×PP = {ranks} over --nodes={nodes}) exceed the "
+                          f"cluster profile's gpus_per_node={profile.gpus_per_node}")
+    preflight(cfg)  # data and schedule sizes
+    RunFolder.of(cfg).check(cfg.model_dump(mode="json"), ranks, resume, overwrite)  # relative to this cwd
     log = Path(profile.log_dir).resolve()
-    train = [sys.executable, "-m", "nemo_gradalign.cli", "train", "--config", str(Path(recipe).resolve()), *overrides]
+    flags = [*(["--resume"] if resume else []), *(["--overwrite"] if overwrite else [])]
+    train = [sys.executable, "-m", "nemo_gradalign.cli", "train", "--config", str(Path(recipe).resolve()),
+             *flags, *overrides]
     container = ""
     if profile.container_image:
         mounts = ",".join([*profile.container_mounts, f"{Path.cwd()}:{Path.cwd()}"])
-        container = f"--container-image={profile.container_image} --container-mounts={mounts} "
+        container = f"--container-image={shlex.quote(profile.container_image)} --container-mounts={shlex.quote(mounts)} "
     lines = ["#!/bin/bash", *(f"#SBATCH {o}" for o in _sbatch_options(
         profile, nodes, time, f"gradalign-{Path(recipe).stem}", log, ranks // nodes)), "",
         'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
@@ -102,17 +113,46 @@ def embedded_script(recipe: str, overrides: list[str], profile: ClusterProfile, 
         f"export PYTHONPATH={shlex.quote(str(Path(__file__).resolve().parents[1]))}${{PYTHONPATH:+:$PYTHONPATH}}",
         *(["export OMP_NUM_THREADS=1"] if not profile.gpus_per_node else []),
         f"cd {shlex.quote(str(Path.cwd()))}",
-        f"srun {container}bash -c 'RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID "
-        f"exec {shlex.join(train)}'", ""]
+        "TRAIN=(", *(f"  {shlex.quote(arg)}" for arg in train), ")",
+        f"srun --kill-on-bad-exit=1 {container}bash -c 'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS "
+        "LOCAL_RANK=$SLURM_LOCALID; exec \"$@\"' rank \"${TRAIN[@]}\"", ""]
     return "\n".join(lines)
 
 
-def nemo_rl_submission(recipe: str, overrides: list[str], profile: ClusterProfile, nodes: int,
+def _reconcile_cluster(merged: dict, overrides: list[str], profile: ClusterProfile, nodes: int | None) -> tuple[int, list[str]]:
+    """Nodes and GPUs per node agree between --nodes, the profile and the recipe's ``cluster:``;
+    returns the node count and the overrides that tell NeMo RL the same."""
+    block = merged.get("cluster") or {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"cluster: expected a mapping (num_nodes, gpus_per_node), got {block!r}")
+    wanted_nodes, wanted_gpus = block.get("num_nodes"), block.get("gpus_per_node")
+    if nodes is not None and wanted_nodes is not None and nodes != wanted_nodes:
+        raise ConfigError(f"--nodes {nodes} but the recipe's cluster.num_nodes={wanted_nodes}; pass --nodes "
+                          f"{wanted_nodes}, or override cluster.num_nodes={nodes}")
+    if wanted_gpus is not None and wanted_gpus != profile.gpus_per_node:
+        raise ConfigError(f"the recipe's cluster.gpus_per_node={wanted_gpus} but the cluster profile has "
+                          f"gpus_per_node={profile.gpus_per_node}; override cluster.gpus_per_node or use "
+                          "another profile")
+    nodes = nodes or wanted_nodes or 1
+    megatron = (merged.get("policy") or {}).get("megatron_cfg") or {}
+    model_parallel = int(megatron.get("tensor_model_parallel_size") or 1) * int(
+        megatron.get("pipeline_model_parallel_size") or 1)
+    gpus = nodes * profile.gpus_per_node
+    if profile.gpus_per_node and gpus % model_parallel:
+        raise ConfigError(f"{nodes} node(s) x {profile.gpus_per_node} GPUs = {gpus} cannot hold TP×PP = "
+                          f"{model_parallel} (policy.megatron_cfg)")
+    given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
+    extra = [f"cluster.{k}={v}" for k, v in (("num_nodes", nodes), ("gpus_per_node", profile.gpus_per_node))
+             if f"cluster.{k}" not in given]
+    return nodes, extra
+
+
+def nemo_rl_submission(recipe: str, overrides: list[str], profile: ClusterProfile, nodes: int | None,
                        time: str) -> tuple[list[str], dict[str, str]]:
     """NeMo RL's way: `sbatch ... ray.sub` with CONTAINER, MOUNTS, COMMAND in the environment."""
     from nemo_gradalign.integrations.nemo_rl.config import check_supported, read_gradalign
 
-    raw = yaml.safe_load(Path(recipe).read_text()) or {}
+    raw = read_yaml_mapping(recipe)
     from omegaconf import OmegaConf
 
     merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(raw), OmegaConf.from_dotlist(
@@ -120,15 +160,18 @@ def nemo_rl_submission(recipe: str, overrides: list[str], profile: ClusterProfil
     check_supported(merged, read_gradalign(merged))  # the gradalign block, before the queue
     if not profile.container_image:
         raise ConfigError("cluster.container_image: NeMo RL runs in its container; the profile names none")
+    nodes, cluster_overrides = _reconcile_cluster(merged, overrides, profile, nodes)
     package = Path(__file__).resolve().parents[1]
     run_dir = Path.cwd()
     log = Path(profile.log_dir).resolve()
-    command = (f"cd {profile.nemo_rl_root} && PYTHONPATH={package}:$PYTHONPATH python -m "
-               f"nemo_gradalign.integrations.nemo_rl --config {Path(recipe).resolve()} {shlex.join(overrides)}")
+    entry = ["python", "-m", "nemo_gradalign.integrations.nemo_rl", "--config", str(Path(recipe).resolve()),
+             *overrides, *cluster_overrides]
+    command = (f"cd {shlex.quote(profile.nemo_rl_root)} && PYTHONPATH={shlex.quote(str(package))}:\"$PYTHONPATH\" "
+               f"{shlex.join(entry)}")
     env = {
         "CONTAINER": profile.container_image,
         "MOUNTS": ",".join(dict.fromkeys([*profile.container_mounts, f"{run_dir}:{run_dir}", f"{package}:{package}"])),
-        "COMMAND": command.strip(),
+        "COMMAND": command,
         "GPUS_PER_NODE": str(profile.gpus_per_node),
         "BASE_LOG_DIR": str(log),
     }
@@ -137,14 +180,18 @@ def nemo_rl_submission(recipe: str, overrides: list[str], profile: ClusterProfil
     return cmd, env
 
 
-def launch(recipe: str, cluster: str, nodes: int, time: str, dry_run: bool, overrides: list[str]) -> str | None:
-    if nodes <= 0:
+def launch(recipe: str, cluster: str, nodes: int | None, time: str, dry_run: bool, overrides: list[str],
+           resume: bool = False, overwrite: bool = False) -> str | None:
+    if nodes is not None and nodes <= 0:
         raise ConfigError(f"--nodes: must be positive, got {nodes}")
     check_time(time)
     if not Path(recipe).is_file():
         raise ConfigError(f"recipe not found: {recipe}")
     profile = load_profile(cluster)
     if _is_nemo_rl(recipe):
+        if resume or overwrite:
+            raise ConfigError("--resume/--overwrite are for embedded recipes: NeMo RL resumes from its "
+                              "checkpointing.checkpoint_dir by itself")
         cmd, env = nemo_rl_submission(recipe, overrides, profile, nodes, time)
         if dry_run:
             print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))
@@ -154,7 +201,7 @@ def launch(recipe: str, cluster: str, nodes: int, time: str, dry_run: bool, over
         out = subprocess.run([cmd[0], "--parsable", *cmd[1:]], env={**os.environ, **env},
                              capture_output=True, text=True)
     else:
-        script = embedded_script(recipe, overrides, profile, nodes, time)
+        script = embedded_script(recipe, overrides, profile, nodes, time, resume, overwrite)
         if dry_run:
             print(script)
             return None
@@ -171,5 +218,5 @@ def launch(recipe: str, cluster: str, nodes: int, time: str, dry_run: bool, over
 
 def _is_nemo_rl(recipe: str) -> bool:
     """NeMo RL recipes name a cluster block or inherit the container's NeMo RL examples."""
-    raw = yaml.safe_load(Path(recipe).read_text()) or {}
+    raw = read_yaml_mapping(recipe)
     return "cluster" in raw or str(raw.get("defaults", "")).startswith("/opt/nemo-rl")

@@ -28,8 +28,8 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     regime: Regime = "noisy"
-    ops: list[str] = ["sort"]
-    lengths: list[int] = [3, 4, 5]
+    ops: list[str] = Field(["sort"], min_length=1)
+    lengths: list[int] = Field([3, 4, 5], min_length=1)
     pool_size: int = Field(2048, gt=0)
     validation_size: int = Field(256, gt=0)
     eval_size: int = Field(256, gt=0)
@@ -54,9 +54,35 @@ class DataConfig(BaseModel):
         for length in self.lengths:
             if not tasks.MIN_LEN <= length <= tasks.MAX_LEN:
                 raise ValueError(f"length {length} outside {tasks.MIN_LEN}..{tasks.MAX_LEN}")
-        if self.regime == "imbalance" and self.ops == [self.target_op]:
+        if self.regime == "imbalance" and set(self.ops) <= {self.target_op}:
             raise ValueError("imbalance needs at least one op besides target_op")
+        self._check_capacity()
         return self
+
+    def _check_capacity(self) -> None:
+        """Generation draws distinct problems; asking for more than exist would loop forever."""
+        sizes = dict(pool_size=self.pool_size, validation_size=self.validation_size,
+                     eval_size=self.eval_size, warmup_size=self.warmup_size)
+        demands = []
+        if self.regime == "imbalance":
+            n_target = max(1, round(self.target_fraction * self.pool_size))
+            demands.append((self.eval_size + self.validation_size + n_target,
+                            dict(eval_size=self.eval_size, validation_size=self.validation_size,
+                                 target_problems=n_target), {self.target_op}))
+            others = set(self.ops) - {self.target_op}
+            rest = self.pool_size - n_target + (0 if self.target_op in self.ops else self.warmup_size)
+            demands.append((rest, dict(pool_size_minus_target=self.pool_size - n_target,
+                                       **({} if self.target_op in self.ops else {"warmup_size": self.warmup_size})),
+                            others))
+        every_op = {*self.ops, *([self.target_op] if self.regime == "imbalance" else [])}
+        demands.append((sum(sizes.values()), sizes, every_op))
+        for need, parts, ops in demands:
+            have = tasks.distinct_problems(ops, self.lengths)
+            if need > have:
+                detail = " + ".join(f"{k} {v}" for k, v in parts.items())
+                raise ValueError(f"the sets need {need} distinct problems ({detail}) but ops {sorted(ops)} x "
+                                 f"lengths {sorted(set(self.lengths))} have only {have}; lower the sizes "
+                                 "or add lengths or ops")
 
 
 @dataclass

@@ -3,13 +3,15 @@ loader reads a user's JSONL, parquet, a ``save_to_disk`` folder or a hub name.
 
 Columns: ``op`` and ``digits`` (a string such as "3141") are required; ``problem_id`` (default:
 the row index), ``key`` (a wrong answer key, "" for none) and the flags ``corrupted``, ``target``,
-``wrong_key`` are optional.
+``wrong_key`` (booleans) are optional. Every record is checked by ``data/schema.py``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from nemo_gradalign.data.schema import parse_record
 from nemo_gradalign.data.tasks import Problem
 
 FLAGS = ("corrupted", "target", "wrong_key")
@@ -27,33 +29,35 @@ def to_dataset(problems: list[Problem]):
     })
 
 
-def _digits(text, where: str) -> list[int]:
-    text = str(text)
-    if not text.isdigit():
-        raise ValueError(f"{where}: expected a string of digits, got {text!r}")
-    return [int(c) for c in text]
-
-
 def from_rows(rows, source: str) -> list[Problem]:
-    problems = []
-    for i, row in enumerate(rows):
-        where = f"{source} row {i}"
-        for column in ("op", "digits"):
-            if row.get(column) in (None, ""):
-                raise ValueError(f"{where}: missing required column {column!r}")
-        key = row.get("key") or None
-        try:
-            problem = Problem(int(row.get("problem_id", i) if row.get("problem_id") is not None else i),
-                              str(row["op"]), _digits(row["digits"], f"{where} column 'digits'"),
-                              tags={f: True for f in FLAGS if row.get(f)},
-                              key=_digits(key, f"{where} column 'key'") if key else None)
-        except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
-        problems.append(problem)
-    ids = [p.problem_id for p in problems]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{source}: problem_id values are not unique")
+    """Validated problems (data/schema.py); problem ids must be unique, the set non-empty."""
+    problems = [parse_record(row, source, i) for i, row in enumerate(rows)]
+    return _checked(problems, source)
+
+
+def _checked(problems: list[Problem], source: str) -> list[Problem]:
+    if not problems:
+        raise ValueError(f"{source}: no records (an empty set cannot be trained or validated on)")
+    seen: dict[int, int] = {}
+    for row, p in enumerate(problems):
+        if p.problem_id in seen:
+            raise ValueError(f"{source} row {row}: problem_id {p.problem_id} repeats row {seen[p.problem_id]}")
+        seen[p.problem_id] = row
     return problems
+
+
+def read_jsonl(path: Path) -> list[Problem]:
+    """JSON lines read as written, so every value keeps its JSON type and errors name the line."""
+    problems = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} line {line_no}: not JSON ({err.msg})") from None
+        problems.append(parse_record(row, str(path), len(problems), line_no))
+    return _checked(problems, str(path))
 
 
 def load_problems(source: str, split: str = "train") -> list[Problem]:
@@ -64,13 +68,19 @@ def load_problems(source: str, split: str = "train") -> list[Problem]:
     if path.is_dir():
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise ValueError(f"{source}: no split {split!r} (has {sorted(ds)})")
             ds = ds[split]
-    elif path.suffix in (".jsonl", ".json"):
-        ds = datasets.load_dataset("json", data_files=str(path), split="train")
-    elif path.suffix == ".parquet":
-        ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    elif path.suffix == ".jsonl" and path.is_file():
+        return read_jsonl(path)
+    elif path.suffix in (".json", ".parquet") and path.is_file():
+        if path.stat().st_size == 0:
+            raise ValueError(f"{source}: no records (the file is empty)")
+        ds = datasets.load_dataset(path.suffix.lstrip("."), data_files=str(path),
+                                   split="train")
     elif path.exists() or path.suffix:
-        raise ValueError(f"cannot read problems from {source!r}: use a folder, .jsonl, .json or .parquet")
+        what = "no such file" if not path.exists() else "use a folder, .jsonl, .json or .parquet"
+        raise ValueError(f"cannot read problems from {source!r}: {what}")
     else:
         ds = datasets.load_dataset(source, split=split)
     return from_rows(ds, source)

@@ -25,6 +25,12 @@ DIGIT0 = 16
 VOCAB_SIZE = 32
 MIN_LEN, MAX_LEN = 2, 6
 MAX_SEQUENCE = 2 * MAX_LEN + 2
+MIN_VOCAB = DIGIT0 + 10  # the highest token a prompt or answer uses is digit 9
+
+
+def distinct_problems(ops, lengths) -> int:
+    """How many different problems ``generate`` can draw from these ops and lengths."""
+    return len(set(ops)) * sum(10 ** length for length in set(lengths))
 
 
 @dataclass

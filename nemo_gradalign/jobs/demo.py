@@ -38,6 +38,7 @@ def _one_run(regime: str, method: str, seed: int, out_dir: str, overrides: list[
     from nemo_gradalign.jobs.train import run_rank
     from nemo_gradalign.megatron import parallel
     from nemo_gradalign.trainer.config import load_embedded_recipe
+    from nemo_gradalign.trainer.run_folder import RunFolder
 
     torch.set_num_threads(1)
     log_dir = Path(out_dir) / regime / f"{method}-seed{seed}"
@@ -46,8 +47,9 @@ def _one_run(regime: str, method: str, seed: int, out_dir: str, overrides: list[
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(parallel.free_port()),
                       RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     t0 = time.perf_counter()
-    try:
-        run_rank(0, recipe, resume=False, world_size=1, progress_bar=False)
+    try:  # the demo owns its run folders: a rerun replaces them
+        with RunFolder.of(recipe).claim(recipe.model_dump(mode="json"), 1, resume=False, overwrite=True):
+            run_rank(0, recipe, resume=False, world_size=1, progress_bar=False)
     finally:
         parallel.shutdown()
     summary = run_summary(log_dir / "metrics.jsonl", regime)

@@ -24,10 +24,23 @@ def run_rank(rank: int, recipe: EmbeddedRecipe, resume: bool, world_size: int,
     return Trainer(recipe, rank, progress_bar).fit(resume)
 
 
-def main(recipe: EmbeddedRecipe, resume: bool, ranks: int | None) -> None:
-    """Join torchrun/srun ranks when launched that way, else spawn the ranks locally."""
+def main(recipe: EmbeddedRecipe, resume: bool, ranks: int | None, overwrite: bool = False) -> None:
+    """Check the data and the run folder, then join torchrun/srun ranks when launched that way,
+    else spawn the ranks locally. Only the first process claims the folder (and holds its lock)."""
+    import os
+
+    from nemo_gradalign.trainer.run_folder import RunFolder
+    from nemo_gradalign.trainer.sets import preflight
+
     m = recipe.policy.megatron_cfg
-    world = (parallel.launched_world_size() or ranks
-             or m.tensor_model_parallel_size * m.pipeline_model_parallel_size)
+    launched = parallel.launched_world_size()
+    if launched is not None and ranks is not None and ranks != launched:
+        raise ValueError(f"--ranks {ranks} but the launcher started {launched} ranks (WORLD_SIZE); drop --ranks")
+    world = launched or ranks or m.tensor_model_parallel_size * m.pipeline_model_parallel_size
     layout_for(recipe, world)
-    parallel.run_on_ranks(run_rank, world, recipe, resume, world)
+    if launched is not None and os.environ.get("RANK") != "0":
+        parallel.run_on_ranks(run_rank, world, recipe, resume, world)
+        return
+    preflight(recipe)  # before the folder is touched: bad data never costs an old run
+    with RunFolder.of(recipe).claim(recipe.model_dump(mode="json"), world, resume, overwrite):
+        parallel.run_on_ranks(run_rank, world, recipe, resume, world)

@@ -2,7 +2,9 @@
 ``step_N/`` (atomic), keeps the latest plus the ``keep_top_k`` best by ``metric_name``.
 
 A kill at any moment leaves either a complete ``step_N/`` or a ``tmp_step_N/`` that resume
-ignores, so a failure never corrupts the checkpoint a run resumes from. Components are Stateful
+ignores, so a failure never corrupts the checkpoint a run resumes from. A ``step_N/`` without a
+readable ``training_info.json`` (written last, before the rename) is not a checkpoint: discovery,
+resume and pruning ignore it. Components are Stateful
 (``state_dict``/``load_state_dict``); each is stored per rank as ``<name>/rank_<r>.pt``.
 """
 
@@ -26,6 +28,15 @@ def _barrier() -> None:
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
+
+
+def read_info(path: Path) -> dict | None:
+    """A checkpoint's training_info.json, or None when the folder is not a complete checkpoint."""
+    try:
+        info = json.loads((Path(path) / "training_info.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 class CheckpointManager:
@@ -57,11 +68,19 @@ class CheckpointManager:
         _barrier()
         return final
 
-    def checkpoints(self) -> list[tuple[int, Path]]:
+    def _step_folders(self) -> list[tuple[int, Path]]:
         if not self.root.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.root.iterdir() if (m := _STEP.match(p.name))]
-        return sorted(found)
+        return sorted((int(m.group(1)), p) for p in self.root.iterdir() if (m := _STEP.match(p.name)))
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """Complete checkpoints, oldest first."""
+        return [(step, p) for step, p in self._step_folders() if read_info(p) is not None]
+
+    def incomplete(self) -> list[Path]:
+        """``step_N/`` folders that are not checkpoints, and interrupted ``tmp_step_N/`` saves."""
+        stray = [p for _, p in self._step_folders() if read_info(p) is None]
+        return stray + (sorted(self.root.glob("tmp_step_*")) if self.root.is_dir() else [])
 
     def latest(self) -> Path | None:
         found = self.checkpoints()
@@ -83,7 +102,7 @@ class CheckpointManager:
         latest = found[-1][1]
 
         def metric(path: Path) -> float:
-            value = json.loads((path / "training_info.json").read_text()).get(self.metric_name)
+            value = (read_info(path) or {}).get(self.metric_name)
             return float("-inf") if value is None else float(value)
 
         best = sorted((p for _, p in found), key=metric, reverse=True)[: self.keep_top_k]

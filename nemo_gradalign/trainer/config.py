@@ -3,7 +3,9 @@ logger) plus the ``gradalign:`` block, validated with field-named errors."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nemo_gradalign.config import ConfigError, GradAlignConfig, format_validation_error, load_recipe
 from nemo_gradalign.data import tasks
@@ -39,7 +41,7 @@ class WarmupConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    optimizer: str = "adam"
+    optimizer: Literal["adam"] = Field("adam", description="megatron's Adam is the only one built here")
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     adam_beta1: float = Field(0.9, ge=0, lt=1)
@@ -47,7 +49,7 @@ class OptimizerConfig(_Strict):
 
 
 class MegatronConfig(_Strict):
-    enabled: bool = True
+    enabled: Literal[True] = Field(True, description="the embedded trainer always runs megatron-core")
     tensor_model_parallel_size: int = Field(1, gt=0)
     pipeline_model_parallel_size: int = Field(1, gt=0)
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -85,6 +87,29 @@ class EmbeddedRecipe(_Strict):
     checkpointing: CheckpointingConfig = CheckpointingConfig()
     logger: LoggerConfig = LoggerConfig()
     gradalign: GradAlignConfig = GradAlignConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        """Cross-block rules that would otherwise fail deep inside a rank (or be ignored)."""
+        model, d = self.policy.model, self.data
+        if model.vocab_size < tasks.MIN_VOCAB:
+            raise ValueError(f"policy.model.vocab_size={model.vocab_size} is too small: the task's tokens "
+                             f"need at least {tasks.MIN_VOCAB}")
+        longest = 2 * max(d.lengths) + 2
+        if model.max_sequence_length < longest:
+            raise ValueError(f"policy.model.max_sequence_length={model.max_sequence_length} is shorter than "
+                             f"the longest problem (data.lengths up to {max(d.lengths)}: {longest} tokens)")
+        if self.policy.warmup.steps > 0 and d.warmup_size == 0:
+            raise ValueError(f"data.warmup_size=0 but policy.warmup.steps={self.policy.warmup.steps}: the "
+                             "warm-up needs problems (or set policy.warmup.steps=0)")
+        metric = self.checkpointing.metric_name
+        if metric != "val:accuracy" and not metric.startswith("val:accuracy/"):
+            raise ValueError(f"checkpointing.metric_name={metric!r} is not an evaluation metric (val:accuracy, "
+                             "val:accuracy/<op> or val:accuracy/len<n>); keep_top_k would rank nothing")
+        if self.gradalign.validation.dataset and d.validation_source:
+            raise ValueError("gradalign.validation.dataset and data.validation_source both name the "
+                             "validation set; set one")
+        return self
 
 
 def parse_recipe(raw: dict) -> EmbeddedRecipe:

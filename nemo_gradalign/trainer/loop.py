@@ -23,6 +23,7 @@ from nemo_gradalign.trainer.config import EmbeddedRecipe
 from nemo_gradalign.trainer.evaluate import evaluate
 from nemo_gradalign.trainer.metrics import MetricsLog
 from nemo_gradalign.trainer.rollouts import collect_rollouts
+from nemo_gradalign.trainer.sets import build_schedule, build_sets
 from nemo_gradalign.trainer.update import grpo_step
 from nemo_gradalign.trainer.warmup import supervised_warmup
 
@@ -48,14 +49,6 @@ class _Stateful:
         self.state_dict, self.load_state_dict = get, put
 
 
-def build_schedule(recipe: EmbeddedRecipe, pool_size: int):
-    ga, n = recipe.gradalign, recipe.grpo.num_prompts_per_step
-    if ga.enabled and ga.schedule == "round":
-        return RoundSchedule(pool_size, ga.chunk_size, ga.keep_per_round, ga.steps_per_round, n, ga.seed)
-    draw = n * ga.selection_ratio if ga.enabled else n
-    return StepSchedule(pool_size, draw, n, ga.seed)
-
-
 class Trainer:
     policy: Policy
     optimizer: object
@@ -74,7 +67,7 @@ class Trainer:
         self.policy = Policy(recipe.policy.model)
         opt = recipe.policy.megatron_cfg.optimizer
         self.optimizer = self.policy.make_optimizer(opt.lr, opt.weight_decay, (opt.adam_beta1, opt.adam_beta2))
-        self.sets = regimes.build(recipe.data)
+        self.sets = build_sets(recipe)
         self.pool = self.sets.pool  # schedules hand out indices into this list
         temperature = recipe.policy.generation.temperature
         self.loss = LossSettings("leave_one_out" if g.use_leave_one_out_baseline else "mean",
@@ -126,6 +119,8 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         resumed = None
         latest = self.checkpointer.latest() if resume else None
+        if resume and latest is None:  # jobs/train.py refuses this before spawning; never start over
+            raise FileNotFoundError(f"--resume: no complete checkpoint in {self.checkpointer.root}")
         if latest is not None:
             self.checkpointer.load(latest, self.components())
             resumed = self.progress.step

@@ -94,7 +94,7 @@ def test_user_jsonl_feeds_the_pool_and_bad_rows_are_named(tmp_path):
     assert sum(bool(p.tags.get("corrupted")) for p in sets.pool) == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"op": "sort", "digits": "52"}\n{"op": "sort", "digits": "5x"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl row 1 column 'digits': expected a string of digits"):
+    with pytest.raises(ValueError, match=r"bad.jsonl row 1 \(line 2\): digits: '5x' must be 2 to 6 characters 0-9"):
         store.load_problems(str(bad))
     with pytest.raises(ValueError, match="cannot read problems"):
         store.load_problems(str(tmp_path / "pool.csv"))

@@ -43,3 +43,17 @@ def test_an_interrupted_save_is_ignored(tmp_path):
     assert ck.latest().name == "step_5"
     ck.save(10, {"a": Box(2)}, {})  # the same step saved again replaces the debris
     assert ck.latest().name == "step_10" and not (tmp_path / "tmp_step_10").exists()
+
+
+def test_folders_that_are_not_complete_checkpoints_are_ignored_and_never_break_a_save(tmp_path):
+    ck = CheckpointManager(str(tmp_path), keep_top_k=1, metric_name="val:accuracy")
+    ck.save(2, {"a": Box(1)}, {"val:accuracy": 0.5})
+    ck.save(4, {"a": Box(2)}, {"val:accuracy": 0.1})
+    (tmp_path / "step_4" / "training_info.json").unlink()  # its info never landed
+    (tmp_path / "step_9").mkdir()                          # a stray empty folder
+    (tmp_path / "step_7").mkdir()
+    (tmp_path / "step_7" / "training_info.json").write_text('{"step": 7, "val:acc')  # torn
+    assert [s for s, _ in ck.checkpoints()] == [2] and ck.latest().name == "step_2"
+    assert sorted(p.name for p in ck.incomplete()) == ["step_4", "step_7", "step_9"]
+    ck.save(6, {"a": Box(3)}, {"val:accuracy": 0.2})  # pruning reads only complete checkpoints
+    assert [s for s, _ in ck.checkpoints()] == [2, 6] and (tmp_path / "step_9").is_dir()  # latest + best

@@ -1,0 +1,159 @@
+"""A run folder (``logger.log_dir`` and ``checkpointing.checkpoint_dir``) belongs to one run.
+
+Mixing runs in one folder loses data silently: a new run's checkpoints are pruned against an old
+run's higher step, and a later resume loads the old weights under the new metrics. So, before any
+work: a new run refuses a folder holding another run's metrics or checkpoints (``--overwrite``
+clears them); ``--resume`` with nothing to resume says so and writes nothing; ``--resume`` refuses
+a recipe or rank count that differs from the checkpoint's; and a lock stops a second process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import sys
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import yaml
+
+from nemo_gradalign.config import ConfigError
+from nemo_gradalign.trainer.checkpoint import CheckpointManager, read_info
+
+# What may differ between a checkpoint's recipe and the one it is resumed with: how long to train,
+# and where and how often to log and save. Anything else changes the run.
+MAY_CHANGE = ("grpo.max_num_steps", "logger.", "checkpointing.")
+
+
+class RunFolderError(ConfigError):
+    """The folder belongs to another run, holds nothing to resume, or is in use."""
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def recipe_changes(saved: dict, requested: dict) -> list[str]:
+    """``key: old -> new`` for every leaf that differs, except those that may change on resume."""
+    old, new = _flatten(saved), _flatten(requested)
+    missing = object()
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key, missing), new.get(key, missing)
+        if a != b and not any(key == m or (m.endswith(".") and key.startswith(m)) for m in MAY_CHANGE):
+            show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
+            changes.append(f"{key}: {show(a)} in the checkpoint, {show(b)} now")
+    return changes
+
+
+class RunFolder:
+    def __init__(self, log_dir: str, checkpoint_dir: str):
+        self.log_dir = Path(log_dir)
+        self.metrics = self.log_dir / "metrics.jsonl"
+        self.checkpoints = CheckpointManager(checkpoint_dir, 1, "")
+
+    @classmethod
+    def of(cls, recipe) -> RunFolder:
+        return cls(recipe.logger.log_dir, recipe.checkpointing.checkpoint_dir)
+
+    def _held(self) -> list[str]:
+        """What another run left here, in words (empty: the folder is free)."""
+        held = []
+        if self.metrics.exists() and self.metrics.stat().st_size:
+            lines = sum(1 for line in self.metrics.read_text().splitlines() if line.strip())
+            held.append(f"{self.metrics} ({lines} records)")
+        found = [p.name for _, p in self.checkpoints.checkpoints()] + [p.name for p in self.checkpoints.incomplete()]
+        if found:
+            held.append(f"{self.checkpoints.root}: {', '.join(found)}")
+        return held
+
+    def check(self, recipe: dict, world: int, resume: bool, overwrite: bool) -> Path | None:
+        """Read-only: the checkpoint to resume from, None for a fresh run, or a RunFolderError."""
+        if resume and overwrite:
+            raise RunFolderError("--resume and --overwrite contradict each other; choose one")
+        if resume:
+            return self._resumable(recipe, world)
+        held = self._held()
+        if held and not overwrite:
+            raise RunFolderError(
+                f"logger.log_dir {self.log_dir} holds another run: {'; '.join(held)}. Continue it with "
+                "--resume, replace it with --overwrite, or choose another logger.log_dir")
+        return None
+
+    def _resumable(self, recipe: dict, world: int) -> Path:
+        latest = self.checkpoints.latest()
+        if latest is None:
+            what = "; ".join(self._held()) or "nothing"
+            raise RunFolderError(f"--resume: nothing to resume: {self.checkpoints.root} holds no complete "
+                                 f"checkpoint (found: {what}). Start without --resume (with --overwrite "
+                                 "if the folder holds an earlier attempt)")
+        config = latest / "config.yaml"
+        saved = yaml.safe_load(config.read_text()) if config.is_file() else None
+        if not isinstance(saved, dict):
+            raise RunFolderError(f"--resume: {config} is missing, so the recipe cannot be compared")
+        changes = recipe_changes(saved, recipe)
+        if changes:
+            raise RunFolderError(
+                f"--resume: the recipe differs from the one {latest} was trained with:\n  " + "\n  ".join(changes)
+                + "\nOnly grpo.max_num_steps, logger.* and checkpointing.* may change on resume; "
+                "start a new run (another logger.log_dir) to change the others")
+        step, steps = read_info(latest)["step"], recipe["grpo"]["max_num_steps"]
+        if steps < step:
+            raise RunFolderError(f"--resume: grpo.max_num_steps={steps} is below the checkpoint's step {step}")
+        saved_world = len(list((latest / "trainer").glob("rank_*.pt")))
+        if saved_world != world:
+            raise RunFolderError(f"--resume: {latest} was written by {saved_world} ranks, this run has "
+                                 f"{world}; resume with the same TP x PP x DP (--ranks, srun tasks)")
+        if not self.metrics.exists():
+            print(f"warning: {self.metrics} is missing: the resumed run's metrics start at step {step}",
+                  file=sys.stderr)
+        return latest
+
+    def clear(self) -> None:
+        """--overwrite: remove the other run's metrics and checkpoints (nothing else in the folder)."""
+        for _, path in self.checkpoints.checkpoints():
+            shutil.rmtree(path)
+        for path in self.checkpoints.incomplete():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        self.metrics.unlink(missing_ok=True)
+
+    @contextmanager
+    def claim(self, recipe: dict, world: int, resume: bool, overwrite: bool):
+        """Check (a refused run writes nothing), lock, check again under the lock, clear on
+        --overwrite; the lock is held until the block ends (or the process dies)."""
+        self.check(recipe, world, resume, overwrite)
+        with ExitStack() as stack:
+            for folder in dict.fromkeys([self.log_dir.resolve(), self.checkpoints.root.resolve()]):
+                stack.enter_context(_lock(folder))
+            latest = self.check(recipe, world, resume, overwrite)
+            if overwrite:
+                self.clear()
+            yield latest
+
+
+@contextmanager
+def _lock(folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise RunFolderError(f"{folder} is in use by another training process (pid {owner}); wait for "
+                                 "it to finish or choose another logger.log_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
