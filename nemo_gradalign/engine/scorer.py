@@ -127,8 +127,8 @@ class GradientEngine:
 
     def _partials(self, reference: ReferenceGradient) -> torch.Tensor:
         if self.flat is not None:
-            grads = self.flat.counted
-            ref = reference.flat if reference.flat.dtype == grads.dtype else reference.flat.to(grads.dtype)
+            grads = _accumulable(self.flat.counted)
+            ref = reference.flat.to(grads.dtype)
             return torch.stack([torch.dot(grads, ref), torch.dot(grads, grads)]).double()
         dot = torch.zeros((), dtype=torch.float64, device=self.device)
         sq = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -136,7 +136,7 @@ class GradientEngine:
             grad = local_grad(param)
             if grad is None:
                 continue
-            flat = grad.reshape(-1)
+            flat = _accumulable(grad.reshape(-1))
             dot += torch.dot(flat, ref.reshape(-1).to(flat.dtype)).double()
             sq += torch.dot(flat, flat).double()
         return torch.stack([dot, sq])
@@ -172,6 +172,12 @@ class GradientEngine:
         parts = [torch.empty_like(local) for _ in range(self.groups.dp_size)]
         dist.all_gather(parts, local, group=self.groups.data_parallel)
         return torch.stack(parts)
+
+
+def _accumulable(grad: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 grads (NeMo RL keeps main_grad in bf16) are summed in fp32: a 16-bit dot over
+    millions of terms would carry ~1e-2 relative error; fp32 adds only its own rounding."""
+    return grad.float() if grad.dtype in (torch.bfloat16, torch.float16) else grad
 
 
 def gathered_index(problem: int, dp_size: int, per_rank: int) -> int:

@@ -1,4 +1,4 @@
-"""Per-token log-probabilities from vocab-parallel logits, in the logits' own dtype.
+"""Per-token log-probabilities from vocab-parallel logits, in float32 or the logits' wider dtype.
 
 megatron-core's ``vocab_parallel_cross_entropy`` casts logits to float32, which would cap a
 float64 model at float32 accuracy; NeMo RL computes its training log-probs from the
@@ -21,6 +21,8 @@ def vocab_parallel_logprobs(logits: torch.Tensor, labels: torch.Tensor,
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel.mappings import reduce_from_tensor_model_parallel_region
 
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()  # as NeMo RL takes its log-probs from bf16 logits
     if temperature != 1.0:
         logits = logits / temperature
     tp = ps.get_tensor_model_parallel_world_size()

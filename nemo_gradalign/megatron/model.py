@@ -30,7 +30,8 @@ class ModelSpec(BaseModel):
     max_sequence_length: int = Field(32, ge=2)
     init_std: float = Field(0.05, gt=0)
     tie_embeddings: bool = False
-    dtype: Literal["float32", "float64"] = "float32"  # float64: exactness tests independent of CPU kernels
+    # float64: exactness tests independent of CPU kernels; bfloat16: the large recipes' precision
+    dtype: Literal["float32", "float64", "bfloat16"] = "float32"
     sequence_parallel: bool = False
     seed: int = 1234
 

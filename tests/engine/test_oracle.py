@@ -44,6 +44,12 @@ def _oracle_rank(rank, out):
     for name, (loss, _) in SETTINGS.items():
         results[name] = oracle_scores(model, VAL, POOL, aggregation=loss.aggregation,
                                       baseline=loss.baseline, normalize_std=loss.normalize_std)
+    with torch.no_grad():  # the bfloat16 model's weights, exactly, in float64
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16))
+    loss = SETTINGS["nemo_rl_default"][0]
+    results["bf16_weights"] = oracle_scores(model, VAL, POOL, baseline=loss.baseline,
+                                            normalize_std=loss.normalize_std)
     torch.save(results, out)
 
 
@@ -116,13 +122,14 @@ def test_edge_cases_are_scored_as_their_definition_says(oracle):
     assert abs(float(cos[first + 2] - cos[first + 3])) <= RTOL * abs(float(cos[first + 3]))
 
 
-def _fp32_bound_rank(rank, out):
-    """Engine dots/norms at TP=2 through fp32 DDP main_grad vs a float64 re-read of the same fp32
-    gradients, with the rounding bound of an n-term fp32 dot product."""
+def _rounding_bound_rank(rank, out, dtype):
+    """Engine dots/norms at TP=2 through DDP main_grad (fp32, or bf16 as NeMo RL's recipes keep
+    it) vs a float64 re-read of the same gradients, with the rounding bound of an n-term fp32
+    dot product: the engine accumulates 16-bit grads in fp32."""
     from megatron.core import parallel_state as ps
 
     parallel.init_distributed(parallel.Layout(tp=2))
-    model = _wrap_ddp(build_gpt(SPEC64.model_copy(update={"dtype": "float32"})), grad_reduce_in_fp32=True)
+    model = _wrap_ddp(build_gpt(SPEC64.model_copy(update={"dtype": dtype})), grad_reduce_in_fp32=False)
     engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron())
     run = ProblemRunner(model, *SETTINGS["nemo_rl_default"])
     reference = engine.build_reference(VAL, run)
@@ -143,14 +150,19 @@ def _fp32_bound_rank(rank, out):
     exact = torch.stack(rows)
     torch.distributed.all_reduce(exact, group=ps.get_model_parallel_group())
     if rank == 0:
-        torch.save((stats.dot, stats.sqnorm, exact), out)
+        torch.save((stats.dot, stats.sqnorm, exact, stats.cosine()), out)
 
 
-def test_fp32_engine_within_dot_product_rounding_bound(tmp_path):
-    parallel.spawn(_fp32_bound_rank, 2, str(tmp_path / "fp32.pt"))
-    dot, sq, exact = torch.load(tmp_path / "fp32.pt")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_engine_within_fp32_dot_product_rounding_bound(dtype, oracle, tmp_path):
+    parallel.spawn(_rounding_bound_rank, 2, str(tmp_path / "bound.pt"), dtype)
+    dot, sq, exact, cos = torch.load(tmp_path / "bound.pt")
     used = ((dot - exact[:, 0]).abs() / exact[:, 2].clamp_min(1e-300)).max()
-    print(f"fp32 dot error / rounding bound: max {float(used):.2e}")
+    print(f"{dtype} grads: dot error / fp32 rounding bound: max {float(used):.2e}")
+    if dtype == "bfloat16":  # what bf16 weights, activations and grads cost, against float64
+        want = oracle["bf16_weights"][2]
+        print(f"bfloat16 model vs its own weights in float64: max |Δcos| {float((cos - want).abs().max()):.2e}, "
+              f"max |cos| {float(want.abs().max()):.2e}")
     assert ((dot - exact[:, 0]).abs() <= exact[:, 2]).all()
     assert ((sq - exact[:, 1]).abs() <= exact[:, 3]).all()
     assert (exact[:, 1] > 0).sum() >= len(POOL) // 2  # the bound is checked on real gradients
