@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from nemo_gradalign.engine.rules import UnsupportedLayout
+
 
 @dataclass(frozen=True)
 class EngineGroups:
@@ -18,14 +20,25 @@ class EngineGroups:
     tp_rank: int = 0
     tp_size: int = 1
     pp_size: int = 1
+    ep_rank: int = 0
+    ep_size: int = 1
 
     @classmethod
     def from_megatron(cls) -> "EngineGroups":
+        """megatron's groups. With expert parallelism, one problem runs on a whole EP group:
+        partials are summed over TP×EP×PP and problems are split over expert-data-parallel."""
         from megatron.core import parallel_state as ps
 
+        ep = ps.get_expert_model_parallel_world_size()
+        if ep > 1 and ps.get_expert_tensor_parallel_world_size() != ps.get_tensor_model_parallel_world_size():
+            raise UnsupportedLayout("expert_tensor_parallel_size must equal tensor_model_parallel_size "
+                                    "for exact scores (experts and dense layers share the TP rule)")
         return cls(
-            model_parallel=ps.get_model_parallel_group(),
-            data_parallel=ps.get_data_parallel_group(),
+            model_parallel=ps.get_expert_tensor_model_pipeline_parallel_group() if ep > 1
+            else ps.get_model_parallel_group(),
+            data_parallel=ps.get_expert_data_parallel_group() if ep > 1 else ps.get_data_parallel_group(),
+            ep_rank=ps.get_expert_model_parallel_rank(),
+            ep_size=ep,
             tensor_parallel=ps.get_tensor_model_parallel_group(),
             tp_rank=ps.get_tensor_model_parallel_rank(),
             tp_size=ps.get_tensor_model_parallel_world_size(),

@@ -7,6 +7,10 @@ partition the coordinates; TP-duplicated ones are counted on TP rank 0 only. Und
 parallelism a duplicated parameter's local grad covers only this rank's slice of the sequence:
 the engine first sums those grads over TP (megatron's ``_allreduce_non_tensor_model_parallel_grads``
 rule, per problem, a few vectors of size h), after which they are ordinary duplicates.
+Under expert parallelism every rank of an expert-parallel group runs the same problem (the
+token dispatch spans the group); dense parameters are then duplicates across it (counted on EP
+rank 0) and each expert lives on one rank (counted there). Each expert saw every token once per
+EP rank, so its grad is EP times the problem's: the engine divides it by EP (exact for powers of 2).
 """
 
 from __future__ import annotations
@@ -28,10 +32,17 @@ class CountedParams:
     names: list[str]
     # this rank's sequence-parallel parameters (counted or not): their grads are summed over TP
     sequence_parallel: list[torch.nn.Parameter] = field(default_factory=list)
+    # this rank's expert parameters: their grads are divided by the expert-parallel size
+    experts: list[torch.nn.Parameter] = field(default_factory=list)
 
 
 def is_tensor_parallel_shard(param: torch.Tensor) -> bool:
     return bool(getattr(param, "tensor_model_parallel", False))
+
+
+def is_expert(param: torch.Tensor) -> bool:
+    """megatron marks expert parameters ``allreduce=False`` (reduced over expert-DP only)."""
+    return getattr(param, "allreduce", True) is False
 
 
 def is_sequence_parallel_partial(param: torch.Tensor, tp_size: int) -> bool:
@@ -49,17 +60,23 @@ def check_supported(name: str, param: torch.Tensor, tp_size: int, pp_size: int) 
 
 
 def counted_params(
-    named_params: list[tuple[str, torch.nn.Parameter]], tp_rank: int, tp_size: int, pp_size: int
+    named_params: list[tuple[str, torch.nn.Parameter]], tp_rank: int, tp_size: int, pp_size: int,
+    ep_rank: int = 0,
 ) -> CountedParams:
-    """Select the parameters this rank counts: all TP shards, duplicates only on TP rank 0."""
-    keep, names, partial = [], [], []
+    """Select the parameters this rank counts: all TP shards, duplicates only on TP rank 0;
+    dense parameters only on EP rank 0, experts wherever they live."""
+    keep, names, partial, experts = [], [], [], []
     for name, param in named_params:
         if not param.requires_grad:
             continue
         check_supported(name, param, tp_size, pp_size)
         if is_sequence_parallel_partial(param, tp_size):
             partial.append(param)
+        if is_expert(param):
+            experts.append(param)
+        elif ep_rank != 0:
+            continue
         if is_tensor_parallel_shard(param) or tp_rank == 0:
             keep.append(param)
             names.append(name)
-    return CountedParams(keep, names, partial)
+    return CountedParams(keep, names, partial, experts)

@@ -57,7 +57,8 @@ class GradientEngine:
         named_params = list(named_params)
         self.params = [p for _, p in named_params]
         self.groups = groups
-        self.counted = counted_params(named_params, groups.tp_rank, groups.tp_size, groups.pp_size)
+        self.counted = counted_params(named_params, groups.tp_rank, groups.tp_size, groups.pp_size,
+                                      groups.ep_rank)
         self.reference_dtype = reference_dtype
         self.split_problems = split_problems
         self.device = self.params[0].device if self.params else torch.device("cpu")
@@ -107,14 +108,19 @@ class GradientEngine:
             for i in self._local_share(len(problems)):
                 if has_grad[i]:
                     run_problem(problems[i])
-            self._sum_sequence_parallel_grads()
+            self._complete_layout_grads()
             try:
                 reference.set_from_grads(self.counted, step)
             finally:
                 self._zero()
 
-    def _sum_sequence_parallel_grads(self) -> None:
-        """Sequence-parallel grads are partial over TP: sum them (one small all-reduce)."""
+    def _complete_layout_grads(self) -> None:
+        """Make this rank's grads its exact share of g (engine/rules.py): sequence-parallel
+        grads are partial over TP, summed by one small all-reduce; expert grads saw each token
+        once per expert-parallel rank, divided by EP."""
+        if self.groups.ep_size > 1:
+            for param in self.counted.experts:
+                local_grad(param).div_(self.groups.ep_size)
         grads = [local_grad(p) for p in self.counted.sequence_parallel]
         if not grads:
             return
@@ -157,7 +163,7 @@ class GradientEngine:
                 if not has_grad[i]:
                     continue  # g_i = 0 exactly: no backward needed
                 run_problem(problems[i])
-                self._sum_sequence_parallel_grads()
+                self._complete_layout_grads()
                 local[slot] = self._partials(reference)
                 self._zero()
         self.groups.sum_model_parallel(local)

@@ -47,6 +47,10 @@ def apply() -> None:
     torch.cuda.manual_seed = lambda seed: torch.manual_seed(seed)
     mp_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
     mp_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
+    import megatron.core.transformer.moe.moe_utils as moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):  # left undefined when Transformer Engine is absent
+        moe_utils.te_general_gemm = None
     _applied = True
 
 

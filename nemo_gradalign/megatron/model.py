@@ -33,24 +33,30 @@ class ModelSpec(BaseModel):
     # float64: exactness tests independent of CPU kernels; bfloat16: the large recipes' precision
     dtype: Literal["float32", "float64", "bfloat16"] = "float32"
     sequence_parallel: bool = False
+    num_experts: int | None = Field(None, ge=2)  # MoE MLPs (top-2 routing, no token dropping)
     seed: int = 1234
 
 
 _LAYER = re.compile(r"^((?:module\.)*decoder\.layers\.)(\d+)\.")
+_EXPERT = re.compile(r"\.local_experts\.(\d+)\.")
 
 
 def _global_names(model) -> dict[str, str]:
-    """Local parameter name -> layout-independent name (global layer index, untied alias)."""
+    """Local parameter name -> layout-independent name (global layer and expert index, untied alias)."""
+    from megatron.core import parallel_state as ps
+
     numbers = [layer.layer_number - 1 for layer in model.decoder.layers]
+    experts = model.config.num_moe_experts or 0
+    experts_here = experts // ps.get_expert_model_parallel_world_size()
+    first_expert = ps.get_expert_model_parallel_rank() * experts_here
     names = {}
     for name, param in model.named_parameters():
-        match = _LAYER.match(name)
+        name_g = _EXPERT.sub(lambda m: f".local_experts.{first_expert + int(m.group(1))}.", name)
+        match = _LAYER.match(name_g)
         if match:
-            name_g = f"{match.group(1)}{numbers[int(match.group(2))]}.{name[match.end():]}"
+            name_g = f"{match.group(1)}{numbers[int(match.group(2))]}.{name_g[match.end():]}"
         elif getattr(param, "shared_embedding", False) and "output_layer" in name:
             name_g = "embedding.word_embeddings.weight"  # tied copy on the last PP stage
-        else:
-            name_g = name
         names[name] = name_g
     return names
 
@@ -109,12 +115,27 @@ def _layer_spec(spec: ModelSpec, layers_here: int):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
-    layer = get_gpt_layer_local_spec()
+    layer = get_gpt_layer_local_spec(num_experts=spec.num_experts)
     if not spec.sequence_parallel:
         return layer
     layer.submodules.input_layernorm = SequenceParallelNorm
     layer.submodules.pre_mlp_layernorm = SequenceParallelNorm
     return TransformerBlockSubmodules(layer_specs=[layer] * layers_here, layer_norm=SequenceParallelNorm)
+
+
+def _moe_options(spec: ModelSpec, ep: int) -> dict:
+    """Top-2 routing in float64, no auxiliary loss (its gradient is not the policy's) and no
+    capacity limit (no token is dropped), so every layout computes the same function; the
+    all-gather dispatcher, which runs on gloo."""
+    if spec.num_experts is None:
+        if ep > 1:
+            raise ValueError(f"expert parallel size {ep} needs model.num_experts")
+        return {}
+    if spec.num_experts % ep:
+        raise ValueError(f"model.num_experts={spec.num_experts} is not divisible by EP={ep}")
+    return dict(num_moe_experts=spec.num_experts, moe_router_topk=2, expert_model_parallel_size=ep,
+                moe_token_dispatcher_type="allgather", moe_router_load_balancing_type="none",
+                moe_router_dtype="fp64", add_bias_linear=False)
 
 
 def build_gpt(spec: ModelSpec):
@@ -146,6 +167,7 @@ def build_gpt(spec: ModelSpec):
         attention_dropout=0.0,
         use_cpu_initialization=cpu_shim.needed(),
         gradient_accumulation_fusion=False,
+        **_moe_options(spec, ps.get_expert_model_parallel_world_size()),
     )
     with cpu_shim.device_context():
         model = GPTModel(

@@ -18,13 +18,14 @@ class Layout:
     tp: int = 1
     pp: int = 1
     dp: int = 1
+    ep: int = 1  # expert parallelism, carved out of the data-parallel ranks (as megatron does)
 
     @property
     def world_size(self) -> int:
         return self.tp * self.pp * self.dp
 
     def __str__(self) -> str:
-        return f"TP={self.tp} PP={self.pp} DP={self.dp}"
+        return f"TP={self.tp} PP={self.pp} DP={self.dp}" + (f" EP={self.ep}" if self.ep > 1 else "")
 
 
 def free_port() -> int:
@@ -51,8 +52,11 @@ def init_distributed(layout: Layout, seed: int = 1234) -> None:
             f"world size {dist.get_world_size()} does not match the layout {layout} "
             f"(needs tp*pp*dp = {layout.world_size} ranks)"
         )
+    if layout.dp % layout.ep:
+        raise ValueError(f"expert parallel size {layout.ep} must divide the data-parallel size {layout.dp}")
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp
+        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
+        expert_model_parallel_size=layout.ep,
     )
     model_parallel_cuda_manual_seed(seed)
 

@@ -27,6 +27,12 @@ SETTINGS = {  # name: (loss, max rollouts per microbatch)
     "loo_std_seqmean_split": (LossSettings("leave_one_out", True, "sequence_mean"), 2),
 }
 RTOL = 1e-9
+MOE = {"num_experts": 4}  # 2 experts per rank at EP=2
+# megatron-core computes router probabilities with softmax(dtype=float32) whatever the model's
+# dtype (moe_utils.topk_softmax_with_capacity): each carries a float32 rounding (u = 2^-24), and
+# layouts whose float64 logits differ in the last bits may round them differently. The probs
+# scale expert outputs linearly; a few u through forward and backward, bounded here by 16u.
+RTOL_MOE = 16 * 2.0 ** -24
 
 
 def _wrap_ddp(model, grad_reduce_in_fp32):
@@ -50,17 +56,21 @@ def _oracle_rank(rank, out):
     loss = SETTINGS["nemo_rl_default"][0]
     results["bf16_weights"] = oracle_scores(model, VAL, POOL, baseline=loss.baseline,
                                             normalize_std=loss.normalize_std)
+    results["moe"] = oracle_scores(build_gpt(SPEC64.model_copy(update=MOE)), VAL, POOL,
+                                   baseline=loss.baseline, normalize_std=loss.normalize_std)
     torch.save(results, out)
 
 
 def _engine_rank(rank, layout, out, ddp=False, sequence_parallel=False):
     parallel.init_distributed(layout)
-    model = build_gpt(SPEC64.model_copy(update={"sequence_parallel": sequence_parallel}))
+    moe = MOE if layout.ep > 1 else {}
+    model = build_gpt(SPEC64.model_copy(update={"sequence_parallel": sequence_parallel, **moe}))
     if ddp:
         model = _wrap_ddp(model, grad_reduce_in_fp32=False)
     engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron(), "float64")
     results = {}
-    for name, (loss, max_rows) in SETTINGS.items():
+    settings = {"moe": SETTINGS["nemo_rl_default"]} if moe else SETTINGS
+    for name, (loss, max_rows) in settings.items():
         run = ProblemRunner(model, loss, max_rows)
         stats = engine.score(POOL, run, engine.build_reference(VAL, run))
         results[name] = (stats.dot, stats.sqnorm, stats.cosine(), stats.informative)
@@ -93,19 +103,27 @@ def test_engine_matches_oracle_with_sequence_parallelism(layout, oracle, tmp_pat
     _check_against_oracle(layout, oracle, tmp_path, ddp=True, sequence_parallel=True)
 
 
+@pytest.mark.parametrize("layout", [parallel.Layout(dp=2, ep=2), parallel.Layout(tp=2, dp=2, ep=2)], ids=str)
+def test_engine_matches_oracle_with_expert_parallelism(layout, oracle, tmp_path):
+    """MoE, 2 experts per rank: the EP group runs each problem together; dense parameters count
+    once, experts where they live."""
+    _check_against_oracle(layout, oracle, tmp_path, ddp=True)
+
+
 def _check_against_oracle(layout, oracle, tmp_path, ddp=False, sequence_parallel=False):
     out = tmp_path / "engine.pt"
     parallel.spawn(_engine_rank, layout.world_size, layout, str(out), ddp, sequence_parallel)
     results = torch.load(out)
     worst = 0.0
-    for name in SETTINGS:
+    for name in results:
         dot, sq, cos, informative = results[name]
         o_dot, o_sq, o_cos, o_nonzero = oracle[name]
         assert informative.tolist() == o_nonzero.tolist(), name
         assert (sq[~informative] == 0).all() and (cos[~informative] == 0).all()
         for got, want in ((dot, o_dot), (sq, o_sq), (cos, o_cos)):
             # relative to each value, or to 1e-4 of the largest where a value is ~0 by cancellation
-            worst = max(worst, assert_close_rel(got, want, rtol=RTOL, floor=1e-4 * float(want.abs().max())))
+            rtol = RTOL_MOE if name == "moe" else RTOL
+            worst = max(worst, assert_close_rel(got, want, rtol=rtol, floor=1e-4 * float(want.abs().max())))
     print(f"{layout}{' DDP' if ddp else ''}{' SP' if sequence_parallel else ''}: max relative error {worst:.2e} "
           f"(kernels {torch.backends.cpu.get_cpu_capability()})")
 
