@@ -127,8 +127,8 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     refuse(f"{mc}.fp8_cfg.enabled", bool, "fp8 training is not supported", False)
     refuse("policy.precision", lambda v: v in ("float16", "fp16"), "fp16's dynamic loss scale would "
            "scale the scored gradients; use bfloat16", "bfloat16")
-    refuse("env.should_use_nemo_gym", bool, "NeMo-Gym rebuilds the rollout batch from fixed keys and "
-           "drops GradAlign's row flag", False)
+    refuse("env.should_use_nemo_gym", bool, "NeMo-Gym's rollout (run_nemo_gym_rollout_sync) rebuilds "
+           "the batch from fixed keys; GradAlign cannot generate the validation prompts apart there", False)
     refuse("data.use_multiple_dataloader", bool, "multiple dataloaders are not supported", False)
     if cfg.schedule != "step":
         found.append(f"gradalign.schedule={cfg.schedule!r}: inside NeMo RL only the 'step' schedule is "

@@ -15,7 +15,7 @@ import functools
 import os
 from typing import Any
 
-from nemo_gradalign.config import GradAlignConfig
+from nemo_gradalign.config import ConfigError, GradAlignConfig
 from nemo_gradalign.integrations.nemo_rl.config import (
     check_supported, dynamic_sampling_defaults, read_gradalign)
 
@@ -66,7 +66,11 @@ def preflight(recipe: dict[str, Any]) -> list[str]:
     cfg = read_gradalign(recipe)
     if not cfg.enabled:
         return []
-    changes = dynamic_sampling_defaults(recipe, cfg)
+    try:
+        changes = dynamic_sampling_defaults(recipe, cfg)
+    except ConfigError:
+        check_supported(recipe, cfg)  # raises with this and every other problem, each named
+        raise
     for dotted, value in changes.items():
         set_dotted(recipe, dotted, value)
     check_supported(recipe, cfg)
