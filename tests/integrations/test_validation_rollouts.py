@@ -174,3 +174,104 @@ def test_resume_continues_positions_and_cadence(tmp_path, stop):
     epochs_left = 2 - (stop - 1) // 5  # grpo_train re-enters the epoch it saved in (maybe at its end)
     tail = run_epochs(resumed, epochs=epochs_left)
     assert head + tail == full
+
+
+# -- upstream's real run_multi_turn_rollout: stand-in generation and tokenizer, a Ray environment --
+
+class StandinGeneration:
+    """GenerationInterface.generate's contract: each row gets two tokens, the first of its prompt
+    and one that alternates with the row's position in the call (so rewards vary in a group)."""
+
+    def generate(self, data, greedy=False):
+        ids, lengths = data["input_ids"], data["input_lengths"]
+        out = torch.zeros(ids.shape[0], ids.shape[1] + 2, dtype=ids.dtype)
+        for i, n in enumerate(lengths.tolist()):
+            out[i, :n] = ids[i, :n]
+            out[i, n:n + 2] = torch.tensor([int(ids[i, 0]), 1 + i % 2])
+        return {"output_ids": out, "generation_lengths": torch.full_like(lengths, 2),
+                "unpadded_sequence_lengths": lengths + 2}
+
+
+class StandinTokenizer:
+    pad_token_id = 0
+
+    def batch_decode(self, sequences, skip_special_tokens=True):
+        return [" ".join(str(int(t)) for t in seq) for seq in sequences]
+
+    def __call__(self, text, return_tensors="pt", add_special_tokens=False):
+        return types.SimpleNamespace(input_ids=torch.zeros(1, 0, dtype=torch.long))
+
+
+def _ray_env():
+    import ray
+    from nemo_rl.environments.interfaces import EnvironmentReturn
+
+    @ray.remote(num_cpus=0)
+    class LastTokenEnv:  # reward 1 when the response's last token is odd; one turn
+        def step(self, message_logs, metadata):
+            rewards = [float(int(log[-1]["content"].split()[-1]) % 2) for log in message_logs]
+            n = len(message_logs)
+            return EnvironmentReturn(observations=[{"role": "environment", "content": ""}] * n,
+                                     metadata=[None] * n, next_stop_strings=[None] * n,
+                                     rewards=torch.tensor(rewards), terminateds=torch.ones(n, dtype=torch.bool),
+                                     answers=None)
+
+    return LastTokenEnv.remote()
+
+
+def test_real_rollout_generates_validation_apart():
+    grpo = pytest.importorskip("nemo_rl.algorithms.grpo", reason="NeMo RL source not on PYTHONPATH")
+    import ray
+    from nemo_rl.distributed.batched_data_dict import BatchedDataDict
+    from nemo_rl.utils.timer import Timer
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        def tokenized(names, first):
+            return BatchedDataDict({
+                "message_log": [[{"role": "user", "content": n, "token_ids": torch.tensor([first + i, 7])}]
+                                for i, n in enumerate(names)],
+                "idx": torch.arange(len(names)), "task_name": ["t"] * len(names),
+                "extra_env_info": [None] * len(names), "loss_multiplier": torch.ones(len(names))})
+
+        module = types.SimpleNamespace(dynamic_sampling=grpo.dynamic_sampling)
+        train, val = tokenized(["a", "b", "c"], 10), tokenized(["v0", "v1"], 20)
+        kwargs = dict(policy_generation=StandinGeneration(), tokenizer=StandinTokenizer(),
+                      task_to_env={"t": _ray_env()}, max_seq_len=64, max_rollout_turns=1, greedy=False)
+        original = grpo.run_multi_turn_rollout
+        check_validation_apart_real(module, original, train, val, grpo, kwargs, BatchedDataDict, Timer)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def check_validation_apart_real(module, original, train, val, grpo, kwargs, BatchedDataDict, Timer):
+    from test_selection_hook import AttrDict
+
+    cfg = AttrDict({"grpo": dict(num_prompts_per_step=1, num_generations_per_prompt=G, use_dynamic_sampling=True,
+                                 dynamic_sampling_max_gen_batches=3, batch_multiplier=3,
+                                 deduplicate_multimodal_data=False)})
+    module.run_multi_turn_rollout = original
+    baseline_and_std = grpo.calculate_baseline_and_std_per_prompt
+    plain = step(module, train, kwargs, baseline_and_std, cfg, Timer)
+    assert plain[0]["total_reward"].tolist() == [1.0, 0.0] * 6  # the stand-in generation alternates
+    store = ValidationRollouts(val, G)
+    uninstall = install(module, store)
+    try:
+        out, metrics, baseline, std, (kept, complete, _, ds_metrics) = step(
+            module, marked(train, True), kwargs, baseline_and_std, cfg, Timer)
+    finally:
+        uninstall()
+    assert REFRESH not in out and set(out) == set(plain[0])
+    assert all(_same(out[k], plain[0][k]) for k in out if k != "message_log")
+    assert [[{k: v for k, v in m.items() if k != "token_ids"} for m in log] for log in out["message_log"]] == \
+        [[{k: v for k, v in m.items() if k != "token_ids"} for m in log] for log in plain[0]["message_log"]]
+    assert metrics == plain[1]  # upstream's rollout metrics: training rows only
+    assert torch.equal(baseline, plain[2]) and torch.equal(std, plain[3])
+    assert complete == plain[4][1] and ds_metrics == plain[4][3]
+    assert torch.equal(kept["idx"], plain[4][0]["idx"])
+    pending = store.take()
+    assert pending["idx"].tolist() == [0] * G + [1] * G and pending["total_reward"].tolist() == [1.0, 0.0] * G
+    assert [log[0]["content"] for log in pending["message_log"]] == ["v0"] * G + ["v1"] * G
