@@ -78,15 +78,17 @@ def oracle_advantages(rewards, baseline: str = "mean", normalize_std: bool = Fal
     return out
 
 
-def oracle_rollout_gradients(model, problem: ProblemRollouts, aggregation="token_mean") -> torch.Tensor:
-    """[k, P]: rollout j's gradient of its aggregated log-prob, by brute force (TP=1, full vocab,
-    one autograd call per rollout, masks written from prompt_len and response_lens)."""
+def oracle_rollout_gradients(model, problem: ProblemRollouts, aggregation="token_mean",
+                             temperature: float = 1.0) -> torch.Tensor:
+    """[k, P]: rollout j's gradient of its aggregated log-prob of softmax(logits / temperature), by
+    brute force (TP=1, full vocab, one autograd call per rollout, masks written from prompt_len and
+    response_lens)."""
     tokens = problem.tokens
     k, length = tokens.shape
     dev = tokens.device
     logits = model(tokens, torch.arange(length, device=dev).expand(k, -1),
                    torch.triu(torch.ones(1, 1, length, length, dtype=torch.bool, device=dev), 1))
-    logp = torch.log_softmax(logits.double(), dim=-1)
+    logp = torch.log_softmax(logits.double() / temperature, dim=-1)
     n_tokens = int(problem.response_lens.sum())
     params = [p for p in model.parameters() if p.requires_grad]
     rows = []
@@ -101,10 +103,10 @@ def oracle_rollout_gradients(model, problem: ProblemRollouts, aggregation="token
 
 
 def oracle_gradient(model, problem: ProblemRollouts, aggregation="token_mean", baseline="mean",
-                    normalize_std=False) -> tuple[torch.Tensor, float]:
+                    normalize_std=False, temperature: float = 1.0) -> tuple[torch.Tensor, float]:
     """(g_i, scale): g_i = -Σ_j A_j h_j, and scale = Σ_j |A_j| ‖h_j‖, against which a g_i that
     cancels (identical responses, equal rewards) is zero up to rounding."""
-    h = oracle_rollout_gradients(model, problem, aggregation)
+    h = oracle_rollout_gradients(model, problem, aggregation, temperature)
     adv = torch.tensor(oracle_advantages(problem.rewards, baseline, normalize_std),
                        dtype=torch.float64, device=h.device)
     return -(adv.unsqueeze(1) * h).sum(0), float((adv.abs() * h.norm(dim=1)).sum())

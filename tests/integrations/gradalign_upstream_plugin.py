@@ -1,21 +1,51 @@
-"""pytest plugin for running NeMo RL's OWN unit tests with GradAlign's hook installed.
+"""pytest plugin for running NeMo RL's OWN unit tests with GradAlign installed.
 
-  PYTHONPATH=<nemo-rl checkout>:<this folder> pytest -p gradalign_upstream_plugin \\
-      tests/unit/algorithms/test_grpo.py -k dynamic_sampling
+  PYTHONPATH=<nemo-rl checkout>:<this folder> [GRADALIGN_UPSTREAM_FLAG=on] \\
+      pytest -p gradalign_upstream_plugin tests/unit/algorithms/test_grpo.py -k dynamic_sampling
 
-Installs what the entry point installs (load_config's default block, the setup wrapper) and the
-dynamic_sampling hook on the real ``nemo_rl.algorithms.grpo`` before collection (the upstream
-tests bind the names at import). Upstream's configs carry no ``gradalign:`` block, so the
-flag is off: every call must reach upstream's function unchanged, and the scorer must never run.
+Installs what the entry point installs (load_config's default block, the setup wrapper), the
+dynamic_sampling hook and the rollout wrappers on the real ``nemo_rl.algorithms.grpo`` before
+collection (the upstream tests bind the names at import).
+
+GRADALIGN_UPSTREAM_FLAG:
+- ``off`` (default): upstream's configs carry no ``gradalign:`` block, so every call must reach
+  upstream's function unchanged and the scorer must never run.
+- ``on``: every dynamic_sampling call sees ``gradalign.enabled=true`` and a scorer that ties all
+  groups (so the batch order is upstream's): what remains is the hook itself — whole-group std
+  handed to upstream's filter, the true per-row std restored, the metrics added.
+- ``reverse``: as ``on`` but the last group scores best, to show which upstream assertions depend
+  on batch order (selection legitimately reorders).
 """
 
 from __future__ import annotations
 
-CALLS = {"hook": 0}
+import inspect
+import os
+
+import torch
+
+MODE = os.environ.get("GRADALIGN_UPSTREAM_FLAG", "off")
+CALLS = {"hook": 0, "scored": 0}
 
 
 def _never_score(batch, master_config, validation=None):
     raise AssertionError("GradAlign scored a batch although gradalign.enabled is off")
+
+
+def _score(batch, master_config, validation=None):
+    from nemo_gradalign.integrations.nemo_rl.config import lookup
+
+    CALLS["scored"] += 1
+    groups = batch.size // int(lookup(master_config, "grpo.num_generations_per_prompt"))
+    return torch.zeros(groups) if MODE == "on" else torch.arange(groups, dtype=torch.float64)
+
+
+def _enable(master_config) -> None:
+    block = {"enabled": True}
+    if isinstance(master_config, dict):
+        master_config["gradalign"] = block
+    else:
+        setattr(master_config, "gradalign", block)
 
 
 def pytest_configure(config):
@@ -23,17 +53,24 @@ def pytest_configure(config):
 
     from nemo_gradalign.integrations.nemo_rl.entry import install_all
     from nemo_gradalign.integrations.nemo_rl.selection import install
+    from nemo_gradalign.integrations.nemo_rl.validation_rollouts import ValidationRollouts
+    from nemo_gradalign.integrations.nemo_rl.validation_rollouts import install as install_rollouts
 
     install_all()  # load_config default block + setup wrapper, as the entry point does
-    install(grpo, _never_score)
+    install_rollouts(grpo, ValidationRollouts(None, 1))  # unmarked batches: straight through
+    install(grpo, _never_score if MODE == "off" else _score)
     hooked = grpo.dynamic_sampling
+    signature = inspect.signature(hooked)
 
     def counting(*args, **kwargs):
         CALLS["hook"] += 1
+        if MODE != "off":
+            _enable(signature.bind(*args, **kwargs).arguments["master_config"])
         return hooked(*args, **kwargs)
 
     grpo.dynamic_sampling = counting
 
 
 def pytest_terminal_summary(terminalreporter):
-    terminalreporter.write_line(f"gradalign hook: dynamic_sampling went through the hook {CALLS['hook']} times")
+    terminalreporter.write_line(f"gradalign hook (GRADALIGN_UPSTREAM_FLAG={MODE}): dynamic_sampling went "
+                                f"through the hook {CALLS['hook']} times, scored {CALLS['scored']} batches")

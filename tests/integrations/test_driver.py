@@ -14,7 +14,7 @@ from nemo_gradalign.integrations.nemo_rl.driver import GroupScorer, shard_whole_
 from nemo_gradalign.integrations.nemo_rl.worker_mixin import GradAlignWorkerMixin
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.policy import Policy
-from test_worker_logic import CFG, G, POOL, SPEC, as_nemo_rl_batch
+from test_worker_logic import CFG, G, LOSS, ORACLE_LOSS, POOL, SPEC, as_nemo_rl_batch
 
 
 class LocalWorker(GradAlignWorkerMixin):
@@ -55,16 +55,17 @@ def _driver_rank(rank, out):
         sharding_annotations=types.SimpleNamespace(get_axis_size=lambda axis: 1))
     cfg = types.SimpleNamespace(grpo=types.SimpleNamespace(num_generations_per_prompt=G))
     batch = as_nemo_rl_batch(POOL)
-    scorer = GroupScorer(standin_policy, CFG.model_copy(update={"method": "learnalign"}), 0,
+    scorer = GroupScorer(standin_policy, CFG.model_copy(update={"method": "learnalign"}), 0, LOSS,
                          to_flat=lambda b, pad: b)
     learn = scorer(batch, cfg)
+    assert vars(group.worker._gradalign.runner.loss) == LOSS  # the recipe's loss reached the worker
     scorer.save(out + ".ckpt")  # NeMo RL's tmp checkpoint dir gets gradalign/rank_0.pt
     saved = group.worker._gradalign.reference.flat.clone()
     group.worker._gradalign.reference.flat.zero_()
     assert scorer.load(out + ".ckpt") and torch.equal(group.worker._gradalign.reference.flat, saved)
-    accg = GroupScorer(standin_policy, CFG.model_copy(update={"method": "accgreedy"}), 0,
+    accg = GroupScorer(standin_policy, CFG.model_copy(update={"method": "accgreedy"}), 0, LOSS,
                        to_flat=lambda b, pad: b)(batch, cfg)
-    oracle = oracle_scores(policy.model.module, POOL, POOL)
+    oracle = oracle_scores(policy.model.module, POOL, POOL, **ORACLE_LOSS)
     torch.save(dict(learn=learn, accg=accg, oracle=oracle, calls=group.calls), out)
 
 

@@ -15,6 +15,7 @@ from nemo_gradalign.config import ConfigError, apply_overrides
 from nemo_gradalign.integrations.nemo_rl.entry import (
     UPSTREAM_WORKER_FQN, WORKER_FQN, gradalign_setup, with_default_block)
 from nemo_gradalign.integrations.nemo_rl.validation_loader import WithValidationPrompts
+from test_validation_rollouts import standin_rollout
 
 
 def test_plain_gradalign_override_works_once_the_default_block_exists():
@@ -61,6 +62,7 @@ class RecordingWorkers:
 
     def run_all_workers_single_data(self, method_name, *args, run_rank_0_only_axes=None, **kwargs):
         self.calls.append((method_name, kwargs.get("checkpoint_dir")))
+        self.loss = kwargs["loss"]
         return [True]
 
     def get_all_worker_results(self, futures):
@@ -74,7 +76,8 @@ class Policy:
 
 
 def make_grpo(tmp_path, with_factory: bool, latest=None):
-    module = types.SimpleNamespace(Policy=Policy, dynamic_sampling=upstream_standin.dynamic_sampling)
+    module = types.SimpleNamespace(Policy=Policy, dynamic_sampling=upstream_standin.dynamic_sampling,
+                                   run_multi_turn_rollout=standin_rollout)
 
     def build(master_config, make_policy):
         policy = make_policy(cluster="cluster", config={})
@@ -92,8 +95,10 @@ def make_grpo(tmp_path, with_factory: bool, latest=None):
 
 
 def master_config(**gradalign):
-    return {"grpo": {"batch_multiplier": 4, "num_prompts_per_step": 2, "num_generations_per_prompt": 2},
-            "policy": {"megatron_cfg": {"enabled": True}}, "gradalign": gradalign}
+    return {"grpo": {"batch_multiplier": 4, "use_dynamic_sampling": True, "num_prompts_per_step": 2,
+                     "num_generations_per_prompt": 2, "use_leave_one_out_baseline": True},
+            "policy": {"megatron_cfg": {"enabled": True}, "generation": {"temperature": 0.6}},
+            "gradalign": gradalign}
 
 
 TOKENIZER = types.SimpleNamespace(pad_token_id=0)
@@ -103,7 +108,7 @@ TOKENIZER = types.SimpleNamespace(pad_token_id=0)
 def test_setup_flag_off_is_upstream(tmp_path, with_factory):
     grpo = make_grpo(tmp_path, with_factory)
     registry = {UPSTREAM_WORKER_FQN: "mcore-exe"}
-    setup = gradalign_setup(grpo.setup, grpo, registry, Policy, list, upstream_standin.BatchedDataDict)
+    setup = gradalign_setup(grpo.setup, grpo, registry, Policy, list)
     result = setup(master_config(enabled=False), TOKENIZER, None, None)
     assert result[0].worker_extension_cls_fqn is None and isinstance(result[3], StatefulDataLoader)
     assert registry == {UPSTREAM_WORKER_FQN: "mcore-exe"} and grpo.dynamic_sampling is upstream_standin.dynamic_sampling
@@ -114,26 +119,29 @@ def test_setup_flag_on_wires_everything(tmp_path, with_factory):
     grpo = make_grpo(tmp_path, with_factory, latest=str(tmp_path / "step_3"))
     registry = {UPSTREAM_WORKER_FQN: "mcore-exe"}
     collate = lambda datums: upstream_standin.BatchedDataDict({"idx": [d["idx"] for d in datums]})
-    setup = gradalign_setup(grpo.setup, grpo, registry, Policy, collate, upstream_standin.BatchedDataDict)
+    setup = gradalign_setup(grpo.setup, grpo, registry, Policy, collate)
     policy, *_, loader, _val, _loss, _log, checkpointer, _state, _cfg = setup(
         master_config(enabled=True), TOKENIZER, None, None)
     assert registry[WORKER_FQN] == "mcore-exe"  # same environment as upstream's Megatron worker
     assert policy.worker_extension_cls_fqn == WORKER_FQN
-    assert isinstance(loader, WithValidationPrompts) and loader.validation["idx"] == [0, 1]
+    assert isinstance(loader, WithValidationPrompts)
+    rollout = grpo.run_multi_turn_rollout
+    assert rollout.__gradalign_original__ is standin_rollout  # validation prompts: own rollout call
     path = checkpointer.init_tmp_checkpoint(7, {"val:accuracy": 0.5})
-    assert path == tmp_path / "tmp_step_7"
+    assert path == tmp_path / "tmp_step_7" and (path / "gradalign" / "loader.json").is_file()
     assert policy.worker_group.calls == [("gradalign_load", str(tmp_path / "step_3")),
                                          ("gradalign_save", str(path))]
+    assert policy.worker_group.loss == {"baseline": "leave_one_out", "normalize_std": True,
+                                        "aggregation": "token_mean", "temperature": 0.6}
     assert grpo.dynamic_sampling.__gradalign_original__ is upstream_standin.dynamic_sampling
 
 
 def test_setup_refuses_unsupported_configs(tmp_path):
     grpo = make_grpo(tmp_path, True)
-    setup = gradalign_setup(grpo.setup, grpo, {UPSTREAM_WORKER_FQN: "x"}, Policy, list,
-                            upstream_standin.BatchedDataDict)
+    setup = gradalign_setup(grpo.setup, grpo, {UPSTREAM_WORKER_FQN: "x"}, Policy, list)
     bad = master_config(enabled=True)
     bad["grpo"]["async_grpo"] = {"enabled": True}
-    with pytest.raises(ConfigError, match="grpo.async_grpo.enabled=true"):
+    with pytest.raises(ConfigError, match="grpo.async_grpo.enabled=True"):
         setup(bad, TOKENIZER, None, None)
 
 

@@ -104,8 +104,8 @@ def test_config_shapes_and_unsupported_combinations():
     with pytest.raises(ConfigError) as err:
         check_supported(bad, read_gradalign({"gradalign": {"enabled": True}}))
     text = str(err.value)
-    assert "grpo.async_grpo.enabled=true" in text and "policy.megatron_cfg.enabled" in text
-    assert "grpo.batch_multiplier=1 must equal gradalign.selection_ratio=4" in text
+    assert "grpo.async_grpo.enabled=True" in text and "policy.megatron_cfg.enabled=False" in text
+    assert "grpo.batch_multiplier=1: GradAlign needs dynamic sampling" in text
 
 
 # -- contract tests: the same checks against NeMo RL's real source (PYTHONPATH=<checkout>) --------
@@ -134,55 +134,86 @@ def test_real_signatures_match_what_the_hook_wraps():
         "self", "step", "training_info"]
 
 
-def test_validation_prompts_ride_along_and_are_split_out():
-    from nemo_gradalign.integrations.nemo_rl.validation_loader import WithValidationPrompts
-
-    class Loader:  # a Stateful loader, as NeMo RL's StatefulDataLoader
-        def __init__(self, batches):
-            self.batches, self.pos = batches, 0
-
-        def __iter__(self):
-            while self.pos < len(self.batches):
-                self.pos += 1
-                yield self.batches[self.pos - 1]
-
-        def __len__(self):
-            return len(self.batches)
-
-        def state_dict(self):
-            return {"pos": self.pos}
-
-        def load_state_dict(self, state):
-            self.pos = state["pos"]
-
+def test_validation_rollouts_reach_the_scorer_and_never_upstream():
     BDD = upstream_standin.BatchedDataDict
-    train = [BDD({"message_log": [[{"content": f"t{i}"}]] * 4, "idx": torch.arange(4) + 10 * i,
-                  "total_reward": torch.zeros(4)}) for i in range(3)]
-    val = BDD({"message_log": [[{"content": "v"}]] * 2, "idx": torch.tensor([-1, -2]), "total_reward": torch.ones(2)})
-    loader = WithValidationPrompts(Loader(train), val, refresh_every=2, batched_data_dict_cls=BDD)
-    sizes = [b.size for b in loader]
-    assert sizes == [6, 4, 6]  # batches 0 and 2 carry the 2 validation prompts
-    resumed = WithValidationPrompts(Loader(train), val, 2, BDD)
-    resumed.load_state_dict(loader.state_dict())
-    assert resumed.batches_seen == 3 and resumed.loader.pos == 3
-
-    # the hook hands the flagged rows to the scorer and never to upstream
-    rows = Q * N * G
     batch, std, baseline = make_batch(BDD)
-    batch["gradalign_validation"] = torch.zeros(rows, dtype=torch.bool)
-    extra = BDD({"message_log": [[{"role": "user", "content": "val"}]] * G, "idx": torch.full((G,), -1),
-                 "total_reward": torch.tensor([1.0, 0.0, 1.0]), "gradalign_validation": torch.ones(G, dtype=torch.bool)})
-    merged = BDD.from_batches([batch, extra])
+    validation = BDD({"message_log": [[{"role": "user", "content": "val"}]] * G, "idx": torch.full((G,), -1),
+                      "total_reward": torch.tensor([1.0, 0.0, 1.0])})
+    pending = [validation]
     seen = {}
 
-    def scorer(candidates, cfg, validation):
-        seen["candidates"], seen["validation"] = candidates.size, validation["idx"].tolist()
+    def scorer(candidates, cfg, val):
+        seen["candidates"], seen["validation"] = candidates.size, val["idx"].tolist() if val else None
         return SCORES
 
     module = types.SimpleNamespace(dynamic_sampling=upstream_standin.dynamic_sampling)
-    install(module, scorer)
-    out, complete, _, _ = module.dynamic_sampling(merged, torch.cat([std, torch.full((G,), 0.4)]),
-                                                  torch.cat([baseline, torch.full((G,), 0.6)]), 1,
-                                                  master_config(True), upstream_standin.Timer())
-    assert seen == {"candidates": rows, "validation": [-1, -1, -1]}
-    assert complete and out["idx"].tolist() == [6, 7, 8, 0, 1, 2]
+    install(module, scorer, lambda: pending.pop() if pending else None)
+    for expected in ([-1, -1, -1], None):  # handed over once, then gone
+        out, complete, _, _ = module.dynamic_sampling(batch, std, baseline, 1, master_config(True),
+                                                      upstream_standin.Timer())
+        assert seen == {"candidates": Q * N * G, "validation": expected}
+        assert complete and out["idx"].tolist() == [6, 7, 8, 0, 1, 2]
+
+
+# -- whole groups through upstream's row filter under the leave-one-out baseline -----------------
+
+LOO_REWARDS = torch.tensor([1.0, 0.0, 0.0, 0.0,   1.0, 1.0, 0.0, 0.0,   0.0, 0.0, 0.0, 0.0,   1.0, 1.0, 1.0, 0.0])
+
+
+def loo_std(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Per row, the (Bessel) std of the group's other rewards: NeMo RL's leave-one-out std."""
+    groups = rewards.reshape(-1, group_size)
+    return torch.stack([torch.cat([g[:j], g[j + 1:]]).std() for g in groups for j in range(group_size)])
+
+
+def loo_baseline_and_std(prompts, rewards, valid_mask, leave_one_out_baseline=True):
+    """NeMo RL's calculate_baseline_and_std_per_prompt for whole contiguous groups (stand-in)."""
+    _, inverse = torch.unique(prompts, dim=0, return_inverse=True)
+    baseline, std = torch.zeros_like(rewards), torch.zeros_like(rewards)
+    for g in inverse.unique():
+        rows = (inverse == g).nonzero().flatten()
+        r = rewards[rows]
+        for j, row in enumerate(rows.tolist()):
+            others = torch.cat([r[:j], r[j + 1:]])
+            baseline[row] = others.mean()
+            std[row] = others.std().nan_to_num(0) if len(others) > 1 else 0.0
+    return baseline, std
+
+
+def check_whole_groups(grpo_module, BatchedDataDict, Timer, baseline_and_std=None):
+    g, n = 4, 2
+    rows = LOO_REWARDS.numel()
+    batch = BatchedDataDict({"message_log": [[{"role": "user", "content": f"p{r // g}"}] for r in range(rows)],
+                             "idx": torch.arange(rows), "total_reward": LOO_REWARDS.clone()})
+    if baseline_and_std is None:
+        std, baseline = loo_std(LOO_REWARDS, g), torch.zeros(rows)
+    else:
+        baseline, std = baseline_and_std(torch.arange(rows).div(g, rounding_mode="floor").unsqueeze(1),
+                                         LOO_REWARDS.clone(), torch.ones(rows), leave_one_out_baseline=True)
+    assert std[0] == 0 and std[1] > 0  # the lone 1 of [1,0,0,0]: upstream alone would drop that row
+    cfg = master_config(True)
+    cfg["grpo"].update(num_prompts_per_step=n, num_generations_per_prompt=g, batch_multiplier=2)
+    cfg["gradalign"]["selection_ratio"] = 2
+    scores = torch.tensor([0.9, 0.1, float("-inf"), 0.5])  # best: group 0, then 3
+    uninstall = install(grpo_module, lambda b, c, v: scores)
+    try:
+        out, complete, _, metrics = grpo_module.dynamic_sampling(batch, std, baseline, 1, cfg, Timer())
+    finally:
+        uninstall()
+    assert complete and out["idx"].tolist() == [0, 1, 2, 3, 12, 13, 14, 15]  # whole groups 0 and 3
+    assert torch.equal(out["std"], std[[0, 1, 2, 3, 12, 13, 14, 15]])  # the true per-row std again
+    assert "gradalign_row_std" not in out
+    assert metrics["dynamic_sampling_num_discarded_valid_samples"] == 4  # group 1, whole
+
+
+def test_whole_groups_kept_under_leave_one_out_std_on_stand_ins():
+    module = types.SimpleNamespace(dynamic_sampling=upstream_standin.dynamic_sampling)
+    check_whole_groups(module, upstream_standin.BatchedDataDict, upstream_standin.Timer)
+
+
+def test_whole_groups_kept_by_the_real_dynamic_sampling_and_baseline():
+    grpo = pytest.importorskip("nemo_rl.algorithms.grpo", reason="NeMo RL source not on PYTHONPATH")
+    from nemo_rl.distributed.batched_data_dict import BatchedDataDict
+    from nemo_rl.utils.timer import Timer
+
+    check_whole_groups(grpo, BatchedDataDict, Timer, grpo.calculate_baseline_and_std_per_prompt)

@@ -1,5 +1,6 @@
 """The NeMo RL worker-extension scoring logic, called directly (no Ray) on a megatron-core GPT at
-TP=2 and TP=2×DP=2 over gloo, with NeMo RL-shaped flat data, agrees with the brute-force oracle (float64, ≤ 1e-9)."""
+TP=2 and TP=2×DP=2 over gloo, with NeMo RL-shaped flat data, agrees with the brute-force oracle (float64, ≤ 1e-9)
+under the loss the recipe trains with (leave-one-out baseline, std-normalised, temperature 0.7)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from helpers import assert_close_rel, oracle_scores
 from nemo_gradalign.config import GradAlignConfig
+from nemo_gradalign.integrations.nemo_rl.config import scoring_loss
 from nemo_gradalign.integrations.nemo_rl.worker_logic import GradAlignWorkerLogic, groups_from_batch
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.model import ModelSpec
@@ -16,6 +18,13 @@ from nemo_gradalign.rollouts import ProblemRollouts
 SPEC = ModelSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=32, dtype="float64")
 CFG = GradAlignConfig(enabled=True, reference_dtype="float64")
 G = 4
+# upstream's grpo_math_1B_megatron.yaml shape (v0.7/main), with a non-unit sampling temperature
+RECIPE = {"grpo": {"use_leave_one_out_baseline": True, "normalize_rewards": True,
+                   "adv_estimator": {"name": "grpo", "normalize_rewards": True,
+                                     "use_leave_one_out_baseline": True, "minus_baseline": True}},
+          "policy": {"generation": {"temperature": 0.7, "top_k": None, "top_p": 1.0}}}
+LOSS = scoring_loss(RECIPE, CFG)
+ORACLE_LOSS = dict(baseline="leave_one_out", normalize_std=True, temperature=0.7)
 
 
 def fixed_k_problems(seed: int, n: int) -> list[ProblemRollouts]:
@@ -55,7 +64,7 @@ VAL, POOL = fixed_k_problems(1, 6), fixed_k_problems(2, 8)
 
 def _oracle_rank(rank, out):
     parallel.init_distributed(parallel.Layout())
-    torch.save(oracle_scores(Policy(SPEC).model.module, VAL, POOL), out)  # the official settings
+    torch.save(oracle_scores(Policy(SPEC).model.module, VAL, POOL, **ORACLE_LOSS), out)
 
 
 def _worker_rank(rank, layout, out):
@@ -63,18 +72,28 @@ def _worker_rank(rank, layout, out):
 
     parallel.init_distributed(layout)
     policy = Policy(SPEC)
-    logic = GradAlignWorkerLogic(policy.model, CFG)
+    logic = GradAlignWorkerLogic(policy.model, CFG, LOSS)
     dp, d = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     shard = lambda items: items[d * len(items) // dp:(d + 1) * len(items) // dp]  # contiguous, whole groups
     logic.build_reference(as_nemo_rl_batch(shard(VAL)), G, step=0)
     local = logic.score(as_nemo_rl_batch(shard(POOL)), G)
-    restored = GradAlignWorkerLogic(policy.model, CFG)
+    restored = GradAlignWorkerLogic(policy.model, CFG, LOSS)
     restored.load_state_dict(logic.state_dict())  # what a NeMo RL checkpoint holds per rank
     assert torch.equal(restored.score(as_nemo_rl_batch(shard(POOL)), G)["dot"], local["dot"])
     gathered = [None] * dp
     torch.distributed.all_gather_object(gathered, local, group=ps.get_data_parallel_group())
     if rank == 0:
         torch.save({k: torch.cat([g[k] for g in gathered]) for k in local}, out)
+
+
+def test_scoring_loss_follows_the_recipe():
+    assert LOSS == {"baseline": "leave_one_out", "normalize_std": True, "aggregation": "token_mean",
+                    "temperature": 0.7}
+    legacy = {"grpo": {"use_leave_one_out_baseline": False, "normalize_rewards": False},
+              "policy": {"generation": {"temperature": 1.0}}}  # v0.6/v0.7 without adv_estimator
+    assert scoring_loss(legacy, CFG)["baseline"] == "mean" and not scoring_loss(legacy, CFG)["normalize_std"]
+    override = GradAlignConfig.model_validate({**CFG.model_dump(), "advantage": {"baseline": "mean"}})
+    assert scoring_loss(RECIPE, override)["baseline"] == "mean"  # the gradalign block may override
 
 
 def test_groups_from_batch_round_trips_the_groups():

@@ -1,6 +1,6 @@
 """Stand-ins for the two NeMo RL pieces the selection hook touches, for CI where NeMo RL cannot be
 installed. Signatures mirror upstream (NVIDIA-NeMo/RL main, v0.7.0, v0.6.0 — identical for these):
-``BatchedDataDict.select_indices/slice/from_batches/size`` and
+``BatchedDataDict.select_indices/slice/from_batches/repeat_interleave/size`` and
 ``dynamic_sampling(repeated_batch, std, baseline, dynamic_sampling_num_gen_batches, master_config,
 timer, batch_cache=None) -> (batch, is_batch_complete, batch_cache, metrics)``. Behaviour follows
 upstream's documented algorithm; the contract tests run the same checks on the real code."""
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import UserDict
 from contextlib import contextmanager
+from copy import deepcopy
 
 import torch
 
@@ -35,6 +36,13 @@ class BatchedDataDict(UserDict):
 
     def slice(self, start: int, end: int):
         return self.select_indices(list(range(start, end)))
+
+    def repeat_interleave(self, num_repeats: int):
+        out = type(self)()
+        for key, value in self.data.items():
+            out[key] = (value.repeat_interleave(num_repeats, dim=0) if torch.is_tensor(value)
+                        else [deepcopy(v) for v in value for _ in range(num_repeats)])
+        return out
 
 
 class Timer:

@@ -1,7 +1,8 @@
 """python -m nemo_gradalign.integrations.nemo_rl --config <recipe> [overrides]
 
-Installs GradAlign into the NeMo RL found on the path (the container's checkout) and runs that
-checkout's own ``examples/run_grpo.py`` with the same arguments.
+Checks the recipe first (preflight.py: every refusal before Ray or a GPU starts), installs
+GradAlign into the NeMo RL found on the path (the container's checkout) and runs that checkout's
+own ``examples/run_grpo.py`` with the same arguments plus the overrides preflight chose.
 """
 
 from __future__ import annotations
@@ -18,14 +19,23 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("NeMo RL is not importable: run inside NVIDIA's NeMo RL container, or put a "
                          "NeMo RL source checkout on PYTHONPATH") from None
 
-    from nemo_gradalign.integrations.nemo_rl.entry import install_all
+    from nemo_gradalign.config import ConfigError
+    from nemo_gradalign.integrations.nemo_rl.preflight import preflight, resolved_recipe
 
     script = Path(nemo_rl.__file__).resolve().parents[1] / "examples" / "run_grpo.py"
     if not script.is_file():
         raise SystemExit(f"NeMo RL's examples/run_grpo.py not found next to {nemo_rl.__file__}; "
                          "run from a NeMo RL source checkout (the NVIDIA container has one)")
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        extra = preflight(resolved_recipe(str(script), args))
+    except ConfigError as err:
+        raise SystemExit(f"GradAlign refuses this configuration (nothing was started):\n{err}") from None
+
+    from nemo_gradalign.integrations.nemo_rl.entry import install_all
+
     install_all()
-    sys.argv = [str(script), *(sys.argv[1:] if argv is None else argv)]
+    sys.argv = [str(script), *args, *extra]
     runpy.run_path(str(script), run_name="__main__")
 
 

@@ -45,26 +45,115 @@ def read_gradalign(master_config: Any) -> GradAlignConfig:
     return parse_gradalign(block)
 
 
+def scoring_loss(master_config: Any, cfg: GradAlignConfig) -> dict:
+    """The loss NeMo RL trains with, as LossSettings fields, so the scored gradient is the trained
+    one: the advantage estimator's baseline / std normalisation (``grpo.adv_estimator.*`` when
+    present, as upstream reads it; else the top-level ``grpo`` keys with v0.6/v0.7's fallbacks) and
+    the generation temperature the Megatron loss divides the logits by. Refuses what we cannot
+    score exactly (another estimator, no baseline, top-k/top-p filtering of the logits)."""
+    problems = []
+    estimator = lookup(master_config, "grpo.adv_estimator")
+    if estimator is not None:
+        name = lookup(estimator, "name", "grpo")
+        if name != "grpo":
+            problems.append(f"grpo.adv_estimator.name={name!r}: GradAlign scores GRPO advantages only")
+        if lookup(estimator, "minus_baseline", True) is False:
+            problems.append("grpo.adv_estimator.minus_baseline=false: GradAlign scores "
+                            "baseline-subtracted advantages only")
+        loo = bool(lookup(estimator, "use_leave_one_out_baseline", False))
+        normalize = bool(lookup(estimator, "normalize_rewards", True))
+    else:
+        loo = bool(lookup(master_config, "grpo.use_leave_one_out_baseline", False))
+        normalize = bool(lookup(master_config, "grpo.normalize_rewards", True))
+    top_k = lookup(master_config, "policy.generation.top_k")
+    top_p = lookup(master_config, "policy.generation.top_p", 1.0)
+    if top_k is not None:
+        problems.append(f"policy.generation.top_k={top_k}: the trainer's loss then filters the logits, "
+                        "which GradAlign cannot score exactly yet; set it to null")
+    if float(top_p) != 1.0:
+        problems.append(f"policy.generation.top_p={top_p}: the trainer's loss then filters the logits, "
+                        "which GradAlign cannot score exactly yet; set it to 1.0")
+    if problems:
+        raise ConfigError("unsupported GradAlign configuration:\n  " + "\n  ".join(problems))
+    baseline, normalize_std = cfg.advantage.resolve(loo, normalize)
+    return {"baseline": baseline, "normalize_std": normalize_std, "aggregation": cfg.aggregation,
+            "temperature": float(lookup(master_config, "policy.generation.temperature", 1.0))}
+
+
+def dynamic_sampling_defaults(master_config: Any, cfg: GradAlignConfig) -> dict[str, Any]:
+    """What ``gradalign.enabled=true`` alone sets: upstream's dynamic_sampling is where GradAlign
+    selects, and its loader must draw q·N prompts. Upstream's defaults (off, multiplier 1) become
+    (on, q); a value the user chose that disagrees is refused, naming both fields."""
+    if not cfg.enabled:
+        return {}
+    q = cfg.selection_ratio
+    on = bool(lookup(master_config, "grpo.use_dynamic_sampling", False))
+    multiplier = lookup(master_config, "grpo.batch_multiplier", 1)
+    if on and float(multiplier) != q:
+        raise ConfigError(f"grpo.use_dynamic_sampling=true with grpo.batch_multiplier={multiplier} "
+                          f"disagrees with gradalign.selection_ratio={q}: the loader must draw q·N "
+                          "prompts; set grpo.batch_multiplier to q (or leave both at upstream's defaults)")
+    if not on and float(multiplier) not in (1.0, float(q)):
+        raise ConfigError(f"grpo.batch_multiplier={multiplier} is neither 1 (upstream's default, which "
+                          f"GradAlign replaces) nor gradalign.selection_ratio={q}")
+    changes = {}
+    if not on:
+        changes["grpo.use_dynamic_sampling"] = True
+    if float(multiplier) != q:
+        changes["grpo.batch_multiplier"] = q
+    return changes
+
+
+def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
+    mc = "policy.megatron_cfg"
+    found = []
+
+    def refuse(path: str, bad, why: str, default=None):
+        value = lookup(master_config, path, default)
+        if bad(value):
+            found.append(f"{path}={value!r}: {why}")
+
+    refuse("grpo.async_grpo.enabled", bool, "async GRPO has no dynamic_sampling step to select at; "
+           "run synchronous GRPO", False)
+    refuse("data_plane.enabled", bool, "the data-plane trainer applies its own filtering; disable it", False)
+    refuse(f"{mc}.enabled", lambda v: not v, "GradAlign scores on the Megatron policy worker (the "
+           "DTensor backend is not supported)", False)
+    refuse("policy.dtensor_cfg.enabled", bool, "the DTensor backend is not supported", False)
+    refuse(f"{mc}.sequence_parallel", bool, "sequence parallel scoring is not exact yet", False)
+    refuse(f"{mc}.context_parallel_size", lambda v: int(v) > 1, "context parallel is not supported", 1)
+    refuse(f"{mc}.expert_model_parallel_size", lambda v: int(v) > 1, "expert parallel is not supported", 1)
+    refuse(f"{mc}.expert_tensor_parallel_size", lambda v: int(v) > 1, "expert tensor parallel is not "
+           "supported", 1)
+    refuse(f"{mc}.fp8_cfg.enabled", bool, "fp8 training is not supported", False)
+    refuse("policy.precision", lambda v: v in ("float16", "fp16"), "fp16's dynamic loss scale would "
+           "scale the scored gradients; use bfloat16", "bfloat16")
+    refuse("env.should_use_nemo_gym", bool, "NeMo-Gym's rollout (run_nemo_gym_rollout_sync) rebuilds "
+           "the batch from fixed keys; GradAlign cannot generate the validation prompts apart there", False)
+    refuse("data.use_multiple_dataloader", bool, "multiple dataloaders are not supported", False)
+    if cfg.schedule != "step":
+        found.append(f"gradalign.schedule={cfg.schedule!r}: inside NeMo RL only the 'step' schedule is "
+                     "supported (select at dynamic_sampling each step)")
+    return found
+
+
 def check_supported(master_config: Any, cfg: GradAlignConfig) -> None:
-    """Refuse what the selection hook cannot serve, before any GPU is touched."""
+    """Refuse, naming field and value, every combination GradAlign cannot serve exactly; run on
+    the resolved recipe before Ray or any GPU starts (preflight.py) and again in setup."""
     if not cfg.enabled:
         return
-    problems = []
-    if lookup(master_config, "grpo.async_grpo.enabled", False):
-        problems.append("grpo.async_grpo.enabled=true: async GRPO has no dynamic_sampling step "
-                        "to select at; run synchronous GRPO")
-    if lookup(master_config, "data_plane.enabled", False):
-        problems.append("data_plane.enabled=true: the data-plane path applies its own dynamic "
-                        "sampling; disable it for GradAlign")
-    if not lookup(master_config, "policy.megatron_cfg.enabled", False):
-        problems.append("policy.megatron_cfg.enabled must be true: GradAlign scores on the Megatron "
-                        "policy worker (the DTensor backend is not supported)")
-    if cfg.schedule != "step":
-        problems.append(f"gradalign.schedule={cfg.schedule!r}: inside NeMo RL only the 'step' "
-                        "schedule is supported (select at dynamic_sampling each step)")
-    multiplier = lookup(master_config, "grpo.batch_multiplier", 1)
-    if multiplier != cfg.selection_ratio:
-        problems.append(f"grpo.batch_multiplier={multiplier} must equal gradalign.selection_ratio="
-                        f"{cfg.selection_ratio}: the dataloader draws q·N prompts and GradAlign keeps N")
+    problems = _refusals(master_config, cfg)
+    unset = {}
+    for check in (scoring_loss, dynamic_sampling_defaults):
+        try:
+            result = check(master_config, cfg)
+        except ConfigError as err:
+            problems += [line.strip() for line in str(err).splitlines()[1:] or [str(err)]]
+            continue
+        unset = result if check is dynamic_sampling_defaults else unset
+    if unset:
+        problems.append(f"grpo.use_dynamic_sampling={lookup(master_config, 'grpo.use_dynamic_sampling')} / "
+                        f"grpo.batch_multiplier={lookup(master_config, 'grpo.batch_multiplier')}: GradAlign "
+                        f"needs dynamic sampling with multiplier gradalign.selection_ratio={cfg.selection_ratio} "
+                        "(the entry sets both when they are left at upstream's defaults)")
     if problems:
         raise ConfigError("unsupported GradAlign configuration:\n  " + "\n  ".join(problems))

@@ -40,12 +40,14 @@ class GroupScorer:
 
     gradalign and dot align with the trusted validation groups that arrive with a batch every
     ``refresh_every`` steps (validation_loader.py); learnalign aligns with the candidates
-    themselves; the accuracy methods need no gradient.
+    themselves; the accuracy methods need no gradient. ``loss`` (config.scoring_loss) goes to
+    every worker call, so workers score with the trainer's advantages and temperature.
     """
 
-    def __init__(self, policy, cfg: GradAlignConfig, pad_token_id: int,
+    def __init__(self, policy, cfg: GradAlignConfig, pad_token_id: int, loss: dict,
                  to_flat: Callable[[object, int], dict] = flat_group_data):
         self.policy, self.cfg, self.pad_token_id = policy, cfg, pad_token_id
+        self.worker_kwargs = {"cfg": cfg.model_dump(mode="json"), "loss": dict(loss)}
         self.to_flat = to_flat
         self.step = 0
         self.has_reference = False  # workers hold a validation gradient (built or restored)
@@ -55,19 +57,19 @@ class GroupScorer:
         futures = group.run_all_workers_sharded_data(
             method, data=shards, in_sharded_axes=["data_parallel"], replicate_on_axes=MODEL_PARALLEL_AXES,
             output_is_replicated=MODEL_PARALLEL_AXES,
-            common_kwargs={**common, "cfg": self.cfg.model_dump(mode="json")})
+            common_kwargs={**common, **self.worker_kwargs})
         return group.get_all_worker_results(futures)
 
     def save(self, checkpoint_dir: str) -> None:
         """Every worker writes its validation gradient into NeMo RL's tmp checkpoint directory."""
         group = self.policy.worker_group
         group.get_all_worker_results(group.run_all_workers_single_data(
-            "gradalign_save", checkpoint_dir=str(checkpoint_dir), cfg=self.cfg.model_dump(mode="json")))
+            "gradalign_save", checkpoint_dir=str(checkpoint_dir), **self.worker_kwargs))
 
     def load(self, checkpoint_dir: str) -> bool:
         group = self.policy.worker_group
         return all(group.get_all_worker_results(group.run_all_workers_single_data(
-            "gradalign_load", checkpoint_dir=str(checkpoint_dir), cfg=self.cfg.model_dump(mode="json"))))
+            "gradalign_load", checkpoint_dir=str(checkpoint_dir), **self.worker_kwargs)))
 
     def __call__(self, repeated_batch, master_config, validation_batch=None) -> torch.Tensor:
         from nemo_gradalign.integrations.nemo_rl.config import lookup

@@ -8,9 +8,10 @@
 2. ``setup`` — with the flag off, upstream's, untouched. With it on: the configuration is checked,
    the GradAlign worker is registered with upstream's Megatron worker environment and used for the
    policy (``policy_factory`` on v0.7+/main, a ``Policy`` partial on v0.6), the training dataloader
-   carries the trusted validation prompts every ``refresh_every`` batches, the checkpointer also
-   writes (and on resume reads) every worker's validation gradient, and the dynamic_sampling hook
-   is installed.
+   marks every ``refresh_every``-th batch, on which the rollout wrapper also generates the trusted
+   validation prompts (in a call of their own), the checkpointer also writes (and on resume reads)
+   every worker's validation gradient and the loader's cadence, and the dynamic_sampling hook is
+   installed.
 """
 
 from __future__ import annotations
@@ -19,25 +20,18 @@ import functools
 import inspect
 
 from nemo_gradalign.config import GradAlignConfig
-from nemo_gradalign.integrations.nemo_rl.config import check_supported, read_gradalign
+from nemo_gradalign.integrations.nemo_rl import validation_loader as loader_state
+from nemo_gradalign.integrations.nemo_rl.config import check_supported, lookup, read_gradalign, scoring_loss
 from nemo_gradalign.integrations.nemo_rl.driver import GroupScorer
+from nemo_gradalign.integrations.nemo_rl.preflight import with_default_block
 from nemo_gradalign.integrations.nemo_rl.selection import install as install_hook
 from nemo_gradalign.integrations.nemo_rl.validation_loader import WithValidationPrompts
+from nemo_gradalign.integrations.nemo_rl.validation_rollouts import ValidationRollouts
+from nemo_gradalign.integrations.nemo_rl.validation_rollouts import install as install_rollouts
 
 WORKER_FQN = "nemo_gradalign.integrations.nemo_rl.worker.GradAlignMegatronPolicyWorker"
 UPSTREAM_WORKER_FQN = "nemo_rl.models.policy.workers.megatron_policy_worker.MegatronPolicyWorker"
 LOADER_TYPES = ("StatefulDataLoader", "MultipleDataloaderWrapper")
-
-
-def with_default_block(load_config):
-    @functools.wraps(load_config)
-    def load(config_path):
-        cfg = load_config(config_path)
-        if "gradalign" not in cfg:
-            cfg["gradalign"] = GradAlignConfig().model_dump(mode="json")
-        return cfg
-
-    return load
 
 
 def _validation_batch(val_dataloader, cfg: GradAlignConfig, collate):
@@ -49,7 +43,7 @@ def _validation_batch(val_dataloader, cfg: GradAlignConfig, collate):
     return collate([dataset[i] for i in range(n)])
 
 
-def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate, batched_data_dict_cls):
+def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
     """Wrap upstream's ``setup``; see the module docstring."""
     takes_factory = "policy_factory" in inspect.signature(setup).parameters
 
@@ -72,33 +66,58 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate, bat
         policy = result[0]
         loaders = [i for i, x in enumerate(result) if type(x).__name__ in LOADER_TYPES]
         checkpointer = next(x for x in result if type(x).__name__ == "CheckpointManager")
-        scorer = GroupScorer(policy, cfg, tokenizer.pad_token_id)
+        scorer = GroupScorer(policy, cfg, tokenizer.pad_token_id, scoring_loss(master_config, cfg))
+        loader, take_validation = None, (lambda: None)
         if cfg.method in ("gradalign", "dot"):
             val_loader = result[loaders[1]] if len(loaders) > 1 else None
-            result[loaders[0]] = WithValidationPrompts(
-                result[loaders[0]], _validation_batch(val_loader, cfg, collate),
-                cfg.refresh_every, batched_data_dict_cls)
-        _checkpoint_with_gradalign(checkpointer, scorer)
-        install_hook(grpo_module, scorer)
+            loader = result[loaders[0]] = WithValidationPrompts(result[loaders[0]], cfg.refresh_every)
+            store = ValidationRollouts(_validation_batch(val_loader, cfg, collate),
+                                       int(lookup(master_config, "grpo.num_generations_per_prompt")),
+                                       _reward_transforms(grpo_module, master_config))
+            install_rollouts(grpo_module, store)
+            take_validation = store.take
+        _checkpoint_with_gradalign(checkpointer, scorer, loader)
+        install_hook(grpo_module, scorer, take_validation)
         return tuple(result)
 
     return wrapped
 
 
-def _checkpoint_with_gradalign(checkpointer, scorer: GroupScorer) -> None:
-    """Every tmp_step_N directory also holds gradalign/rank_<r>.pt; resume reads the latest."""
+def _reward_transforms(grpo_module, master_config):
+    """What grpo_train does to a rollout's rewards before using them (scale_rewards, and
+    apply_reward_shaping when enabled), for the validation rows generated apart."""
+    scaling = lookup(master_config, "grpo.reward_scaling")
+    shaping = lookup(master_config, "grpo.reward_shaping")
+
+    def finish(batch):
+        if scaling is not None and hasattr(grpo_module, "scale_rewards"):
+            batch = grpo_module.scale_rewards(batch, scaling)
+        if shaping is not None and lookup(shaping, "enabled", False):
+            batch = grpo_module.apply_reward_shaping(batch, shaping)
+        return batch
+
+    return finish
+
+
+def _checkpoint_with_gradalign(checkpointer, scorer: GroupScorer, loader=None) -> None:
+    """Every tmp_step_N directory also holds gradalign/rank_<r>.pt (and gradalign/loader.json
+    with the validation cadence); resume reads them from the latest checkpoint."""
     init_tmp = checkpointer.init_tmp_checkpoint
 
     @functools.wraps(init_tmp)
     def init_tmp_checkpoint(step, training_info, *args, **kwargs):
         path = init_tmp(step, training_info, *args, **kwargs)
         scorer.save(path)
+        if loader is not None:
+            loader_state.save_counter(loader, path)
         return path
 
     checkpointer.init_tmp_checkpoint = init_tmp_checkpoint
     latest = checkpointer.get_latest_checkpoint_path()
     if latest is not None:
         scorer.has_reference = scorer.load(latest)
+        if loader is not None:
+            loader_state.load_counter(loader, latest)
 
 
 def install_all() -> None:
@@ -106,9 +125,10 @@ def install_all() -> None:
     import nemo_rl.algorithms.grpo as grpo
     import nemo_rl.utils.config as config_module
     from nemo_rl.data.collate_fn import rl_collate_fn
-    from nemo_rl.distributed.batched_data_dict import BatchedDataDict
     from nemo_rl.distributed.ray_actor_environment_registry import ACTOR_ENVIRONMENT_REGISTRY
 
     config_module.load_config = with_default_block(config_module.load_config)
-    grpo.setup = gradalign_setup(grpo.setup, grpo, ACTOR_ENVIRONMENT_REGISTRY, grpo.Policy,
-                                 rl_collate_fn, BatchedDataDict)
+    if getattr(grpo.setup, "__gradalign_original__", None) is None:
+        wrapped = gradalign_setup(grpo.setup, grpo, ACTOR_ENVIRONMENT_REGISTRY, grpo.Policy, rl_collate_fn)
+        wrapped.__gradalign_original__ = grpo.setup
+        grpo.setup = wrapped

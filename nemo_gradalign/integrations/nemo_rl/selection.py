@@ -5,8 +5,10 @@ prompts; after generation and rewards ``grpo_train`` calls ``dynamic_sampling(re
 baseline, n_gen_batches, master_config, timer, batch_cache)``, which drops zero-std groups and keeps
 the first N·G rows. The hook scores every group, reorders the batch whole group by whole group,
 best first, and delegates to upstream's function — so upstream's filtering, caching, slicing and
-metrics stay exactly as they are and the kept N·G rows are the top-scored groups. With the flag off
-(or no ``gradalign:`` block) the call goes straight to upstream's function.
+metrics stay exactly as they are and the kept N·G rows are the top-scored groups. Upstream's row
+filter is handed each group's largest std (``group_std``) so it keeps or drops whole groups; the
+batch it returns gets the true per-row std back. With the flag off (or no ``gradalign:`` block)
+the call goes straight to upstream's function.
 
 Limit: when one generation batch holds fewer than N informative groups, upstream caches them and
 tops up from the next batch, first come first kept; ranking is within each generation batch.
@@ -26,7 +28,7 @@ from nemo_gradalign.integrations.nemo_rl.config import lookup, read_gradalign
 
 # (candidate batch, master_config, validation batch or None) -> one score per group, -inf = never keep
 ScoreGroups = Callable[[Any, Any, Any], torch.Tensor]
-VALIDATION_FLAG = "gradalign_validation"  # per-row bool set by validation_loader.WithValidationPrompts
+ROW_STD = "gradalign_row_std"  # the true per-row std, carried through upstream's filter and cache
 
 
 def ranked_rows(scores: torch.Tensor, group_size: int) -> list[int]:
@@ -49,22 +51,17 @@ def selection_metrics(scores: torch.Tensor, rewards: torch.Tensor, group_size: i
     }
 
 
-def split_validation_rows(batch, std, baseline):
-    """Separate the trusted validation prompts' rows (generated with this step's batch) from the
-    candidates; upstream never sees them."""
-    flag = batch.get(VALIDATION_FLAG) if hasattr(batch, "get") else None
-    if flag is None or not bool(torch.as_tensor(flag).any()):
-        return batch, std, baseline, None
-    flag = torch.as_tensor(flag).bool().cpu()
-    val_rows = flag.nonzero().flatten().tolist()
-    rows = (~flag).nonzero().flatten().tolist()
-    index = torch.tensor(rows, dtype=torch.long)
-    return (batch.select_indices(rows), std[index.to(std.device)], baseline[index.to(baseline.device)],
-            batch.select_indices(val_rows))
+def group_std(std: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Every row gets its group's largest std, so upstream's row filter (``std != 0``) keeps or
+    drops whole groups. Per-row std (leave-one-out) is 0 for the lone 1 of [1, 0, 0, 0]; upstream
+    alone would drop that row and split the group."""
+    return std.reshape(-1, group_size).amax(1).repeat_interleave(group_size)
 
 
-def with_gradalign(original: Callable, score_groups: ScoreGroups) -> Callable:
-    """Wrap upstream's dynamic_sampling; same signature, same 4-tuple return."""
+def with_gradalign(original: Callable, score_groups: ScoreGroups,
+                   take_validation: Callable[[], Any] = lambda: None) -> Callable:
+    """Wrap upstream's dynamic_sampling; same signature, same 4-tuple return. The batch upstream
+    returns carries the true per-row std again (``batch["std"]``), as without GradAlign."""
 
     @functools.wraps(original)
     def dynamic_sampling(repeated_batch, std, baseline, dynamic_sampling_num_gen_batches, master_config,
@@ -76,8 +73,7 @@ def with_gradalign(original: Callable, score_groups: ScoreGroups) -> Callable:
         group_size = int(lookup(master_config, "grpo.num_generations_per_prompt"))
         keep = int(lookup(master_config, "grpo.num_prompts_per_step"))
         t0 = time.perf_counter()
-        repeated_batch, std, baseline, validation = split_validation_rows(repeated_batch, std, baseline)
-        scores = score_groups(repeated_batch, master_config, validation).cpu()
+        scores = score_groups(repeated_batch, master_config, take_validation()).cpu()
         if scores.numel() * group_size != repeated_batch.size:
             raise ValueError(f"{scores.numel()} group scores for {repeated_batch.size} rows of "
                              f"groups of {group_size}")
@@ -85,22 +81,28 @@ def with_gradalign(original: Callable, score_groups: ScoreGroups) -> Callable:
         index = torch.tensor(rows, dtype=torch.long)
         metrics = selection_metrics(scores, repeated_batch["total_reward"].cpu(), group_size, keep)
         metrics["gradalign/seconds"] = time.perf_counter() - t0
+        ranked = repeated_batch.select_indices(rows)
+        row_std = std[index.to(std.device)]
+        ranked[ROW_STD] = row_std
         batch, complete, cache, upstream_metrics = original(
-            repeated_batch.select_indices(rows), std[index.to(std.device)],
-            baseline[index.to(baseline.device)], dynamic_sampling_num_gen_batches, master_config,
-            timer, batch_cache)
+            ranked, group_std(row_std, group_size), baseline[index.to(baseline.device)],
+            dynamic_sampling_num_gen_batches, master_config, timer, batch_cache)
+        if complete:
+            batch["std"] = batch.pop(ROW_STD)
         return batch, complete, cache, {**upstream_metrics, **metrics}
 
     dynamic_sampling.__gradalign_original__ = original
     return dynamic_sampling
 
 
-def install(grpo_module, score_groups: ScoreGroups) -> Callable[[], None]:
+def install(grpo_module, score_groups: ScoreGroups,
+            take_validation: Callable[[], Any] = lambda: None) -> Callable[[], None]:
     """Replace ``grpo_module.dynamic_sampling`` (grpo_train looks it up as a module global at call
-    time, v0.4 → main); returns the function that puts upstream's back."""
+    time, v0.4 → main); returns the function that puts upstream's back. ``take_validation`` hands
+    over the validation prompts' rollouts of this batch, if any (validation_rollouts.py)."""
     current = grpo_module.dynamic_sampling
     original = getattr(current, "__gradalign_original__", current)
-    grpo_module.dynamic_sampling = with_gradalign(original, score_groups)
+    grpo_module.dynamic_sampling = with_gradalign(original, score_groups, take_validation)
 
     def uninstall() -> None:
         grpo_module.dynamic_sampling = original

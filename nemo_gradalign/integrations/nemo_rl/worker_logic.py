@@ -40,16 +40,19 @@ def groups_from_batch(input_ids: torch.Tensor, input_lengths: torch.Tensor, toke
 
 
 class GradAlignWorkerLogic:
-    """Validation gradient and group scores on this rank's shard; Stateful for checkpoints."""
+    """Validation gradient and group scores on this rank's shard; Stateful for checkpoints.
 
-    def __init__(self, model, cfg: GradAlignConfig, named_parameters=None,
+    ``loss`` comes from the driver (config.scoring_loss of the whole recipe): a worker only sees
+    its ``policy`` section, yet must score with the trainer's advantages and temperature."""
+
+    def __init__(self, model, cfg: GradAlignConfig, loss: dict, named_parameters=None,
                  groups: EngineGroups | None = None):
+        loss = LossSettings(**loss)
         module = getattr(model, "module", model)
         named = list(named_parameters if named_parameters is not None else module.named_parameters())
         self.cfg = cfg
         self.engine = GradientEngine(named, groups or EngineGroups.from_megatron(), cfg.reference_dtype,
                                      split_problems=False)
-        loss = LossSettings(cfg.advantage.baseline, cfg.advantage.normalize_std, cfg.aggregation)
         self.runner = ProblemRunner(model, loss, cfg.max_rollouts_per_microbatch)
         self.reference: ReferenceGradient | None = None
 

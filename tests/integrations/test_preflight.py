@@ -1,0 +1,121 @@
+"""Config time: ``gradalign.enabled=true`` alone turns on what GradAlign needs (dynamic sampling,
+multiplier q) and every unsupported combination is refused naming field and value, before
+upstream's script starts Ray. Runs on upstream's own recipe where a NeMo RL checkout is found
+(NEMO_RL_ROOT), else on a recipe of the same shape."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from nemo_gradalign.config import ConfigError, apply_overrides, load_yaml_with_defaults
+from nemo_gradalign.integrations.nemo_rl.preflight import preflight, with_default_block
+
+ROOT = Path(os.environ.get("NEMO_RL_ROOT", "/opt/nemo-rl"))
+UPSTREAM_RECIPE = ROOT / "examples" / "configs" / "grpo_math_1B_megatron.yaml"
+SHAPE = {  # upstream's defaults for every key the checks read (grpo_math_1B_megatron.yaml)
+    "grpo": {"num_prompts_per_step": 32, "num_generations_per_prompt": 16, "use_dynamic_sampling": False,
+             "batch_multiplier": 1, "normalize_rewards": True, "use_leave_one_out_baseline": True,
+             "adv_estimator": {"name": "grpo", "normalize_rewards": True, "use_leave_one_out_baseline": True,
+                               "minus_baseline": True},
+             "async_grpo": {"enabled": False}},
+    "policy": {"precision": "bfloat16", "dtensor_cfg": {"enabled": False},
+               "generation": {"temperature": 1.0, "top_p": 1.0, "top_k": None},
+               "megatron_cfg": {"enabled": True, "sequence_parallel": False, "context_parallel_size": 1,
+                                "expert_model_parallel_size": 1, "expert_tensor_parallel_size": 1,
+                                "fp8_cfg": {"enabled": False}}},
+    "data": {"use_multiple_dataloader": False}, "env": {}, "data_plane": {"enabled": False},
+}
+
+
+def _resolvers():
+    for name, fn in (("add", lambda a, b: a + b), ("mul", lambda a, b: a * b),
+                     ("div", lambda a, b: a / b), ("max", lambda a, b: max(a, b))):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def recipe(*overrides: str) -> dict:
+    """The recipe as run_grpo.py resolves it: upstream's file when present, our default block,
+    Hydra overrides in struct mode."""
+    if UPSTREAM_RECIPE.is_file():
+        _resolvers()
+        cfg = with_default_block(load_yaml_with_defaults)(UPSTREAM_RECIPE)
+    else:
+        cfg = with_default_block(lambda _: OmegaConf.create(SHAPE))(None)
+    return OmegaConf.to_container(apply_overrides(cfg, list(overrides)), resolve=True)
+
+
+def test_the_flag_alone_sets_dynamic_sampling_and_the_multiplier(capsys):
+    cfg = recipe("gradalign.enabled=true")
+    extra = preflight(cfg)
+    assert extra == ["++grpo.use_dynamic_sampling=true", "++grpo.batch_multiplier=4"]
+    assert cfg["grpo"]["use_dynamic_sampling"] is True and cfg["grpo"]["batch_multiplier"] == 4
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "grpo.use_dynamic_sampling=true and grpo.batch_multiplier=4" in printed[0]
+    assert preflight(recipe("gradalign.enabled=true", "grpo.use_dynamic_sampling=true",
+                            "grpo.batch_multiplier=4")) == []  # already consistent: nothing set
+    assert preflight(recipe()) == []  # flag off: upstream's recipe untouched
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=3"],
+     ["grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=3", "gradalign.selection_ratio=4"]),
+    (["grpo.batch_multiplier=2"], ["grpo.batch_multiplier=2", "gradalign.selection_ratio=4"]),
+    (["policy.megatron_cfg.sequence_parallel=true"], ["policy.megatron_cfg.sequence_parallel=True"]),
+    (["policy.megatron_cfg.context_parallel_size=2"], ["policy.megatron_cfg.context_parallel_size=2"]),
+    (["policy.megatron_cfg.expert_model_parallel_size=2"], ["policy.megatron_cfg.expert_model_parallel_size=2"]),
+    (["policy.megatron_cfg.expert_tensor_parallel_size=2"], ["policy.megatron_cfg.expert_tensor_parallel_size=2"]),
+    (["policy.megatron_cfg.fp8_cfg.enabled=true"], ["policy.megatron_cfg.fp8_cfg.enabled=True"]),
+    (["++env.should_use_nemo_gym=true"], ["env.should_use_nemo_gym=True"]),
+    (["data.use_multiple_dataloader=true"], ["data.use_multiple_dataloader=True"]),
+    (["grpo.async_grpo.enabled=true"], ["grpo.async_grpo.enabled=True"]),
+    (["++data_plane.enabled=true"], ["data_plane.enabled=True"]),
+    (["policy.megatron_cfg.enabled=false", "policy.dtensor_cfg.enabled=true"],
+     ["policy.megatron_cfg.enabled=False", "policy.dtensor_cfg.enabled=True"]),
+    (["gradalign.schedule=round"], ["gradalign.schedule='round'"]),
+    (["policy.precision=float16"], ["policy.precision='float16'"]),
+    (["policy.generation.top_k=50"], ["policy.generation.top_k=50"]),
+    (["policy.generation.top_p=0.9"], ["policy.generation.top_p=0.9"]),
+    (["grpo.adv_estimator.name=gdpo"], ["grpo.adv_estimator.name='gdpo'"]),
+    (["grpo.adv_estimator.minus_baseline=false"], ["grpo.adv_estimator.minus_baseline=false"]),
+], ids=lambda v: " ".join(v) if isinstance(v, list) and "=" in v[0] and "selection_ratio" not in " ".join(v) else None)
+def test_refused_at_config_time_naming_field_and_value(overrides, named):
+    with pytest.raises(ConfigError) as err:
+        preflight(recipe("gradalign.enabled=true", *overrides))
+    for text in named:
+        assert text in str(err.value)
+
+
+# -- contract: the real entry, from a NeMo RL checkout, fails fast and starts nothing ----------
+
+def _entry(*args: str, timeout: float = 120):
+    if not (ROOT / "nemo_rl").is_dir():
+        pytest.skip(f"no NeMo RL checkout at {ROOT} (set NEMO_RL_ROOT)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [*filter(None, [os.environ.get("NEMO_RL_SHIM")]), str(ROOT), str(Path(__file__).parents[2]),
+         os.environ.get("PYTHONPATH", "")]))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "nemo_gradalign.integrations.nemo_rl", "--config",
+                           str(UPSTREAM_RECIPE), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    return proc, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("override, named", [
+    ("policy.megatron_cfg.sequence_parallel=true", "policy.megatron_cfg.sequence_parallel=True"),
+    ("++env.should_use_nemo_gym=true", "env.should_use_nemo_gym=True"),
+    ("grpo.batch_multiplier=3", "grpo.batch_multiplier=3"),
+])
+def test_real_entry_refuses_before_anything_starts(override, named):
+    pytest.importorskip("nemo_rl.utils.config", reason="NeMo RL source not on PYTHONPATH")
+    proc, seconds = _entry("gradalign.enabled=true", override)
+    assert proc.returncode != 0 and named in proc.stderr, proc.stderr[-2000:]
+    assert "nothing was started" in proc.stderr and "Ray" not in proc.stdout
+    assert seconds < 15, f"refusal took {seconds:.1f}s"
