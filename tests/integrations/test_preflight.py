@@ -68,7 +68,6 @@ def test_the_flag_alone_sets_dynamic_sampling_and_the_multiplier(capsys):
     (["grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=3"],
      ["grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=3", "gradalign.selection_ratio=4"]),
     (["grpo.batch_multiplier=2"], ["grpo.batch_multiplier=2", "gradalign.selection_ratio=4"]),
-    (["policy.megatron_cfg.sequence_parallel=true"], ["policy.megatron_cfg.sequence_parallel=True"]),
     (["policy.megatron_cfg.context_parallel_size=2"], ["policy.megatron_cfg.context_parallel_size=2"]),
     (["policy.megatron_cfg.expert_model_parallel_size=2"], ["policy.megatron_cfg.expert_model_parallel_size=2"]),
     (["policy.megatron_cfg.expert_tensor_parallel_size=2"], ["policy.megatron_cfg.expert_tensor_parallel_size=2"]),
@@ -109,7 +108,7 @@ def _entry(*args: str, timeout: float = 120):
 
 
 @pytest.mark.parametrize("override, named", [
-    ("policy.megatron_cfg.sequence_parallel=true", "policy.megatron_cfg.sequence_parallel=True"),
+    ("policy.megatron_cfg.context_parallel_size=2", "policy.megatron_cfg.context_parallel_size=2"),
     ("++env.should_use_nemo_gym=true", "env.should_use_nemo_gym=True"),
     ("grpo.batch_multiplier=3", "grpo.batch_multiplier=3"),
 ])
