@@ -114,10 +114,10 @@ def _budget(by_run: dict, methods: list[str], seed: int) -> list[str]:
             f"grpo.max_num_steps={STEP_ALLOWANCE * max(r['steps'] for r in refs)}"]
 
 
-def compare(summaries: dict[str, list[dict]]) -> dict[str, list[dict]]:
+def compare(summaries: dict[str, list[dict]], ref_name: str | None = None) -> dict[str, list[dict]]:
     """Per run: accuracy area and accuracy at the reference's steps and compute, seed by seed.
-    The reference is the first selection method (the demo's GradAlign)."""
-    ref_name = next((m for m in summaries if not is_budgeted(m)), None)
+    The reference defaults to the first selection method (the demo's GradAlign)."""
+    ref_name = ref_name or next((m for m in summaries if not is_budgeted(m)), None)
     out = {}
     for method, runs in summaries.items():
         rows = []
