@@ -1,6 +1,8 @@
 """Equal-steps and equal-compute tables from a demo's summary, one per selection method.
 
-`python benchmarks/equal_compute.py runs/demo/noisy/demo_summary.json` prints, for each
+`python benchmarks/equal_compute.py runs/demo/noisy/demo_summary.json` (or, for run folders laid
+out as the demo lays them, `--runs runs/demo/noisy --seeds 3,4,5 --methods gradalign-round,grpo,dapo`)
+prints, for each
 GradAlign variant (or paper baseline) in the demo, its row and every budgeted baseline's
 (plain GRPO, DAPO) read at that variant's steps and compute, seed by seed, plus the per-seed
 difference in accuracy area. Markdown, to paste into the README.
@@ -8,12 +10,14 @@ difference in accuracy area. Markdown, to paste into the README.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
+from pathlib import Path
 
 from nemo_gradalign.jobs.demo import compare
 from nemo_gradalign.jobs.demo_methods import is_budgeted
+from nemo_gradalign.trainer.summary import run_summary
 
 
 def _ms(values, digits=3):
@@ -24,7 +28,8 @@ def _ms(values, digits=3):
 
 def tables(summary: dict) -> str:
     runs = summary["summaries"]
-    out = [f"seeds {summary['seeds']}, whole demo {summary['wall_seconds']:.0f} s wall\n"]
+    wall = summary.get("wall_seconds")
+    out = [f"seeds {summary['seeds']}" + (f", whole demo {wall:.0f} s wall" if wall else "") + "\n"]
     for ref in (m for m in runs if not is_budgeted(m)):
         rows = compare(runs, ref)
         out.append(f"\nreference: {ref}\n")
@@ -44,5 +49,22 @@ def tables(summary: dict) -> str:
     return "\n".join(out)
 
 
+def from_runs(root: str, methods: list[str], seeds: list[int]) -> dict:
+    """A demo summary read back from run folders (``<root>/<method>-seed<seed>/metrics.jsonl``)."""
+    return {"seeds": seeds, "summaries": {
+        m: [run_summary(Path(root) / f"{m}-seed{s}" / "metrics.jsonl", Path(root).name) for s in seeds]
+        for m in methods}}
+
+
 if __name__ == "__main__":
-    print(tables(json.loads(open(sys.argv[1]).read())))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("summary", nargs="?", help="a demo_summary.json")
+    parser.add_argument("--runs", help="a folder of <method>-seed<seed> run folders instead")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default="gradalign,grpo,dapo")
+    args = parser.parse_args()
+    if args.runs:
+        data = from_runs(args.runs, args.methods.split(","), [int(s) for s in args.seeds.split(",")])
+    else:
+        data = json.loads(Path(args.summary).read_text())
+    print(tables(data))
