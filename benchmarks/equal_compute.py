@@ -62,9 +62,14 @@ if __name__ == "__main__":
     parser.add_argument("--runs", help="a folder of <method>-seed<seed> run folders instead")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default="gradalign,grpo,dapo")
+    parser.add_argument("--plot", help="also write the demo's figure here (PNG)")
     args = parser.parse_args()
     if args.runs:
         data = from_runs(args.runs, args.methods.split(","), [int(s) for s in args.seeds.split(",")])
     else:
         data = json.loads(Path(args.summary).read_text())
     print(tables(data))
+    if args.plot:
+        from nemo_gradalign.trainer.plots import demo_figure
+
+        print("plot:", demo_figure(data["summaries"], "noisy", Path(args.plot)))
