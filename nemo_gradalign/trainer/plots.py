@@ -43,11 +43,11 @@ def demo_figure(summaries: dict[str, list[dict]], regime: str, path: Path) -> Pa
 
     ax = axes[3]
     for method, runs in summaries.items():
-        series = [r["shares_by_step"] for r in runs if r["shares_by_step"]]
-        if series:
-            steps = [s for s, _ in series[0]]
+        series = [r["shares_by_step"] for r in runs if any(v is not None for _, v in r["shares_by_step"])]
+        if series:  # budgeted runs stop at different steps: up to the shortest seed
+            steps = [s for s, _ in min(series, key=len)]
             vals = [sum(v for v in col if v is not None) / len(col) for col in zip(*[[v for _, v in s] for s in series])]
-            ax.plot(steps, vals, marker=".", label=method)
+            ax.plot(steps, vals, marker="." if len(steps) < 100 else None, label=method)
     ax.set(title=f"share of {LABELS.get(tag, tag)} problems picked", xlabel="GRPO step", ylim=(0, 1))
     ax.legend()
 
