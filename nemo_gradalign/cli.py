@@ -88,9 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="NeMo RL-style overrides: key=value, ++new.key=value")
     train.set_defaults(func=_train)
 
-    demo = sub.add_parser("demo", help="GradAlign vs random vs accgreedy on CPU: table and plot")
+    demo = sub.add_parser("demo", help="GradAlign vs plain GRPO and DAPO at equal steps and compute, on CPU: table and plot")
     demo.add_argument("--regime", default="noisy", choices=["noisy", "imbalance", "low_utility"])
-    demo.add_argument("--methods", default="gradalign,random,accgreedy")
+    demo.add_argument("--methods", default="gradalign,grpo,dapo",
+                      help="gradalign (the default schedule), gradalign-round, gradalign-step[-r<N>], grpo, dapo, "
+                      "random, accgreedy, accfilter")
     demo.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     demo.add_argument("--workers", type=_positive, default=2, help="runs in parallel (one per core)")
     demo.add_argument("--out-dir", default="runs/demo")

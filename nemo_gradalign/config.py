@@ -46,7 +46,7 @@ class ValidationSetConfig(_Strict):
 
 class GradAlignConfig(_Strict):
     enabled: bool = False
-    method: Literal["gradalign", "dot", "learnalign", "accgreedy", "accfilter", "random"] = "gradalign"
+    method: Literal["gradalign", "dot", "learnalign", "accgreedy", "accfilter", "random", "dapo"] = "gradalign"
     schedule: Literal["step", "round"] = "step"
     selection_ratio: int = Field(4, ge=1, description="q: score q·N problems, keep N")
     chunk_size: int = Field(64, gt=0, description="M: candidates scored per round (round schedule)")

@@ -87,3 +87,9 @@ class ProblemRollouts:
         """[k, L] float64 weights w with surrogate loss = Σ w · log π (grpo.surrogate_weights)."""
         adv = advantages.group_advantages(self.rewards, baseline, normalize_std)
         return grpo.surrogate_weights(self.label_mask(), adv, aggregation)
+
+
+def rollout_tokens(rollouts, only=None) -> int:
+    """Real tokens of the given groups (every row: prompt + response); ``only`` keeps the groups
+    it is true for. The unit of the compute accounting (trainer/compute.py)."""
+    return sum(int(r.tokens.numel()) for r in rollouts if only is None or only(r))

@@ -1,7 +1,9 @@
-"""`nemo-gradalign demo`: GradAlign against random and accuracy-greedy selection on CPU.
+"""`nemo-gradalign demo`: GradAlign against plain GRPO and DAPO at equal steps and equal compute.
 
 Runs the embedded recipe of a regime once per (method, seed), two single-rank runs at a time
-(one per core), then prints the table and writes the plot.
+(one per core): selection methods first; a budgeted baseline of a seed (jobs/demo_methods.py)
+starts when that seed's selection runs are done, with their largest compute as its budget. Then
+it prints the table and writes the plot.
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from nemo_gradalign.trainer.summary import mean_std, run_summary
+from nemo_gradalign.jobs.demo_methods import STEP_ALLOWANCE, is_budgeted, method_overrides
+from nemo_gradalign.trainer.summary import mean_area, mean_std, run_summary, value_at
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "embedded"
-DEFAULT_METHODS = ("gradalign", "random", "accgreedy")
+DEFAULT_METHODS = ("gradalign", "grpo", "dapo")
 
 
 def recipe_path(regime: str) -> Path:
@@ -43,7 +46,7 @@ def _one_run(regime: str, method: str, seed: int, out_dir: str, overrides: list[
     torch.set_num_threads(1)
     log_dir = Path(out_dir) / regime / f"{method}-seed{seed}"
     recipe = load_embedded_recipe(recipe_path(regime), [
-        f"gradalign.method={method}", f"grpo.seed={seed}", f"logger.log_dir={log_dir}", *overrides])
+        *method_overrides(method), f"grpo.seed={seed}", f"logger.log_dir={log_dir}", *overrides])
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(parallel.free_port()),
                       RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     t0 = time.perf_counter()
@@ -64,38 +67,90 @@ def run_demo(regime: str, methods: list[str], seeds: list[int], out_dir: str, wo
 
     recipe_path(regime)
     quiet_expected_warnings()
-    console = Console() if sys.stdout.isatty() else Console(width=110)  # logs: do not squeeze the table
+    console = Console() if sys.stdout.isatty() else Console(width=150)  # logs: do not squeeze the table
     t0 = time.perf_counter()
-    jobs = [(m, s) for s in seeds for m in methods]
-    summaries: dict[str, list[dict]] = {m: [] for m in methods}
-    ctx = multiprocessing.get_context("spawn")
-    with console.status(f"{len(jobs)} runs ({regime}), {workers} at a time") as status, \
-            ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_one_run, regime, m, s, out_dir, overrides): (m, s) for m, s in jobs}
-        for done, future in enumerate(futures, 1):
-            method, seed = futures[future]
-            summaries[method].append(future.result())
-            status.update(f"{done}/{len(jobs)} runs done ({regime}); last: {method} seed {seed}")
+    for m in methods:
+        method_overrides(m)  # a bad name fails before any run
+    summaries = _run_all(regime, methods, seeds, out_dir, workers, overrides, console)
     wall = time.perf_counter() - t0
     figure = demo_figure(summaries, regime, Path(out_dir) / regime / "demo.png")
-    result = {"regime": regime, "seeds": seeds, "wall_seconds": wall, "summaries": summaries}
+    result = {"regime": regime, "seeds": seeds, "wall_seconds": wall, "summaries": summaries,
+              "compare": compare(summaries)}
     (Path(out_dir) / regime / "demo_summary.json").write_text(json.dumps(result, indent=1))
     print_table(console, summaries, regime, seeds, wall, figure)
     return result
+
+
+def _run_all(regime, methods, seeds, out_dir, workers, overrides, console) -> dict[str, list[dict]]:
+    """Selection runs first; a seed's budgeted baselines once its selection runs are done."""
+    by_run: dict[tuple[str, int], dict] = {}
+    first = [(m, s) for s in seeds for m in methods if not is_budgeted(m)]
+    later = {s: [m for m in methods if is_budgeted(m)] for s in seeds}
+    total = len(first) + sum(map(len, later.values()))
+    ctx = multiprocessing.get_context("spawn")
+    with console.status(f"{total} runs ({regime}), {workers} at a time") as status, \
+            ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        running = {pool.submit(_one_run, regime, m, s, out_dir, overrides): (m, s) for m, s in first}
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                method, seed = running.pop(future)
+                by_run[(method, seed)] = future.result()
+                status.update(f"{len(by_run)}/{total} runs done ({regime}); last: {method} seed {seed}")
+                if later[seed] and all((m, seed) in by_run for m in methods if not is_budgeted(m)):
+                    extra = _budget(by_run, methods, seed)
+                    for m in later.pop(seed):
+                        running[pool.submit(_one_run, regime, m, seed, out_dir, overrides + extra)] = (m, seed)
+                    later[seed] = []
+    return {m: [by_run[(m, s)] for s in seeds] for m in methods}
+
+
+def _budget(by_run: dict, methods: list[str], seed: int) -> list[str]:
+    """A budgeted baseline's stop: the seed's largest selection compute (and ample steps)."""
+    refs = [by_run[(m, seed)] for m in methods if not is_budgeted(m)]
+    if not refs:
+        return []
+    return [f"grpo.max_compute={max(r['compute'] for r in refs)}",
+            f"grpo.max_num_steps={STEP_ALLOWANCE * max(r['steps'] for r in refs)}"]
+
+
+def compare(summaries: dict[str, list[dict]], ref_name: str | None = None) -> dict[str, list[dict]]:
+    """Per run: accuracy area and accuracy at the reference's steps and compute, seed by seed.
+    The reference defaults to the first selection method (the demo's GradAlign)."""
+    ref_name = ref_name or next((m for m in summaries if not is_budgeted(m)), None)
+    out = {}
+    for method, runs in summaries.items():
+        rows = []
+        for i, run in enumerate(runs):
+            ref = summaries[ref_name][i] if ref_name else run
+            rows.append({"auc_steps": mean_area(run["curve"], ref["steps"]),
+                         "auc_compute": mean_area(run["compute_curve"], ref["compute"]),
+                         "acc_at_steps": value_at(run["curve"], ref["steps"]),
+                         "acc_at_compute": value_at(run["compute_curve"], ref["compute"])})
+        out[method] = rows
+    return out
 
 
 def print_table(console: Console, summaries: dict, regime: str, seeds: list[int], wall: float,
                 figure: Path) -> None:
     tag = next((s["tag"] for runs in summaries.values() for s in runs), None)
     what = {"corrupted": "noisy", "target": "target", "wrong_key": "wrong-key"}.get(tag, "flagged")
-    table = Table(title=f"GradAlign demo: {regime} regime, seeds {seeds} (mean±std)")
-    for col in ("method", f"{what} picked r1", f"{what} picked run", "acc start", "acc final",
-                "acc AUC", "s/run"):
+    ref = next((m for m in summaries if not is_budgeted(m)), None)
+    table = Table(title=f"GradAlign demo: {regime} regime, seeds {seeds} (mean±std); "
+                        f"equal steps / compute = {ref}'s, seed by seed")
+    for col in ("method", "steps", "compute M", "step s", f"{what} picked", "acc start", "acc end",
+                "acc @steps", "AUC steps", "acc @compute", "AUC compute"):
         table.add_column(col, justify="left" if col == "method" else "right")
+    rows = compare(summaries)
     for method, runs in summaries.items():
-        table.add_row(method, mean_std([r["first_round_share"] for r in runs]),
+        cmp = rows[method]
+        table.add_row(method, mean_std([r["steps"] for r in runs], 0),
+                      mean_std([r["compute"] / 1e6 for r in runs], 2), mean_std([r["seconds"] for r in runs], 0),
                       mean_std([r["run_share"] for r in runs]), mean_std([r["initial_acc"] for r in runs]),
-                      mean_std([r["final_acc"] for r in runs]), mean_std([r["auc"] for r in runs]),
-                      mean_std([r["wall_seconds"] for r in runs], 0))
+                      mean_std([r["final_acc"] for r in runs]),
+                      *(mean_std([c[k] for c in cmp]) for k in ("acc_at_steps", "auc_steps", "acc_at_compute",
+                                                                "auc_compute")))
     console.print(table)
+    console.print("compute: forward token-passes (generation 1, forward+backward 3 per token; README). "
+                  "AUC: mean accuracy over [0, budget]; step s: summed step seconds.")
     console.print(f"whole demo: {wall:.0f} s wall. Plot: {figure}")

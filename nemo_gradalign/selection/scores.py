@@ -3,7 +3,8 @@
 Gradient methods read the engine's ProblemStats; accuracy methods read pass rates. A problem
 whose rollouts all got the same reward has g_i = 0: with ``uninformative="exclude"`` (default) it
 gets -inf and is never picked; ``"zero"`` scores it 0.0 as the official code does, which ranks it
-above every negatively aligned problem.
+above every negatively aligned problem. ``dapo`` is DAPO's dynamic sampling as a score: the
+baseline GradAlign must beat at equal compute, since it filters the same draw without a backward.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import torch
 
 from nemo_gradalign.engine import ProblemStats
 
-Method = Literal["gradalign", "dot", "learnalign", "accgreedy", "accfilter", "random"]
-METHODS: tuple[str, ...] = ("gradalign", "dot", "learnalign", "accgreedy", "accfilter", "random")
+Method = Literal["gradalign", "dot", "learnalign", "accgreedy", "accfilter", "random", "dapo"]
+METHODS: tuple[str, ...] = ("gradalign", "dot", "learnalign", "accgreedy", "accfilter", "random", "dapo")
 Uninformative = Literal["exclude", "zero"]
 
 EXCLUDED = float("-inf")
@@ -58,6 +59,10 @@ def score_problems(
         return torch.where(eligible, uniform, torch.full_like(uniform, EXCLUDED))
     if method == "random":
         return torch.rand(n, generator=generator, dtype=torch.float64)
+    if method == "dapo":  # uniform among groups whose pass rate is strictly between 0 and 1
+        uniform = torch.rand(n, generator=generator, dtype=torch.float64)
+        mixed = (rates > 0) & (rates < 1)
+        return torch.where(mixed, uniform, torch.full_like(uniform, EXCLUDED))
     raise ValueError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
 
 

@@ -18,7 +18,7 @@ import torch
 
 from nemo_gradalign.config import GradAlignConfig
 from nemo_gradalign.engine import EmptyReferenceGradient, GradientEngine, ProblemStats, ReferenceGradient
-from nemo_gradalign.rollouts import ProblemRollouts
+from nemo_gradalign.rollouts import ProblemRollouts, rollout_tokens
 from nemo_gradalign.selection.scores import reference_source, score_problems, top_indices
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class Selector:
             return self.reference
         val = self.validation_rollouts(step)
         metrics["gradalign/val_informative_share"] = sum(map(self.run_problem.has_gradient, val)) / len(val)
+        metrics["gradalign/scored_tokens"] += rollout_tokens(val, self.run_problem.has_gradient)
         try:
             if self.reference is None:
                 self.reference = self.engine.build_reference(val, self.run_problem, step)
@@ -62,11 +63,14 @@ class Selector:
     def select(self, candidates: list[ProblemRollouts], keep: int, step: int) -> Selection:
         cfg = self.cfg
         t0 = time.perf_counter()
-        metrics: dict = {}
+        metrics: dict = {"gradalign/scored_tokens": 0}  # forward+backward tokens (compute accounting)
         rates = torch.tensor([r.pass_rate for r in candidates])
         informative = torch.tensor([self.run_problem.has_gradient(r) for r in candidates], dtype=torch.bool)
         stats = None
         source = reference_source(cfg.method)
+        if source is not None:  # one forward+backward per informative candidate (pool: twice)
+            passes = 2 if source == "pool" else 1
+            metrics["gradalign/scored_tokens"] += passes * rollout_tokens(candidates, self.run_problem.has_gradient)
         if source == "validation":
             stats = self.engine.score(candidates, self.run_problem, self._validation_reference(step, metrics))
         elif source == "pool" and informative.any():

@@ -21,6 +21,8 @@ class GRPOConfig(_Strict):
     num_prompts_per_step: int = Field(16, gt=0, description="N: problems trained on per step")
     num_generations_per_prompt: int = Field(8, ge=2, description="G: rollouts per problem")
     max_num_steps: int = Field(160, gt=0)
+    max_compute: float | None = Field(None, gt=0, description="also stop once the run's compute "
+                                      "(forward token-passes, trainer/compute.py) reaches this")
     normalize_rewards: bool = True
     use_leave_one_out_baseline: bool = False
     val_period: int = Field(20, gt=0, description="evaluate every n steps (and at 0 and the end)")

@@ -19,6 +19,7 @@ from nemo_gradalign.rollouts import ProblemRollouts
 from nemo_gradalign.selection.schedules import RoundSchedule, StepSchedule
 from nemo_gradalign.selection.selector import Selector
 from nemo_gradalign.trainer.checkpoint import CheckpointManager
+from nemo_gradalign.trainer.compute import ComputeMeter, rollout_tokens
 from nemo_gradalign.trainer.config import EmbeddedRecipe
 from nemo_gradalign.trainer.evaluate import evaluate
 from nemo_gradalign.trainer.metrics import MetricsLog
@@ -86,6 +87,7 @@ class Trainer:
         self.progress = _Progress()
         self.progress_bar = progress_bar and rank == 0
         self.last_eval: dict = {}
+        self.compute = ComputeMeter()
         self._reusable: dict[int, ProblemRollouts] = {}
 
     # -- components -------------------------------------------------------------------------
@@ -100,20 +102,32 @@ class Trainer:
 
     def _trainer_state(self) -> dict:
         return {**self.progress.state_dict(), "last_eval": self.last_eval,
-                "reusable": dict(self._reusable)}
+                "reusable": dict(self._reusable), "compute": self.compute.state_dict()}
 
     def _load_trainer_state(self, state: dict) -> None:
         self.progress.load_state_dict(state)
         self.last_eval, self._reusable = state["last_eval"], dict(state["reusable"])
+        if "compute" in state:  # checkpoints written before compute accounting start from zero
+            self.compute.load_state_dict(state["compute"])
 
     # -- rollouts ----------------------------------------------------------------------------
     def _rollouts(self, problems, k: int, salt: str) -> list[ProblemRollouts]:
-        return collect_rollouts(self.policy.model, problems, k, self.recipe.grpo.seed, salt,
-                                self.recipe.policy.generation.temperature)
+        rollouts = collect_rollouts(self.policy.model, problems, k, self.recipe.grpo.seed, salt,
+                                    self.recipe.policy.generation.temperature)
+        self.compute.add("generated", rollout_tokens(rollouts))
+        return rollouts
 
     def _validation_rollouts(self, step: int) -> list[ProblemRollouts]:
         k = self.recipe.gradalign.validation.rollouts_per_problem
-        return self._rollouts(self.sets.validation, k, f"validation/{step}")
+        rollouts = self._rollouts(self.sets.validation, k, f"validation/{step}")
+        self.compute.add("validation_generated", rollout_tokens(rollouts))
+        return rollouts
+
+    def _budget_left(self) -> bool:
+        """Steps left, and (when grpo.max_compute is set) compute left: equal-compute baselines."""
+        g = self.recipe.grpo
+        return self.progress.step < g.max_num_steps and (
+            g.max_compute is None or self.compute.compute < g.max_compute)
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -133,16 +147,17 @@ class Trainer:
         g = self.recipe.grpo
         with self._bar() as bar:
             task = bar.add_task("GRPO", total=g.max_num_steps, completed=self.progress.step) if bar else None
-            while self.progress.step < g.max_num_steps:
+            while self._budget_left():
                 record = self.train_step(self.progress.step)
                 self.progress.step += 1
                 done = self.progress.step
-                if done % g.val_period == 0 or done == g.max_num_steps:
+                last = not self._budget_left()
+                if done % g.val_period == 0 or last:
                     record.update(self._evaluate(done))
                 if bar:
                     bar.update(task, completed=done, description=self._describe(record))
                 if self.recipe.checkpointing.enabled and (
-                        done % self.recipe.checkpointing.save_period == 0 or done == g.max_num_steps):
+                        done % self.recipe.checkpointing.save_period == 0 or last):
                     self.checkpointer.save(done, self.components(), dict(self.last_eval),
                                            self.recipe.model_dump(mode="json"))
         return self.last_eval
@@ -168,7 +183,10 @@ class Trainer:
         result = evaluate(self.policy.model, self.sets.evaluation, g.val_generations, g.seed,
                           self.recipe.policy.generation.temperature)
         self.last_eval = result
-        self.metrics.write({"step": step, "kind": "eval", **result})
+        self.compute.total["eval_generated"] += g.val_generations * sum(sum(p.shape) for p in self.sets.evaluation)
+        self.metrics.write({"step": step, "kind": "eval", **result, "compute/total": self.compute.compute,
+                            "compute/total_seconds": self.compute.total_seconds,
+                            "tokens/total_eval_generated": self.compute.total["eval_generated"]})
         return result
 
     def train_step(self, step: int) -> dict:
@@ -191,7 +209,10 @@ class Trainer:
             record.update(grpo_step(self.policy, self.optimizer, batch, self.loss, lf.ratio_clip_min,
                                     lf.ratio_clip_max, lf.inner_epochs,
                                     self.recipe.policy.max_rollouts_per_microbatch))
+            self.compute.add("trained_forward", rollout_tokens(batch))
+            self.compute.add("trained", lf.inner_epochs * rollout_tokens(batch))
         record["seconds"] = time.perf_counter() - t0
+        record.update(self.compute.close_step(record["seconds"]))
         self.metrics.write(record)
         return record
 
@@ -206,6 +227,7 @@ class Trainer:
         else:
             selection = self.selector.select(rollouts, keep, step)
             picked, record = selection.picked, dict(selection.metrics)
+            self.compute.add("scored", record["gradalign/scored_tokens"])
             # one row per candidate: [score, pass rate, corrupted, target, wrong_key, rollout crc]
             record["gradalign/candidate_scores"] = [
                 [float(selection.scores[i]), r.pass_rate, bool(r.tags.get("corrupted")),

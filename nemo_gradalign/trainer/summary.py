@@ -12,7 +12,8 @@ TAGS = {"noisy": "corrupted", "imbalance": "target", "low_utility": "wrong_key"}
 
 def run_summary(metrics_path, regime: str) -> dict:
     records = read_metrics(metrics_path)
-    evals = [(r["step"], r["val:accuracy"]) for r in records if r["kind"] == "eval"]
+    eval_records = [r for r in records if r["kind"] == "eval"]
+    evals = [(r["step"], r["val:accuracy"]) for r in eval_records]
     tag = TAGS.get(regime)
     key = f"gradalign/picked_{tag}_share" if tag else None
     selections = [r for r in records if r["kind"] == "train" and "gradalign/picked_ids" in r]
@@ -25,6 +26,11 @@ def run_summary(metrics_path, regime: str) -> dict:
         "first_round_share": shares[0] if shares else math.nan,
         "run_share": statistics.fmean(shares) if shares else math.nan,
         "curve": evals,
+        # accuracy against compute (forward token-passes) and step seconds, at the same evaluations
+        "compute_curve": [(r.get("compute/total", math.nan), r["val:accuracy"]) for r in eval_records],
+        "seconds_curve": [(r.get("compute/total_seconds", math.nan), r["val:accuracy"]) for r in eval_records],
+        "steps": steps[-1] if steps else 0,
+        "compute": eval_records[-1].get("compute/total", math.nan) if eval_records else math.nan,
         "auc": area / (steps[-1] - steps[0]) if len(steps) > 1 else math.nan,
         "initial_acc": accs[0] if accs else math.nan,
         "final_acc": accs[-1] if accs else math.nan,
@@ -41,3 +47,21 @@ def mean_std(values: list[float], digits: int = 3) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.fmean(values):.{digits}f}±{statistics.stdev(values):.{digits}f}"
+
+
+def value_at(curve: list[tuple[float, float]], x: float) -> float:
+    """The piecewise-linear curve at x; NaN outside its range (a run that stopped short)."""
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return curve[0][1] if curve and x == curve[0][0] else math.nan
+
+
+def mean_area(curve: list[tuple[float, float]], upto: float) -> float:
+    """Mean of the piecewise-linear curve over [its first x, upto] (area / width): the accuracy
+    area at a given budget of steps or compute. NaN when the curve stops before ``upto``."""
+    if not curve or upto <= curve[0][0] or curve[-1][0] < upto:
+        return math.nan
+    points = [(x, y) for x, y in curve if x < upto] + [(upto, value_at(curve, upto))]
+    area = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(points, points[1:]))
+    return area / (upto - curve[0][0])

@@ -72,7 +72,7 @@ def test_random_is_seeded_uniform():
 
 
 def test_no_method_yields_nan():
-    for method in ("gradalign", "dot", "learnalign", "accgreedy", "accfilter", "random"):
+    for method in ("gradalign", "dot", "learnalign", "accgreedy", "accfilter", "random", "dapo"):
         for mode in ("exclude", "zero"):
             scores = _score(method, uninformative=mode, generator=torch.Generator().manual_seed(0))
             assert not torch.isnan(scores).any(), method
@@ -83,3 +83,16 @@ def test_bad_method_and_missing_stats_are_clear_errors():
         _score("cosine")
     with pytest.raises(ValueError, match="needs gradient statistics"):
         score_problems("gradalign", RATES, STATS.informative, None)
+
+
+def test_dapo_keeps_uniform_draws_among_mixed_pass_rates_only():
+    rates = torch.tensor([0.0, 0.125, 1.0, 0.5, 0.875, 1.0])
+    informative = torch.ones(6, dtype=torch.bool)  # dapo reads pass rates, not the gradient flag
+    scores = score_problems("dapo", rates, informative, generator=torch.Generator().manual_seed(3))
+    # by hand: the same seeded uniforms, with pass rate 0 and 1 excluded
+    uniforms = torch.rand(6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert scores.tolist() == [-math.inf, uniforms[1].item(), -math.inf, uniforms[3].item(),
+                               uniforms[4].item(), -math.inf]
+    picked = top_indices(scores, 2)
+    assert set(picked) <= {1, 3, 4} and len(picked) == 2
+    assert sorted(top_indices(scores, 16)) == [1, 3, 4]  # never an all-0 or all-1 group

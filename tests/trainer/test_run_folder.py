@@ -14,7 +14,7 @@ SMALL = ["grpo.num_prompts_per_step=4", "grpo.val_period=2", "data.pool_size=64"
          "data.eval_size=8", "data.warmup_size=200", "policy.warmup.steps=30", "gradalign.chunk_size=16",
          "gradalign.steps_per_round=2", "checkpointing.save_period=2", "gradalign.rollouts_per_problem=4",
          "grpo.num_generations_per_prompt=4"]
-TIMING = {"seconds", "gradalign/seconds"}
+TIMING = {"seconds", "gradalign/seconds", "compute/total_seconds"}
 
 
 def train(log_dir, *extra, wait=True):

@@ -15,7 +15,7 @@ RECIPE = str(Path(__file__).parents[2] / "recipes" / "embedded" / "noisy.yaml")
 TINY = ["grpo.num_prompts_per_step=8", "grpo.val_period=4", "data.pool_size=256",
         "data.validation_size=32", "data.eval_size=32", "data.warmup_size=500",
         "gradalign.chunk_size=32", "gradalign.steps_per_round=2", "checkpointing.save_period=2"]
-TIMING = {"seconds", "gradalign/seconds"}
+TIMING = {"seconds", "gradalign/seconds", "compute/total_seconds"}
 
 
 def _cmd(log_dir, *extra):
