@@ -37,7 +37,7 @@ VAL, POOL = random_problems(300, 4), random_problems(301, 6)
 class Host:
     """What NeMo RL's worker holds after setup: DDP model, optimizer, hooks on the config."""
 
-    def __init__(self, ddp_options: dict, spec: ModelSpec = SPEC):
+    def __init__(self, ddp_options: dict, spec: ModelSpec = SPEC, **optimizer_options):
         from megatron.core.distributed import (DistributedDataParallel, DistributedDataParallelConfig,
                                                finalize_model_grads)
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -49,7 +49,8 @@ class Host:
         self.model = DistributedDataParallel(module.config, ddp, module)
         with cpu_shim.device_context():
             self.optimizer = get_megatron_optimizer(
-                OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=0.0, params_dtype=torch.float32),
+                OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=0.0, params_dtype=torch.float32,
+                                **optimizer_options),
                 [self.model])
         config = module.config
         if ddp.overlap_grad_reduce:
@@ -67,15 +68,15 @@ class Host:
 
         gen = torch.Generator().manual_seed(1000 * step + ps.get_data_parallel_rank())
         batches = iter([torch.randint(1, SPEC.vocab_size, (2, 9), generator=gen) for _ in range(3)])  # 8 tokens: divisible by TP
-        positions = torch.arange(8).expand(2, -1)
-
         def forward_step(_iterator, model):
             tokens = next(batches)
-            out = model(tokens[:, :-1], positions, causal_mask(8), labels=tokens[:, 1:])
+            positions = torch.arange(8, device=tokens.device).expand(2, -1)
+            out = model(tokens[:, :-1], positions, causal_mask(8, tokens.device), labels=tokens[:, 1:])
             return out, lambda loss: (loss.float().mean(), {})
 
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
+        batches = iter([b.to(next(self.model.parameters()).device) for b in batches])
         with cpu_shim.device_context():
             get_forward_backward_func()(forward_step_func=forward_step, data_iterator=batches,
                                         model=[self.model], num_microbatches=3, seq_length=8,
@@ -84,8 +85,9 @@ class Host:
 
     def state(self) -> list[torch.Tensor]:
         tensors = [p.detach().clone() for p in self.model.parameters()]
-        for group in self.optimizer.optimizer.state.values():
-            tensors += [v.clone() for v in group.values() if torch.is_tensor(v)]
+        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            for group in opt.optimizer.state.values():
+                tensors += [v.clone() for v in group.values() if torch.is_tensor(v)]
         return tensors
 
 
