@@ -21,7 +21,10 @@ def test_oracle_module_passes_under_default_aten_kernels_and_avx2_mkl():
                            env=env, capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == "DEFAULT"
     oracle = Path(__file__).with_name("test_oracle.py")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(oracle)],
+    # the float64 layouts and the fp32/bf16 rounding-bound checks (SP, EP and DDP variants run
+    # under the native kernels in the suite and under all six sets in benchmarks/kernel_sets.sh)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(oracle),
+                          "-k", "in_float64 or rounding_bound or edge_cases"],
                          env=env, capture_output=True, text=True, cwd=oracle.parents[2])
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "failed" not in run.stdout and "kernels DEFAULT" in run.stdout
