@@ -81,8 +81,9 @@ class _GradState:
     plus each parameter's ``.grad`` object and DDP's ``grad_added_to_main_grad`` flag."""
 
     def __init__(self, model):
-        self.buffers = [b.grad_data for b in list(getattr(model, "buffers", []))
-                        + list(getattr(model, "expert_parallel_buffers", []))]
+        ddp_buffers = getattr(model, "buffers", None)  # a plain nn.Module has a buffers() method
+        ddp_buffers = list(ddp_buffers) + list(model.expert_parallel_buffers) if isinstance(ddp_buffers, list) else []
+        self.buffers = [b.grad_data for b in ddp_buffers]
         self.saved = [None if not bool(g.any()) else g.clone() for g in self.buffers]
         self.params = list(model.parameters())
         self.grads = [p.grad for p in self.params]
