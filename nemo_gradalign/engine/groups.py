@@ -30,9 +30,9 @@ class EngineGroups:
         from megatron.core import parallel_state as ps
 
         ep = ps.get_expert_model_parallel_world_size()
-        if ep > 1 and ps.get_expert_tensor_parallel_world_size() != ps.get_tensor_model_parallel_world_size():
-            raise UnsupportedLayout("expert_tensor_parallel_size must equal tensor_model_parallel_size "
-                                    "for exact scores (experts and dense layers share the TP rule)")
+        if ep > 1 and ps.get_tensor_model_parallel_world_size() > 1:
+            raise UnsupportedLayout("expert parallelism with tensor parallelism (TP>1) is not verified "
+                                    "exact yet (its oracle test fails); score MoE models with TP=1")
         return cls(
             model_parallel=ps.get_expert_tensor_model_pipeline_parallel_group() if ep > 1
             else ps.get_model_parallel_group(),

@@ -103,7 +103,7 @@ def test_engine_matches_oracle_with_sequence_parallelism(layout, oracle, tmp_pat
     _check_against_oracle(layout, oracle, tmp_path, ddp=True, sequence_parallel=True)
 
 
-@pytest.mark.parametrize("layout", [parallel.Layout(dp=2, ep=2), parallel.Layout(tp=2, dp=2, ep=2)], ids=str)
+@pytest.mark.parametrize("layout", [parallel.Layout(dp=2, ep=2)], ids=str)
 def test_engine_matches_oracle_with_expert_parallelism(layout, oracle, tmp_path):
     """MoE, 2 experts per rank: the EP group runs each problem together; dense parameters count
     once, experts where they live."""
