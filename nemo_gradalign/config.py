@@ -57,7 +57,8 @@ class GradAlignConfig(_Strict):
     acc_low: float = Field(0.2, ge=0.0, le=1.0)
     acc_high: float = Field(0.8, ge=0.0, le=1.0)
     advantage: AdvantageConfig = AdvantageConfig()
-    aggregation: Literal["token_mean", "sequence_mean"] = "token_mean"
+    # None: the trainer's own (NeMo RL: loss_fn.token_level_loss; the embedded trainer: token_mean)
+    aggregation: Literal["token_mean", "sequence_mean"] | None = None
     reference_dtype: Literal["float32", "bfloat16", "float64"] = "float32"
     max_rollouts_per_microbatch: int | None = Field(None, gt=0)
     seed: int = 42

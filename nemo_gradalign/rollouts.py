@@ -26,6 +26,9 @@ class ProblemRollouts:
     # Optional [k, L] mask over *tokens* whose log-prob is trained (NeMo RL's token_mask, e.g.
     # multi-turn assistant tokens). Without it the response is tokens[prompt_len:][:response_len].
     token_mask: torch.Tensor | None = None
+    # advantages and weights are exact rational arithmetic: computed once per setting (a group's
+    # tokens and rewards are not changed after it is built)
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         k = self.tokens.shape[0]
@@ -52,7 +55,10 @@ class ProblemRollouts:
     def has_gradient(self, baseline: advantages.Baseline = "mean", normalize_std: bool = False) -> bool:
         """False when g_i is exactly zero under these advantage settings, so its backward is
         skipped and it is never NaN (advantages.has_gradient: per distinct response, exact)."""
-        return advantages.has_gradient(self.rewards, self.responses(), baseline, normalize_std)
+        key = ("has_gradient", baseline, normalize_std)
+        if key not in self._memo:
+            self._memo[key] = advantages.has_gradient(self.rewards, self.responses(), baseline, normalize_std)
+        return self._memo[key]
 
     def responses(self) -> list[tuple | None]:
         """Per rollout, what determines its log-prob gradient: its tokens up to the last trained
@@ -85,8 +91,11 @@ class ProblemRollouts:
     def token_weights(self, baseline: advantages.Baseline = "mean", normalize_std: bool = False,
                       aggregation: grpo.Aggregation = "token_mean") -> torch.Tensor:
         """[k, L] float64 weights w with surrogate loss = Σ w · log π (grpo.surrogate_weights)."""
-        adv = advantages.group_advantages(self.rewards, baseline, normalize_std)
-        return grpo.surrogate_weights(self.label_mask(), adv, aggregation)
+        key = ("token_weights", baseline, normalize_std, aggregation)
+        if key not in self._memo:
+            adv = advantages.group_advantages(self.rewards, baseline, normalize_std)
+            self._memo[key] = grpo.surrogate_weights(self.label_mask(), adv, aggregation)
+        return self._memo[key].clone()
 
 
 def rollout_tokens(rollouts, only=None) -> int:

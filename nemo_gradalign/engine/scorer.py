@@ -1,7 +1,8 @@
 """Exact per-problem ⟨g_i, G⟩ and ‖g_i‖² on a sharded model, with one reduction per batch.
 
 Per problem, on every rank: run its forward+backward (a callable the caller supplies), read the
-two partial sums against the local reference shard, zero the grads. After all problems: one
+two partial sums against the local reference shard, zero the grads — or, when the runner can,
+read every problem's partials from one packed pass (megatron/per_problem.py). After all problems: one
 all-reduce of [n, 2] over the model-parallel group; data-parallel ranks each take every D-th
 problem and their results are gathered back in problem order.
 """
@@ -15,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from nemo_gradalign.engine.flat import FlatGradients, can_flatten
-from nemo_gradalign.engine.grads import local_grad, zero_grads
+from nemo_gradalign.engine.grads import accumulable, local_grad, zero_grads
 from nemo_gradalign.engine.groups import EngineGroups
 from nemo_gradalign.engine.reference import EMPTY_MESSAGE, EmptyReferenceGradient, ReferenceGradient
 from nemo_gradalign.engine.rules import counted_params
@@ -24,7 +25,10 @@ from nemo_gradalign.engine.rules import counted_params
 class RunProblem(Protocol):
     """The engine's one interface to a model: a problem's forward+backward on this rank (grads
     accumulate), whether its gradient can be non-zero at all (else no backward is run), and the
-    scope every pass runs in, which hands the model back to its owner as it was found."""
+    scope every pass runs in, which hands the model back to its owner as it was found.
+    Optional, for speed: ``run_many(problems)`` (the sum of their gradients in few passes) and
+    ``packed_partials(problems, references)`` (each problem's local partials from one packed
+    pass, or None when the model cannot be read that way)."""
 
     def __call__(self, problem) -> None: ...
 
@@ -105,9 +109,13 @@ class GradientEngine:
             raise EmptyReferenceGradient(EMPTY_MESSAGE)
         with run_problem.borrowed():
             self._zero()
-            for i in self._local_share(len(problems)):
-                if has_grad[i]:
-                    run_problem(problems[i])
+            mine = [problems[i] for i in self._local_share(len(problems)) if has_grad[i]]
+            run_many = getattr(run_problem, "run_many", None)
+            if run_many is not None:  # G is a plain sum: many problems per pass
+                run_many(mine)
+            else:
+                for problem in mine:
+                    run_problem(problem)
             self._complete_layout_grads()
             try:
                 reference.set_from_grads(self.counted, step)
@@ -133,7 +141,7 @@ class GradientEngine:
 
     def _partials(self, reference: ReferenceGradient) -> torch.Tensor:
         if self.flat is not None:
-            grads = _accumulable(self.flat.counted)
+            grads = accumulable(self.flat.counted)
             ref = reference.flat.to(grads.dtype)
             return torch.stack([torch.dot(grads, ref), torch.dot(grads, grads)]).double()
         dot = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -142,7 +150,7 @@ class GradientEngine:
             grad = local_grad(param)
             if grad is None:
                 continue
-            flat = _accumulable(grad.reshape(-1))
+            flat = accumulable(grad.reshape(-1))
             dot += torch.dot(flat, ref.reshape(-1).to(flat.dtype)).double()
             sq += torch.dot(flat, flat).double()
         return torch.stack([dot, sq])
@@ -157,20 +165,33 @@ class GradientEngine:
         per_rank = -(-n // dp) if n else 0
         local = torch.zeros(per_rank, 2, dtype=torch.float64, device=self.device)
         has_grad = [run_problem.has_gradient(p) for p in problems]
+        share = list(self._local_share(n))
+        slots = [slot for slot, i in enumerate(share) if has_grad[i]]  # g_i = 0 exactly: no pass
         with run_problem.borrowed():
             self._zero()
-            for slot, i in enumerate(self._local_share(n)):
-                if not has_grad[i]:
-                    continue  # g_i = 0 exactly: no backward needed
-                run_problem(problems[i])
+            packed = self._packed(reference, [problems[share[s]] for s in slots], run_problem)
+            if packed is not None:
+                local[slots] = packed.to(local.device)
+            for slot in slots if packed is None else ():
+                run_problem(problems[share[slot]])
                 self._complete_layout_grads()
                 local[slot] = self._partials(reference)
                 self._zero()
+            self._zero()
         self.groups.sum_model_parallel(local)
         gathered = self._gather_data_parallel(local).cpu()
         order = torch.tensor([gathered_index(i, dp, per_rank) for i in range(n)], dtype=torch.long)
         stats = gathered.reshape(-1, 2)[order] if n else torch.zeros(0, 2, dtype=torch.float64)
         return ProblemStats(stats[:, 0].clone(), stats[:, 1].clone(), torch.tensor(has_grad, dtype=torch.bool))
+
+    def _packed(self, reference: ReferenceGradient, problems: list, run_problem) -> torch.Tensor | None:
+        """All of this rank's partials from one packed pass, when the runner can read them so
+        (packed_partials) and no layout rule needs a problem's whole gradient first (SP sums
+        over TP, EP divides experts): else None and one problem per backward."""
+        packed = getattr(run_problem, "packed_partials", None)
+        if packed is None or self.counted.sequence_parallel or self.groups.ep_size > 1:
+            return None
+        return packed(problems, {id(p): r for p, r in zip(self.counted.params, reference.buffers)})
 
     def _gather_data_parallel(self, local: torch.Tensor) -> torch.Tensor:
         if self._dp_split == 1:
@@ -178,12 +199,6 @@ class GradientEngine:
         parts = [torch.empty_like(local) for _ in range(self.groups.dp_size)]
         dist.all_gather(parts, local, group=self.groups.data_parallel)
         return torch.stack(parts)
-
-
-def _accumulable(grad: torch.Tensor) -> torch.Tensor:
-    """bf16/fp16 grads (NeMo RL keeps main_grad in bf16) are summed in fp32: a 16-bit dot over
-    millions of terms would carry ~1e-2 relative error; fp32 adds only its own rounding."""
-    return grad.float() if grad.dtype in (torch.bfloat16, torch.float16) else grad
 
 
 def gathered_index(problem: int, dp_size: int, per_rank: int) -> int:

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from nemo_gradalign import advantages, grpo
 from nemo_gradalign.megatron import cpu_shim
 from nemo_gradalign.megatron.borrow import borrowed
 from nemo_gradalign.megatron.logprobs import vocab_parallel_logprobs
+from nemo_gradalign.megatron.per_problem import PerProblemPartials, unsupported_reason
 from nemo_gradalign.rollouts import ProblemRollouts
 
 
@@ -49,7 +51,7 @@ LossFn = Callable[[torch.Tensor, dict], torch.Tensor]  # (log-probs or logits, m
 
 def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn: LossFn | None,
                      forward_only: bool = False, finalize_grads: bool = False,
-                     temperature: float = 1.0) -> list:
+                     temperature: float = 1.0, on_microbatch: Callable[[int], None] | None = None) -> list:
     """One call of megatron's forward_backward_func over ``microbatches``.
 
     Each microbatch holds ``tokens`` [b, L] and, for a loss, ``labels`` [b, L]. ``loss_fn`` maps
@@ -60,7 +62,8 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
     Returns, on the last stage, one entry per microbatch (else []). ``finalize_grads`` runs
     megatron's ``finalize_model_grads`` at the end (DP all-reduce, tied-embedding sync) for the
     embedded trainer's own steps; the config's own hook is put back afterwards. Scoring runs
-    inside ``borrow.borrowed`` (every hook off, grads local).
+    inside ``borrow.borrowed`` (every hook off, grads local). ``on_microbatch(i)`` is called
+    before microbatch i's forward, on every pipeline stage, in order.
     """
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.utils import get_model_config
@@ -75,10 +78,13 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
     device = next(model.parameters()).device
     mask = causal_mask(seq_len, device)
     position_ids = torch.arange(seq_len, device=device).unsqueeze(0).expand(batch, -1)
-    batches = iter(microbatches)
+    batches = iter(enumerate(microbatches))
 
     def forward_step(_iterator, model_chunk):
-        mb = {k: v.to(device) for k, v in next(batches).items()}
+        index, mb = next(batches)
+        if on_microbatch is not None:
+            on_microbatch(index)
+        mb = {k: v.to(device) for k, v in mb.items()}
         output = model_chunk(mb["tokens"], position_ids, mask)
 
         def loss_func(logits):
@@ -138,6 +144,38 @@ def problem_microbatches(problem: ProblemRollouts, loss: LossSettings,
     return split_rows(tensors, max_rows)
 
 
+def packed_microbatches(problems: list[ProblemRollouts], loss: LossSettings, rows: int
+                        ) -> tuple[list[dict[str, torch.Tensor]], list[list[tuple[int, int, int]]]]:
+    """Whole problems packed as rows of equal-shaped microbatches (pipeline p2p needs one shape):
+    right-padded to the longest sequence, at least ``rows`` rows each (more if one problem has
+    more rollouts), zero rows as padding (weight 0). Returns the microbatches and, per
+    microbatch, (problem index, first row, end row) of each problem in it."""
+    length = max(p.tokens.shape[1] for p in problems)
+    rows = max(rows, max(p.k for p in problems))
+    groups, spans, used = [[]], [[]], 0
+    for index, problem in enumerate(problems):
+        if used + problem.k > rows:
+            groups.append([])
+            spans.append([])
+            used = 0
+        groups[-1].append(problem)
+        spans[-1].append((index, used, used + problem.k))
+        used += problem.k
+    microbatches = []
+    for group in groups:
+        parts = {"tokens": [], "weights": []}
+        for problem in group:
+            pad = (0, length - problem.tokens.shape[1])
+            parts["tokens"].append(F.pad(problem.tokens, pad))
+            parts["weights"].append(F.pad(problem.token_weights(loss.baseline, loss.normalize_std,
+                                                                 loss.aggregation), pad))
+        tensors = {k: torch.cat(v) for k, v in parts.items()}
+        tensors = {k: F.pad(v, (0, 0, 0, rows - v.shape[0])) for k, v in tensors.items()}
+        tensors["labels"] = shift_labels(tensors["tokens"])
+        microbatches.append(tensors)
+    return microbatches, spans
+
+
 def weighted_logprob_loss(logprobs: torch.Tensor, mb: dict) -> torch.Tensor:
     """Σ w · log π over the microbatch's tokens."""
     return grpo.policy_surrogate(logprobs, mb["weights"])
@@ -147,14 +185,45 @@ class ProblemRunner:
     """The engine's runner: one problem's on-policy forward+backward (grads accumulate), and
     whether that problem's gradient can be non-zero under these loss settings."""
 
-    def __init__(self, model, loss: LossSettings = LossSettings(), max_rows: int | None = None):
+    def __init__(self, model, loss: LossSettings = LossSettings(), max_rows: int | None = None,
+                 pack_rows: int | None = 64):
+        """``pack_rows``: rows per microbatch when many problems share one pass (None: one
+        problem per pass, the layer-agnostic path)."""
         self.model = model
         self.loss = loss
         self.max_rows = max_rows
+        self.pack_rows = pack_rows
+        self.unpackable = unsupported_reason(model) if pack_rows else "packing is off"
 
     def __call__(self, problem: ProblemRollouts) -> None:
         run_microbatches(self.model, problem_microbatches(problem, self.loss, self.max_rows),
                          weighted_logprob_loss, temperature=self.loss.temperature)
+
+    def run_many(self, problems: list[ProblemRollouts]) -> None:
+        """Σ of the problems' gradients, many problems per microbatch (the reference build)."""
+        if not self.pack_rows:
+            for problem in problems:
+                self(problem)
+        elif problems:
+            microbatches, _ = packed_microbatches(problems, self.loss, self.pack_rows)
+            run_microbatches(self.model, microbatches, weighted_logprob_loss,
+                             temperature=self.loss.temperature)
+
+    def packed_partials(self, problems: list[ProblemRollouts],
+                        references: dict[int, torch.Tensor]) -> torch.Tensor | None:
+        """This rank's [n, 2] (dot, sqnorm) partials of every problem over the counted parameters
+        (``references``: id(param) -> reference shard) from one packed pass; None when this
+        model cannot be read that way (``self.unpackable`` says why)."""
+        if self.unpackable:
+            return None
+        with PerProblemPartials(self.model, references, len(problems)) as reader:
+            if problems:
+                microbatches, spans = packed_microbatches(problems, self.loss, self.pack_rows)
+                rows = microbatches[0]["tokens"].shape[0]
+                run_microbatches(self.model, microbatches, weighted_logprob_loss,
+                                 temperature=self.loss.temperature,
+                                 on_microbatch=lambda i: reader.next_microbatch(spans[i], rows))
+        return reader.partials
 
     def has_gradient(self, problem: ProblemRollouts) -> bool:
         return problem.has_gradient(self.loss.baseline, self.loss.normalize_std)

@@ -74,7 +74,7 @@ class Trainer:
         self.loss = LossSettings("leave_one_out" if g.use_leave_one_out_baseline else "mean",
                                  g.normalize_rewards, "token_mean", temperature)
         score_loss = LossSettings(*ga.advantage.resolve(g.use_leave_one_out_baseline, g.normalize_rewards),
-                                  ga.aggregation, temperature)
+                                  ga.aggregation or "token_mean", temperature)
         self.engine = GradientEngine(self.policy.named_parameters(), EngineGroups.from_megatron(),
                                      ga.reference_dtype)
         self.runner = ProblemRunner(self.policy.model, score_loss, ga.max_rollouts_per_microbatch)

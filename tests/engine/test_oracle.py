@@ -27,6 +27,7 @@ SETTINGS = {  # name: (loss, max rollouts per microbatch)
     "loo_std_seqmean_split": (LossSettings("leave_one_out", True, "sequence_mean"), 2),
 }
 RTOL = 1e-9
+PACKED, PACK_ROWS = "/packed", 5  # 5 rows: several microbatches, some holding two problems
 MOE = {"num_experts": 4}  # 2 experts per rank at EP=2
 # megatron-core computes router probabilities with softmax(dtype=float32) whatever the model's
 # dtype (moe_utils.topk_softmax_with_capacity): each carries a float32 rounding (u = 2^-24), and
@@ -71,9 +72,11 @@ def _engine_rank(rank, layout, out, ddp=False, sequence_parallel=False):
     results = {}
     settings = {"moe": SETTINGS["nemo_rl_default"]} if moe else SETTINGS
     for name, (loss, max_rows) in settings.items():
-        run = ProblemRunner(model, loss, max_rows)
-        stats = engine.score(POOL, run, engine.build_reference(VAL, run))
-        results[name] = (stats.dot, stats.sqnorm, stats.cosine(), stats.informative)
+        # one problem per pass, and many problems packed into microbatches of ≥ PACK_ROWS rows
+        for suffix, pack_rows in (("", None), (PACKED, PACK_ROWS)):
+            run = ProblemRunner(model, loss, max_rows, pack_rows=pack_rows)
+            stats = engine.score(POOL, run, engine.build_reference(VAL, run))
+            results[name + suffix] = (stats.dot, stats.sqnorm, stats.cosine(), stats.informative)
     if rank == 0:
         torch.save(results, out)
 
@@ -117,12 +120,12 @@ def _check_against_oracle(layout, oracle, tmp_path, ddp=False, sequence_parallel
     worst = 0.0
     for name in results:
         dot, sq, cos, informative = results[name]
-        o_dot, o_sq, o_cos, o_nonzero = oracle[name]
+        o_dot, o_sq, o_cos, o_nonzero = oracle[name.removesuffix(PACKED)]
         assert informative.tolist() == o_nonzero.tolist(), name
         assert (sq[~informative] == 0).all() and (cos[~informative] == 0).all()
         for got, want in ((dot, o_dot), (sq, o_sq), (cos, o_cos)):
             # relative to each value, or to 1e-4 of the largest where a value is ~0 by cancellation
-            rtol = RTOL_MOE if name == "moe" else RTOL
+            rtol = RTOL_MOE if name.startswith("moe") else RTOL
             worst = max(worst, assert_close_rel(got, want, rtol=rtol, floor=1e-4 * float(want.abs().max())))
     print(f"{layout}{' DDP' if ddp else ''}{' SP' if sequence_parallel else ''}: max relative error {worst:.2e} "
           f"(kernels {torch.backends.cpu.get_cpu_capability()})")

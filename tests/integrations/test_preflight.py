@@ -31,6 +31,8 @@ SHAPE = {  # upstream's defaults for every key the checks read (grpo_math_1B_meg
                                 "expert_model_parallel_size": 1, "expert_tensor_parallel_size": 1,
                                 "fp8_cfg": {"enabled": False}}},
     "data": {"use_multiple_dataloader": False}, "env": {}, "data_plane": {"enabled": False},
+    "loss_fn": {"reference_policy_kl_penalty": 0.01, "token_level_loss": True, "use_kl_in_reward": False,
+                "positive_example_nll_weight": 0.0},
 }
 
 
@@ -84,12 +86,27 @@ def test_the_flag_alone_sets_dynamic_sampling_and_the_multiplier(capsys):
     (["policy.generation.top_p=0.9"], ["policy.generation.top_p=0.9"]),
     (["grpo.adv_estimator.name=gdpo"], ["grpo.adv_estimator.name='gdpo'"]),
     (["grpo.adv_estimator.minus_baseline=false"], ["grpo.adv_estimator.minus_baseline=false"]),
+    (["loss_fn.positive_example_nll_weight=0.1"], ["loss_fn.positive_example_nll_weight=0.1"]),
+    (["loss_fn.use_kl_in_reward=true"], ["loss_fn.use_kl_in_reward=True"]),
+    (["gradalign.aggregation=sequence_mean"], ["gradalign.aggregation='sequence_mean'",
+                                               "loss_fn.token_level_loss=True"]),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) and "=" in v[0] and "selection_ratio" not in " ".join(v) else None)
 def test_refused_at_config_time_naming_field_and_value(overrides, named):
     with pytest.raises(ConfigError) as err:
         preflight(recipe("gradalign.enabled=true", *overrides))
     for text in named:
         assert text in str(err.value)
+
+
+def test_scored_aggregation_follows_the_trainers_loss():
+    """loss_fn.token_level_loss=false trains per-sequence means (also GSPO's): scored the same."""
+    from nemo_gradalign.integrations.nemo_rl.config import read_gradalign, scoring_loss
+
+    for level, want in (("true", "token_mean"), ("false", "sequence_mean")):
+        cfg = recipe("gradalign.enabled=true", f"loss_fn.token_level_loss={level}")
+        assert scoring_loss(cfg, read_gradalign(cfg))["aggregation"] == want
+    cfg = recipe("gradalign.enabled=true", "loss_fn.token_level_loss=false", "gradalign.aggregation=sequence_mean")
+    assert scoring_loss(cfg, read_gradalign(cfg))["aggregation"] == "sequence_mean"
 
 
 # -- contract: the real entry, from a NeMo RL checkout, fails fast and starts nothing ----------

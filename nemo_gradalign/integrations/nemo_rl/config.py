@@ -49,8 +49,12 @@ def scoring_loss(master_config: Any, cfg: GradAlignConfig) -> dict:
     """The loss NeMo RL trains with, as LossSettings fields, so the scored gradient is the trained
     one: the advantage estimator's baseline / std normalisation (``grpo.adv_estimator.*`` when
     present, as upstream reads it; else the top-level ``grpo`` keys with v0.6/v0.7's fallbacks) and
-    the generation temperature the Megatron loss divides the logits by. Refuses what we cannot
-    score exactly (another estimator, no baseline, top-k/top-p filtering of the logits)."""
+    the generation temperature the Megatron loss divides the logits by, and the aggregation of
+    ``loss_fn.token_level_loss`` (false: per-sequence means, as GSPO also uses). Refuses what we
+    cannot score exactly (another estimator, no baseline, top-k/top-p filtering of the logits, an
+    NLL term, KL in the reward). The KL penalty (``reference_policy_kl_penalty``) is left out of
+    the score on purpose, as in the official code: it pulls every problem's gradient toward the
+    reference policy alike and says nothing about which data is aligned."""
     problems = []
     estimator = lookup(master_config, "grpo.adv_estimator")
     if estimator is not None:
@@ -73,10 +77,20 @@ def scoring_loss(master_config: Any, cfg: GradAlignConfig) -> dict:
     if float(top_p) != 1.0:
         problems.append(f"policy.generation.top_p={top_p}: the trainer's loss then filters the logits, "
                         "which GradAlign cannot score exactly yet; set it to 1.0")
+    aggregation = "token_mean" if lookup(master_config, "loss_fn.token_level_loss", True) else "sequence_mean"
+    if cfg.aggregation not in (None, aggregation):
+        problems.append(f"gradalign.aggregation={cfg.aggregation!r} disagrees with loss_fn.token_level_loss="
+                        f"{lookup(master_config, 'loss_fn.token_level_loss', True)} (the trainer's {aggregation}); "
+                        "leave gradalign.aggregation unset to follow the loss")
+    for key, why in (("positive_example_nll_weight", "adds an NLL term to the trained gradient"),
+                     ("use_kl_in_reward", "changes the rewards after the advantages GradAlign scores")):
+        value = lookup(master_config, f"loss_fn.{key}", 0)
+        if value:
+            problems.append(f"loss_fn.{key}={value!r}: {why}, which GradAlign does not score")
     if problems:
         raise ConfigError("unsupported GradAlign configuration:\n  " + "\n  ".join(problems))
     baseline, normalize_std = cfg.advantage.resolve(loo, normalize)
-    return {"baseline": baseline, "normalize_std": normalize_std, "aggregation": cfg.aggregation,
+    return {"baseline": baseline, "normalize_std": normalize_std, "aggregation": aggregation,
             "temperature": float(lookup(master_config, "policy.generation.temperature", 1.0))}
 
 

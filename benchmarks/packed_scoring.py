@@ -1,0 +1,115 @@
+"""Packed exact scoring vs one problem per backward, side by side in one run.
+
+  demo  the embedded demo's model and candidate shape (64 problems × 8 rollouts of 13 tokens,
+        fp32, one rank): the engine's score with one problem per pass, with problems packed into
+        microbatches of R rows, and a plain training pass over the same packed rows (the floor);
+        the reference build (256 validation problems) per problem and packed. Scores are
+        compared in the same run (max relative difference of the cosines).
+  pp2   PP=2 (two ranks), a 4-layer model, 64 problems: packed scoring (the problems are the
+        microbatches of ONE pipeline schedule, so the stages stay busy) against a training
+        pass over the same microbatches, and the one-flush-per-problem path.
+
+Timings are min over repeats, the compared paths interleaved in each repeat. Run:
+  python benchmarks/packed_scoring.py [--repeats 5] [--part demo|pp2|all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scoring import make_problems  # noqa: E402  (same synthetic rollouts as benchmarks/scoring.py)
+
+from nemo_gradalign.engine import EngineGroups, GradientEngine  # noqa: E402
+from nemo_gradalign.engine.grads import zero_grads  # noqa: E402
+from nemo_gradalign.megatron import parallel  # noqa: E402
+from nemo_gradalign.megatron.model import ModelSpec, build_gpt  # noqa: E402
+from nemo_gradalign.megatron.step import (  # noqa: E402
+    LossSettings, ProblemRunner, packed_microbatches, run_microbatches, weighted_logprob_loss,
+)
+
+DEMO = ModelSpec(num_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=32, max_sequence_length=14)
+PP_MODEL = ModelSpec(num_layers=4, hidden_size=128, num_attention_heads=4, vocab_size=128, max_sequence_length=64)
+LOSS = LossSettings("mean", True, "token_mean")
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _train_pass(model, problems, rows, params):
+    microbatches, _ = packed_microbatches(problems, LOSS, rows)
+    run_microbatches(model, microbatches, weighted_logprob_loss)
+    zero_grads(params)
+
+
+def _demo(rank, repeats, out):
+    torch.set_num_threads(1)
+    parallel.init_distributed(parallel.Layout())
+    model = build_gpt(DEMO)
+    params = list(model.parameters())
+    engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron())
+    candidates = make_problems(64, DEMO.vocab_size, 1, 7, 6)
+    validation = make_problems(256, DEMO.vocab_size, 2, 7, 6)
+    runners = {"one/pass": ProblemRunner(model, LOSS, pack_rows=None),
+               **{f"packed R={r}": ProblemRunner(model, LOSS, pack_rows=r) for r in (64, 128, 512)}}
+    reference = engine.build_reference(validation, runners["one/pass"])
+    cos = {name: engine.score(candidates, run, reference).cosine() for name, run in runners.items()}
+    times = {name: [] for name in [*runners, "train pass R=512", "reference one/pass", "reference packed"]}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            times[name].append(_timed(lambda: engine.score(candidates, run, reference)))
+        times["train pass R=512"].append(_timed(lambda: _train_pass(model, candidates, 512, params)))
+        times["reference one/pass"].append(_timed(lambda: engine.build_reference(validation, runners["one/pass"])))
+        times["reference packed"].append(_timed(lambda: engine.build_reference(validation, runners["packed R=512"])))
+    base = min(times["one/pass"])
+    print(f"demo model, 64 candidates x 8 rollouts (fp32, 1 rank, {torch.get_num_threads()} thread):")
+    for name, t in times.items():
+        ratio = (min(times["reference one/pass"]) if name.startswith("reference") else base) / min(t)
+        print(f"  {name:22s} {min(t) * 1e3:8.1f} ms   speed-up vs one/pass {ratio:6.2f}x")
+    worst = max(float(((c - cos["one/pass"]).abs() / cos["one/pass"].abs().clamp_min(1e-6)).max())
+                for c in cos.values())
+    print(f"  max relative cosine difference packed vs one/pass: {worst:.1e}")
+
+
+def _pp2(rank, repeats, out):
+    torch.set_num_threads(1)
+    parallel.init_distributed(parallel.Layout(pp=2))
+    model = build_gpt(PP_MODEL)
+    params = list(model.parameters())
+    engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron())
+    problems = make_problems(64, PP_MODEL.vocab_size, 3, 16, 32)
+    one, packed = ProblemRunner(model, LOSS, pack_rows=None), ProblemRunner(model, LOSS, pack_rows=16)
+    reference = engine.build_reference(problems[:16], packed)
+    times = {"train pass (32 microbatches)": [], "packed scoring": [], "one flush per problem": []}
+    for _ in range(repeats):
+        times["train pass (32 microbatches)"].append(_timed(lambda: _train_pass(model, problems, 16, params)))
+        times["packed scoring"].append(_timed(lambda: engine.score(problems, packed, reference)))
+        times["one flush per problem"].append(_timed(lambda: engine.score(problems, one, reference)))
+    if rank == 0:
+        train = min(times["train pass (32 microbatches)"])
+        print("PP=2, 4 layers h=128, 64 problems x 8 rollouts of 48 tokens, 16 rows per microbatch:")
+        for name, t in times.items():
+            print(f"  {name:30s} {min(t) * 1e3:8.1f} ms   throughput vs training {train / min(t):5.2f}")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--part", choices=["demo", "pp2", "all"], default="all")
+    args = parser.parse_args()
+    if args.part in ("demo", "all"):
+        parallel.spawn(_demo, 1, args.repeats, None)
+    if args.part in ("pp2", "all"):
+        parallel.spawn(_pp2, 2, args.repeats, None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Exact per-problem ⟨g_i, G⟩ and ‖g_i‖² for many problems in ONE forward+backward.
+
+Problems are packed as rows of the same microbatches (rows never attend to each other, so a
+problem's loss depends only on its own rows). Every parameter of the local GPT belongs to a
+module whose weight gradient is a sum over tokens of a per-token term built from the module's
+input x_t and the gradient δ_t at its output:
+
+- linear (megatron's Column/RowParallelLinear): ∂W = Σ_t δ_t x_tᵀ, ∂b = Σ_t δ_t;
+- layer norm: ∂γ = Σ_t δ_t ⊙ x̂_t, ∂β = Σ_t δ_t;
+- embedding (vocab-parallel or positions): row v of ∂E = Σ_{t: id_t = v} δ_t.
+
+Forward hooks keep x (and which rows belong to which problem); a tensor hook on the output
+receives δ in backward, sums each problem's tokens into its own gradient of that parameter —
+one weight-sized buffer at a time, the same flops as the weight gradient itself (a "ghost norm"
+through the T×T token Gram matrices would save memory, never flops, because the ghost dot
+⟨G, Σ δxᵀ⟩ already costs T·in·out) — and adds its dot with the reference and its squared norm
+to the problem's row. Squared norms and dots are sums over parameters, so per-parameter
+per-problem values add up to the exact totals. Anything this cannot attribute exactly is
+refused up front (``unsupported_reason``) and the caller falls back to one problem per backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nemo_gradalign.engine.grads import accumulable
+
+Span = tuple[int, int, int]  # (problem index, first row, end row) within a microbatch
+
+
+def _module_kinds():
+    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+
+    return {ColumnParallelLinear: "linear", RowParallelLinear: "linear",
+            VocabParallelEmbedding: "embedding", torch.nn.Embedding: "embedding",
+            torch.nn.LayerNorm: "layernorm"}
+
+
+def unsupported_reason(model) -> str | None:
+    """Why this model's per-problem gradients cannot be read from one packed pass (None: they can)."""
+    from megatron.core.utils import get_model_config
+
+    config = get_model_config(model)
+    if config.sequence_parallel:
+        return "sequence parallelism (layer-norm grads are partial over TP)"
+    if getattr(config, "num_moe_experts", None):
+        return "MoE layers (tokens are permuted across experts)"
+    if getattr(config, "recompute_granularity", None):
+        return "activation recomputation (modules run forward twice)"
+    if getattr(config, "context_parallel_size", 1) > 1:
+        return "context parallelism"
+    kinds = _module_kinds()
+    for name, module in model.named_modules():
+        if list(module.parameters(recurse=False)) and type(module) not in kinds:
+            return f"module {name!r} ({type(module).__name__}) has parameters of an unknown kind"
+        if getattr(module, "share_embeddings_and_output_weights", False):
+            return "embeddings tied to the output layer (one parameter fed by two modules)"
+    return None
+
+
+@dataclass
+class _Rows:
+    """Which rows of a microbatch belong to which problem, as a gather index: problem j of the
+    microbatch owns rows index[j] (padded with the index of an all-zero row)."""
+
+    problems: torch.Tensor  # [P] problem indices into the caller's list
+    index: torch.Tensor | None  # [P, most rows of one problem]; None: P equal spans from row 0
+    width: int
+
+    @classmethod
+    def of(cls, spans: list[Span], rows: int) -> "_Rows":
+        width = max(r1 - r0 for _, r0, r1 in spans)
+        problems = torch.tensor([p for p, _, _ in spans])
+        if all((r0, r1) == (j * width, (j + 1) * width) for j, (_, r0, r1) in enumerate(spans)):
+            return cls(problems, None, width)  # the usual case: k rollouts for every problem
+        index = torch.full((len(spans), width), rows, dtype=torch.long)
+        for j, (_, r0, r1) in enumerate(spans):
+            index[j, :r1 - r0] = torch.arange(r0, r1)
+        return cls(problems, index, width)
+
+    def group(self, x: torch.Tensor, sequence_first: bool) -> torch.Tensor:
+        """[s, b, d] (or [b, s, d]) -> [P, tokens of the widest problem, d]; padding is zero."""
+        rows = x.transpose(0, 1) if sequence_first else x
+        if self.index is None:
+            grouped = rows[:len(self.problems) * self.width]
+        else:
+            rows = torch.cat([rows, rows.new_zeros(1, *rows.shape[1:])])
+            grouped = rows[self.index.to(x.device)]
+        return grouped.reshape(len(self.problems), -1, x.shape[-1])
+
+
+@dataclass
+class _Pending:
+    """What a module's forward left for its backward: its input and the microbatch's rows."""
+
+    inputs: torch.Tensor
+    rows: _Rows
+
+
+class PerProblemPartials:
+    """Context manager: install hooks on ``model``; ``next_microbatch(spans)`` before each
+    microbatch's forward (every pipeline stage sees the microbatches in order); ``partials`` is
+    this rank's [n, 2] float64 (dot, sqnorm) over the counted parameters afterwards."""
+
+    # per-problem weight gradients are built this many elements at a time
+    CHUNK_ELEMENTS = 1 << 24
+
+    def __init__(self, model, references: dict[int, torch.Tensor], n_problems: int):
+        self.model = model
+        self.references = references  # id(param) -> this rank's reference shard; others not counted
+        device = next(model.parameters()).device
+        self.partials = torch.zeros(n_problems, 2, dtype=torch.float64, device=device)
+        self._rows: _Rows | None = None
+        self._microbatch = -1
+        self._seen: set[tuple[int, int]] = set()
+        self._handles = []
+
+    def next_microbatch(self, spans: list[Span], rows: int) -> None:
+        self._rows = _Rows.of(spans, rows)
+        self._microbatch += 1
+
+    def __enter__(self):
+        kinds = _module_kinds()
+        for module in self.model.modules():
+            kind = kinds.get(type(module))
+            if kind and any(id(p) in self.references for p in module.parameters(recurse=False)):
+                self._handles.append(module.register_forward_hook(self._forward_hook(kind), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        return False
+
+    def _forward_hook(self, kind: str):
+        def hook(module, args, kwargs, output):
+            key = (id(module), self._microbatch)
+            if key in self._seen:
+                raise RuntimeError(f"{type(module).__name__} ran forward twice in one microbatch; "
+                                   "packed scoring cannot attribute its gradient")
+            self._seen.add(key)
+            if kwargs.get("weight") is not None:
+                raise RuntimeError("a linear layer was called with an external weight (tied embeddings)")
+            out = output[0] if isinstance(output, tuple) else output
+            if not out.requires_grad:
+                return
+            pending = _Pending(args[0].detach(), self._rows)
+            out.register_hook(lambda grad: self._backward(kind, module, pending, grad))
+        return hook
+
+    def _backward(self, kind: str, module, pending: _Pending, grad: torch.Tensor) -> None:
+        with torch.no_grad():
+            getattr(self, "_" + kind)(module, pending, accumulable(grad))
+
+    # -- per kind: [P, ...] per-problem gradients of each counted parameter ------------------
+    def _add(self, problems: torch.Tensor, grads: torch.Tensor, param) -> None:
+        ref = self.references.get(id(param))
+        if ref is None:
+            return
+        flat = grads.reshape(grads.shape[0], -1)
+        ref = ref.reshape(-1).to(flat.dtype)
+        self._accumulate(problems, flat @ ref, (flat * flat).sum(1))
+
+    def _accumulate(self, problems: torch.Tensor, dots: torch.Tensor, sqnorms: torch.Tensor) -> None:
+        rows = torch.stack([dots, sqnorms], 1).double()  # stays on the device: no sync
+        self.partials.index_add_(0, problems.to(rows.device), rows)
+
+    def _linear(self, module, pending: _Pending, grad: torch.Tensor) -> None:
+        # [s, b, ·] activations; a bias (added inside or returned apart) shares the output's δ
+        x = pending.rows.group(accumulable(pending.inputs), sequence_first=True)
+        delta = pending.rows.group(grad, sequence_first=True)
+        problems = pending.rows.problems
+        step = max(1, self.CHUNK_ELEMENTS // module.weight.numel())
+        for j in range(0, len(problems), step):
+            self._add(problems[j:j + step], delta[j:j + step].transpose(1, 2) @ x[j:j + step], module.weight)
+        if getattr(module, "bias", None) is not None:
+            self._add(problems, delta.sum(1), module.bias)
+
+    def _layernorm(self, module, pending: _Pending, grad: torch.Tensor) -> None:
+        x_hat = F.layer_norm(pending.inputs, module.normalized_shape, None, None, module.eps)
+        delta = pending.rows.group(grad, sequence_first=True)
+        if module.weight is not None:
+            x_hat = pending.rows.group(accumulable(x_hat), sequence_first=True)
+            self._add(pending.rows.problems, (delta * x_hat).sum(1), module.weight)
+        if module.bias is not None:
+            self._add(pending.rows.problems, delta.sum(1), module.bias)
+
+    def _embedding(self, module, pending: _Pending, grad: torch.Tensor) -> None:
+        # ids and δ are [b, s, ·]; a vocab-parallel shard owns rows [start, start + rows) of E.
+        # Each problem's ∂E has a row per distinct id it uses: sum δ over (problem, id) pairs.
+        ref = self.references.get(id(module.weight))
+        if ref is None:
+            return
+        rows = module.weight.shape[0]
+        local = pending.rows.group(pending.inputs.unsqueeze(-1), sequence_first=False).squeeze(-1)
+        local = local - getattr(module, "vocab_start_index", 0)
+        delta = pending.rows.group(grad, sequence_first=False)
+        owner = torch.arange(local.shape[0], device=local.device).unsqueeze(1).expand_as(local)
+        mine = (local >= 0) & (local < rows)
+        pairs, where = torch.unique(owner[mine] * rows + local[mine], return_inverse=True)
+        summed = delta.new_zeros(len(pairs), delta.shape[-1]).index_add_(0, where, delta[mine])
+        dots = (summed * ref[pairs % rows].to(summed.dtype)).sum(1)
+        problems = pending.rows.problems.to(pairs.device)[pairs // rows]
+        self._accumulate(problems, dots, (summed * summed).sum(1))
