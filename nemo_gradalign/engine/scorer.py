@@ -58,7 +58,7 @@ class GradientEngine:
         self.params = [p for _, p in named_params]
         self.groups = groups
         self.counted = counted_params(named_params, groups.tp_rank, groups.tp_size, groups.pp_size,
-                                      groups.ep_rank)
+                                      groups.ep_rank, groups.ep_size, groups.vp_size)
         self.reference_dtype = reference_dtype
         self.split_problems = split_problems
         self.device = self.params[0].device if self.params else torch.device("cpu")
@@ -117,19 +117,13 @@ class GradientEngine:
     def _complete_layout_grads(self) -> None:
         """Make this rank's grads its exact share of g (engine/rules.py): sequence-parallel
         grads are partial over TP, summed by one small all-reduce; expert grads saw each token
-        once per expert-parallel rank, divided by EP."""
+        once per expert-parallel rank, divided by EP; a word embedding tied across pipeline
+        stages holds half of its grad on each end, summed over the embedding group."""
         if self.groups.ep_size > 1:
             for param in self.counted.experts:
                 local_grad(param).div_(self.groups.ep_size)
-        grads = [local_grad(p) for p in self.counted.sequence_parallel]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        self.groups.sum_tensor_parallel(flat)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        _sum_grads(self.counted.sequence_parallel, self.groups.sum_tensor_parallel)
+        _sum_grads(self.counted.tied_embedding, self.groups.sum_embedding)
 
     def _partials(self, reference: ReferenceGradient) -> torch.Tensor:
         if self.flat is not None:
@@ -178,6 +172,23 @@ class GradientEngine:
         parts = [torch.empty_like(local) for _ in range(self.groups.dp_size)]
         dist.all_gather(parts, local, group=self.groups.data_parallel)
         return torch.stack(parts)
+
+
+def _sum_grads(params: list[torch.nn.Parameter], all_reduce) -> None:
+    """Replace the params' grads by their sum over a group: one collective for all of them. A
+    grad that backward never reached is zeros (every rank of the group must take part)."""
+    if not params:
+        return
+    for param in params:
+        if local_grad(param) is None:
+            param.grad = torch.zeros_like(param)
+    grads = [local_grad(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def _accumulable(grad: torch.Tensor) -> torch.Tensor:
