@@ -12,7 +12,9 @@ from nemo_gradalign.engine.rules import UnsupportedLayout
 
 @dataclass(frozen=True)
 class EngineGroups:
-    """model_parallel: TP×PP ranks that hold one model replica; data_parallel: the replicas."""
+    """model_parallel: TP×PP ranks that hold one model replica; data_parallel: the replicas;
+    embedding: the first and last pipeline stages (same TP rank), whose tied word embeddings'
+    grads are summed."""
 
     model_parallel: object | None = None
     data_parallel: object | None = None
@@ -22,6 +24,8 @@ class EngineGroups:
     pp_size: int = 1
     ep_rank: int = 0
     ep_size: int = 1
+    embedding: object | None = None
+    vp_size: int = 1
 
     @classmethod
     def from_megatron(cls) -> "EngineGroups":
@@ -43,6 +47,8 @@ class EngineGroups:
             tp_rank=ps.get_tensor_model_parallel_rank(),
             tp_size=ps.get_tensor_model_parallel_world_size(),
             pp_size=ps.get_pipeline_model_parallel_world_size(),
+            embedding=ps.get_embedding_group(check_initialized=False),
+            vp_size=ps.get_virtual_pipeline_model_parallel_world_size() or 1,
         )
 
     @property
@@ -61,6 +67,13 @@ class EngineGroups:
     def sum_tensor_parallel(self, tensor: torch.Tensor) -> None:
         if self.tp_size > 1:
             dist.all_reduce(tensor, group=self.tensor_parallel)
+
+    def sum_embedding(self, tensor: torch.Tensor) -> None:
+        """Sum over the embedding group; only its ranks hold a tied copy, and only they call."""
+        if self.embedding is None:
+            raise RuntimeError("a tied embedding's grad needs megatron's embedding group (none on this rank)")
+        if dist.get_world_size(self.embedding) > 1:
+            dist.all_reduce(tensor, group=self.embedding)
 
     def sum_data_parallel(self, tensors: list[torch.Tensor]) -> None:
         if self.dp_size > 1:

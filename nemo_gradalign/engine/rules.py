@@ -11,6 +11,11 @@ Under expert parallelism every rank of an expert-parallel group runs the same pr
 token dispatch spans the group); dense parameters are then duplicates across it (counted on EP
 rank 0) and each expert lives on one rank (counted there). Each expert saw every token once per
 EP rank, so its grad is EP times the problem's: the engine divides it by EP (exact for powers of 2).
+Word embeddings tied across pipeline stages (``shared_embedding``) are one parameter held twice:
+the first stage's copy has the input half of its grad, the last stage's the output half. The
+engine sums the two over megatron's embedding group per problem (``finalize_model_grads``'s
+``_allreduce_word_embedding_grads`` rule), then counts the first stage's copy only: the last
+stage's is marked ``shared``, which megatron's grad norm skips too (``param_is_not_shared``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ class CountedParams:
     sequence_parallel: list[torch.nn.Parameter] = field(default_factory=list)
     # this rank's expert parameters: their grads are divided by the expert-parallel size
     experts: list[torch.nn.Parameter] = field(default_factory=list)
+    # this rank's copy of a word embedding tied across pipeline stages (counted or not): its
+    # grad is summed over the embedding group
+    tied_embedding: list[torch.nn.Parameter] = field(default_factory=list)
 
 
 def is_tensor_parallel_shard(param: torch.Tensor) -> bool:
@@ -49,29 +57,45 @@ def is_sequence_parallel_partial(param: torch.Tensor, tp_size: int) -> bool:
     return tp_size > 1 and bool(getattr(param, "sequence_parallel", False))
 
 
-def check_supported(name: str, param: torch.Tensor, tp_size: int, pp_size: int) -> None:
-    """Refuse parameters whose local grad is not this rank's exact share of g."""
-    if pp_size > 1 and getattr(param, "shared_embedding", False):
+def is_tied_across_stages(param: torch.Tensor, pp_size: int) -> bool:
+    """megatron marks both stages' copies of a tied word embedding ``shared_embedding`` (PP>1)."""
+    return pp_size > 1 and bool(getattr(param, "shared_embedding", False))
+
+
+def is_shared_copy(param: torch.Tensor) -> bool:
+    """The last stage's copy of a tied embedding: megatron's ``param_is_not_shared`` skips it."""
+    return bool(getattr(param, "shared", False))
+
+
+def check_supported(name: str, param: torch.Tensor, pp_size: int, ep_size: int, vp_size: int) -> None:
+    """Refuse parameters whose local grad the engine cannot make this rank's exact share of g."""
+    if is_tied_across_stages(param, pp_size) and (ep_size > 1 or vp_size > 1):
         raise UnsupportedLayout(
-            f"parameter {name!r} is an embedding tied across pipeline stages: the two stages' "
-            "halves must be summed before squaring. Score with untied embeddings "
-            "(share_embeddings_and_output_weights=false) or PP=1."
+            f"parameter {name!r} is an embedding tied across pipeline stages, with "
+            f"{'expert parallelism (EP>1)' if ep_size > 1 else 'a virtual (interleaved) pipeline'}: "
+            "not verified exact. Score with untied embeddings "
+            "(share_embeddings_and_output_weights=false), or without EP / virtual pipeline stages."
         )
 
 
 def counted_params(
     named_params: list[tuple[str, torch.nn.Parameter]], tp_rank: int, tp_size: int, pp_size: int,
-    ep_rank: int = 0,
+    ep_rank: int = 0, ep_size: int = 1, vp_size: int = 1,
 ) -> CountedParams:
     """Select the parameters this rank counts: all TP shards, duplicates only on TP rank 0;
-    dense parameters only on EP rank 0, experts wherever they live."""
-    keep, names, partial, experts = [], [], [], []
+    dense parameters only on EP rank 0, experts wherever they live; a tied embedding on the
+    first pipeline stage only."""
+    keep, names, partial, experts, tied = [], [], [], [], []
     for name, param in named_params:
         if not param.requires_grad:
             continue
-        check_supported(name, param, tp_size, pp_size)
+        check_supported(name, param, pp_size, ep_size, vp_size)
         if is_sequence_parallel_partial(param, tp_size):
             partial.append(param)
+        if is_tied_across_stages(param, pp_size):
+            tied.append(param)
+            if is_shared_copy(param):
+                continue
         if is_expert(param):
             experts.append(param)
         elif ep_rank != 0:
@@ -79,4 +103,4 @@ def counted_params(
         if is_tensor_parallel_shard(param) or tp_rank == 0:
             keep.append(param)
             names.append(name)
-    return CountedParams(keep, names, partial, experts)
+    return CountedParams(keep, names, partial, experts, tied)

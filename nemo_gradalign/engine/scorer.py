@@ -62,7 +62,7 @@ class GradientEngine:
         self.params = [p for _, p in named_params]
         self.groups = groups
         self.counted = counted_params(named_params, groups.tp_rank, groups.tp_size, groups.pp_size,
-                                      groups.ep_rank)
+                                      groups.ep_rank, groups.ep_size, groups.vp_size)
         self.reference_dtype = reference_dtype
         self.split_problems = split_problems
         self.device = self.params[0].device if self.params else torch.device("cpu")
@@ -125,19 +125,13 @@ class GradientEngine:
     def _complete_layout_grads(self) -> None:
         """Make this rank's grads its exact share of g (engine/rules.py): sequence-parallel
         grads are partial over TP, summed by one small all-reduce; expert grads saw each token
-        once per expert-parallel rank, divided by EP."""
+        once per expert-parallel rank, divided by EP; a word embedding tied across pipeline
+        stages holds half of its grad on each end, summed over the embedding group."""
         if self.groups.ep_size > 1:
             for param in self.counted.experts:
                 local_grad(param).div_(self.groups.ep_size)
-        grads = [local_grad(p) for p in self.counted.sequence_parallel]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        self.groups.sum_tensor_parallel(flat)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        _sum_grads(self.counted.sequence_parallel, self.groups.sum_tensor_parallel)
+        _sum_grads(self.counted.tied_embedding, self.groups.sum_embedding)
 
     def _partials(self, reference: ReferenceGradient) -> torch.Tensor:
         if self.flat is not None:
@@ -187,9 +181,10 @@ class GradientEngine:
     def _packed(self, reference: ReferenceGradient, problems: list, run_problem) -> torch.Tensor | None:
         """All of this rank's partials from one packed pass, when the runner can read them so
         (packed_partials) and no layout rule needs a problem's whole gradient first (SP sums
-        over TP, EP divides experts): else None and one problem per backward."""
+        over TP, tied embeddings over stages, EP divides experts): else None and one problem
+        per backward."""
         packed = getattr(run_problem, "packed_partials", None)
-        if packed is None or self.counted.sequence_parallel or self.groups.ep_size > 1:
+        if packed is None or self.counted.sequence_parallel or self.counted.tied_embedding or self.groups.ep_size > 1:
             return None
         return packed(problems, {id(p): r for p, r in zip(self.counted.params, reference.buffers)})
 
@@ -199,6 +194,23 @@ class GradientEngine:
         parts = [torch.empty_like(local) for _ in range(self.groups.dp_size)]
         dist.all_gather(parts, local, group=self.groups.data_parallel)
         return torch.stack(parts)
+
+
+def _sum_grads(params: list[torch.nn.Parameter], all_reduce) -> None:
+    """Replace the params' grads by their sum over a group: one collective for all of them. A
+    grad that backward never reached is zeros (every rank of the group must take part)."""
+    if not params:
+        return
+    for param in params:
+        if local_grad(param) is None:
+            param.grad = torch.zeros_like(param)
+    grads = [local_grad(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def gathered_index(problem: int, dp_size: int, per_rank: int) -> int:

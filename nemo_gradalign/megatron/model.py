@@ -92,7 +92,7 @@ def init_full_weights(model, seed: int, std: float) -> None:
     from megatron.core import parallel_state as ps
 
     tp_rank, tp_size = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
-    names = _global_names(model)
+    names = _global_names(model)  # a tied embedding's last-stage copy: the embedding's own name
     for name, param in model.named_parameters():
         full = _full_value(names[name], full_shape(param, tp_size), seed, std)
         param.copy_(tp_shard(full, param, tp_rank, tp_size))

@@ -28,6 +28,8 @@ SETTINGS = {  # name: (loss, max rollouts per microbatch)
 }
 RTOL = 1e-9
 PACKED, PACK_ROWS = "/packed", 5  # 5 rows: several microbatches, some holding two problems
+PACKED_SETTINGS = ("nemo_rl_default", "loo_std_seqmean_split", "moe")
+TIED = {"tie_embeddings": True}
 MOE = {"num_experts": 4}  # 2 experts per rank at EP=2
 # megatron-core computes router probabilities with softmax(dtype=float32) whatever the model's
 # dtype (moe_utils.topk_softmax_with_capacity): each carries a float32 rounding (u = 2^-24), and
@@ -62,18 +64,33 @@ def _oracle_rank(rank, out):
     torch.save(results, out)
 
 
-def _engine_rank(rank, layout, out, ddp=False, sequence_parallel=False):
+def _tied_oracle_rank(rank, out):
+    """The tied model in one process: input and output share one parameter, counted once."""
+    parallel.init_distributed(parallel.Layout())
+    model = build_gpt(SPEC64.model_copy(update=TIED))
+    assert model.output_layer.weight is None  # PP=1: the output layer reads the embedding itself
+    torch.save({name: oracle_scores(model, VAL, POOL, aggregation=loss.aggregation, baseline=loss.baseline,
+                                    normalize_std=loss.normalize_std)
+                for name, (loss, _) in SETTINGS.items()}, out)
+
+
+def _engine_rank(rank, layout, out, ddp=False, sequence_parallel=False, tied=False):
     parallel.init_distributed(layout)
     moe = MOE if layout.ep > 1 else {}
-    model = build_gpt(SPEC64.model_copy(update={"sequence_parallel": sequence_parallel, **moe}))
+    model = build_gpt(SPEC64.model_copy(update={"sequence_parallel": sequence_parallel, **moe,
+                                                **(TIED if tied else {})}))
     if ddp:
         model = _wrap_ddp(model, grad_reduce_in_fp32=False)
     engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron(), "float64")
+    if tied:  # at PP=2 every rank holds one copy: the engine sums it over the embedding group
+        assert len(engine.counted.tied_embedding) == 1
     results = {}
     settings = {"moe": SETTINGS["nemo_rl_default"]} if moe else SETTINGS
     for name, (loss, max_rows) in settings.items():
-        # one problem per pass, and many problems packed into microbatches of ≥ PACK_ROWS rows
-        for suffix, pack_rows in (("", None), (PACKED, PACK_ROWS)):
+        # one problem per pass; and (two settings, to keep CI short) many problems packed into
+        # microbatches of ≥ PACK_ROWS rows, where the reference is always built packed
+        packings = [("", None)] + ([(PACKED, PACK_ROWS)] if name in PACKED_SETTINGS else [])
+        for suffix, pack_rows in packings:
             run = ProblemRunner(model, loss, max_rows, pack_rows=pack_rows)
             stats = engine.score(POOL, run, engine.build_reference(VAL, run))
             results[name + suffix] = (stats.dot, stats.sqnorm, stats.cosine(), stats.informative)
@@ -85,6 +102,13 @@ def _engine_rank(rank, layout, out, ddp=False, sequence_parallel=False):
 def oracle(tmp_path_factory):
     out = tmp_path_factory.mktemp("oracle") / "oracle.pt"
     parallel.spawn(_oracle_rank, 1, str(out))
+    return torch.load(out)
+
+
+@pytest.fixture(scope="module")
+def tied_oracle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("oracle") / "tied_oracle.pt"
+    parallel.spawn(_tied_oracle_rank, 1, str(out))
     return torch.load(out)
 
 
@@ -113,9 +137,17 @@ def test_engine_matches_oracle_with_expert_parallelism(layout, oracle, tmp_path)
     _check_against_oracle(layout, oracle, tmp_path, ddp=True)
 
 
-def _check_against_oracle(layout, oracle, tmp_path, ddp=False, sequence_parallel=False):
+@pytest.mark.parametrize("layout,ddp", [(parallel.Layout(pp=2), False), (parallel.Layout(tp=2, pp=2), True)],
+                         ids=["PP2", "TP2xPP2-DDP"])
+def test_engine_matches_oracle_with_tied_embeddings(layout, ddp, tied_oracle, tmp_path):
+    """Word embeddings tied across pipeline stages: each stage's copy holds half of the grad;
+    summed per problem over the embedding group, counted on the first stage only."""
+    _check_against_oracle(layout, tied_oracle, tmp_path, ddp=ddp, tied=True)
+
+
+def _check_against_oracle(layout, oracle, tmp_path, ddp=False, sequence_parallel=False, tied=False):
     out = tmp_path / "engine.pt"
-    parallel.spawn(_engine_rank, layout.world_size, layout, str(out), ddp, sequence_parallel)
+    parallel.spawn(_engine_rank, layout.world_size, layout, str(out), ddp, sequence_parallel, tied)
     results = torch.load(out)
     worst = 0.0
     for name in results:
@@ -127,7 +159,8 @@ def _check_against_oracle(layout, oracle, tmp_path, ddp=False, sequence_parallel
             # relative to each value, or to 1e-4 of the largest where a value is ~0 by cancellation
             rtol = RTOL_MOE if name.startswith("moe") else RTOL
             worst = max(worst, assert_close_rel(got, want, rtol=rtol, floor=1e-4 * float(want.abs().max())))
-    print(f"{layout}{' DDP' if ddp else ''}{' SP' if sequence_parallel else ''}: max relative error {worst:.2e} "
+    variant = "".join(f" {k}" for k, on in (("DDP", ddp), ("SP", sequence_parallel), ("tied", tied)) if on)
+    print(f"{layout}{variant}: max relative error {worst:.2e} "
           f"(kernels {torch.backends.cpu.get_cpu_capability()})")
 
 

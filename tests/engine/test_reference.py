@@ -1,4 +1,4 @@
-"""Reference gradient: checkpoint round trip, refresh, empty validation set, refused layouts."""
+"""Reference gradient: checkpoint round trip, refresh, empty validation set, counting rules, refused layouts."""
 
 from __future__ import annotations
 
@@ -68,15 +68,49 @@ def test_validation_set_without_informative_problem_is_a_clear_error():
     parallel.spawn(_empty_rank, 1)
 
 
-def _tied_pp_rank(rank):
+def _tied_pp_rank(rank, tmp):
     parallel.init_distributed(parallel.Layout(pp=2))
     model = build_gpt(SPEC.model_copy(update={"tie_embeddings": True}))
-    with pytest.raises(UnsupportedLayout, match="tied across pipeline stages"):
-        GradientEngine(model.named_parameters(), EngineGroups.from_megatron())
+    engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron())
+    reference = engine.build_reference(VAL, ProblemRunner(model))
+    torch.save(reference.state_dict()["buffers"], f"{tmp}/ref_rank{rank}.pt")
 
 
-def test_tied_embeddings_across_pipeline_stages_are_refused():
-    parallel.spawn(_tied_pp_rank, 2)
+def test_tied_embedding_reference_is_stored_once_on_the_first_stage(tmp_path):
+    """PP=2, tied: the reference holds the summed embedding grad on the first stage only (the
+    scores against it are checked in test_oracle.py)."""
+    parallel.spawn(_tied_pp_rank, 2, str(tmp_path))
+    first, last = (torch.load(tmp_path / f"ref_rank{r}.pt") for r in (0, 1))
+    assert first["embedding.word_embeddings.weight"].abs().sum() > 0
+    assert not [n for n in last if "output_layer" in n or "word_embeddings" in n]
+
+
+def _tied_copies():
+    first, last = torch.nn.Parameter(torch.ones(4, 2)), torch.nn.Parameter(torch.ones(4, 2))
+    for p in (first, last):
+        p.tensor_model_parallel, p.partition_dim, p.shared_embedding = True, 0, True
+    last.shared = True  # megatron marks the last stage's copy (LanguageModule)
+    return [("embedding.word_embeddings.weight", first)], [("output_layer.weight", last)]
+
+
+def test_tied_embedding_is_summed_on_both_stages_and_counted_on_the_first():
+    from nemo_gradalign.engine.rules import counted_params
+
+    first, last = _tied_copies()
+    for tp_rank in (0, 1):
+        on_first, on_last = counted_params(first, tp_rank, 2, 2), counted_params(last, tp_rank, 2, 2)
+        assert on_first.tied_embedding == [first[0][1]] and on_first.names == [first[0][0]]
+        assert on_last.tied_embedding == [last[0][1]] and on_last.names == []
+    assert counted_params(first, 0, 1, 1).tied_embedding == []  # PP=1: one parameter, nothing to sum
+
+
+@pytest.mark.parametrize("ep_size,vp_size,what", [(2, 1, "expert parallelism"), (1, 2, "virtual")])
+def test_tied_embedding_with_ep_or_virtual_pipeline_is_refused(ep_size, vp_size, what):
+    from nemo_gradalign.engine.rules import counted_params
+
+    for named in _tied_copies():
+        with pytest.raises(UnsupportedLayout, match=what):
+            counted_params(named, 0, 1, 2, ep_size=ep_size, vp_size=vp_size)
 
 
 def test_sequence_parallel_parameters_are_summed_over_tp_then_counted_once():

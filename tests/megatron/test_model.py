@@ -43,6 +43,24 @@ def test_every_layout_holds_the_same_model(tmp_path):
     assert sorted(set().union(*[set(n) for n, _, _ in sharded])) == names_1
 
 
+def _tied_rank(rank):
+    from megatron.core import parallel_state as ps
+
+    parallel.init_distributed(parallel.Layout(tp=2, pp=2))
+    model = build_gpt(SPEC.model_copy(update={"tie_embeddings": True}))
+    weight = model.shared_embedding_or_output_weight().detach()
+    copies = [torch.empty_like(weight) for _ in range(2)]
+    torch.distributed.all_gather(copies, weight, group=ps.get_embedding_group())
+    assert torch.equal(copies[0], copies[1]) and weight.abs().sum() > 0
+    assert getattr(model.shared_embedding_or_output_weight(), "shared", False) == ps.is_pipeline_last_stage()
+
+
+def test_tied_embedding_copies_are_equal_across_stages():
+    """TP=2×PP=2, tied: the last stage's copy (megatron zero-fills it, then all-reduces it from
+    the first stage) is filled from the embedding's global name, so the two copies are equal."""
+    parallel.spawn(_tied_rank, 4)
+
+
 def _shim_rank(rank):
     parallel.init_distributed(parallel.Layout())
     assert torch.cuda.current_device() == "cpu"
