@@ -54,6 +54,9 @@ class GradAlignConfig(_Strict):
     rollouts_per_problem: int = Field(8, ge=2, description="k_r: rollouts per candidate when scoring")
     uninformative: Literal["exclude", "zero"] = "exclude"
     refresh_every: int = Field(1, gt=0, description="rebuild the validation gradient every n steps")
+    # keep only scores > z·σ̂ (σ̂: RMS of the negative scores, the noise scale); fewer than N
+    # significant candidates train on fewer problems. null: fill the quota (the paper's top-N)
+    significance: float | None = Field(None, ge=0.0)
     acc_low: float = Field(0.2, ge=0.0, le=1.0)
     acc_high: float = Field(0.8, ge=0.0, le=1.0)
     advantage: AdvantageConfig = AdvantageConfig()
@@ -61,6 +64,9 @@ class GradAlignConfig(_Strict):
     aggregation: Literal["token_mean", "sequence_mean"] | None = None
     reference_dtype: Literal["float32", "bfloat16", "float64"] = "float32"
     max_rollouts_per_microbatch: int | None = Field(None, gt=0)
+    # rows per microbatch when many problems share one scoring pass (exact per-problem partials,
+    # megatron/per_problem.py); null: one problem per pass. Models it cannot read fall back.
+    pack_rows: int | None = Field(512, gt=0)
     seed: int = 42
     validation: ValidationSetConfig = ValidationSetConfig()
 

@@ -74,7 +74,8 @@ def run_rank(rank: int, cfg: ScoreJobConfig) -> dict | None:
     ga = cfg.gradalign
     engine = GradientEngine(policy.named_parameters(), EngineGroups.from_megatron(), ga.reference_dtype)
     runner = ProblemRunner(model, LossSettings(*ga.advantage.resolve(False, False),
-                                               ga.aggregation or "token_mean"), ga.max_rollouts_per_microbatch)
+                                               ga.aggregation or "token_mean"), ga.max_rollouts_per_microbatch,
+                          ga.pack_rows)
     t0 = time.perf_counter()
     stats = {"validation": engine.score(pool_r, runner, engine.build_reference(val_r, runner))}
     t1 = time.perf_counter()

@@ -66,6 +66,18 @@ def score_problems(
     raise ValueError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
 
 
+def significant_only(scores: torch.Tensor, z: float) -> tuple[torch.Tensor, float]:
+    """Exclude gradient scores not significantly above zero, so a shortfall is not filled with
+    problems whose alignment is noise. The noise scale is read from the scores themselves: a
+    problem unrelated to the validation set scores symmetrically around 0, so the negative
+    scores estimate it (σ̂ = RMS of the negative ones); keep s > z·σ̂. Returns the new scores and
+    the threshold (0 when no score is negative: nothing to estimate the noise from)."""
+    negative = scores[torch.isfinite(scores) & (scores < 0)]
+    threshold = z * float(negative.square().mean().sqrt()) if negative.numel() else 0.0
+    keep = scores > threshold
+    return torch.where(keep, scores, torch.full_like(scores, EXCLUDED)), threshold
+
+
 def top_indices(scores: torch.Tensor, n: int) -> list[int]:
     """The n best-scored problems (ties keep pool order); excluded ones (-inf) are never picked.
 

@@ -19,7 +19,7 @@ import torch
 from nemo_gradalign.config import GradAlignConfig
 from nemo_gradalign.engine import EmptyReferenceGradient, GradientEngine, ProblemStats, ReferenceGradient
 from nemo_gradalign.rollouts import ProblemRollouts, rollout_tokens
-from nemo_gradalign.selection.scores import reference_source, score_problems, top_indices
+from nemo_gradalign.selection.scores import reference_source, score_problems, significant_only, top_indices
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ class Selector:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         scores = score_problems(cfg.method, rates, informative, stats, gen, cfg.uninformative,
                                 cfg.acc_low, cfg.acc_high)
+        if cfg.significance is not None and source == "validation":
+            scores, metrics["gradalign/significance_threshold"] = significant_only(scores, cfg.significance)
         picked = top_indices(scores, keep)
         metrics.update(selection_metrics(candidates, scores, picked, informative))
         metrics["gradalign/shortfall"] = keep - len(picked)

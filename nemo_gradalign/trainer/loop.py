@@ -77,7 +77,7 @@ class Trainer:
                                   ga.aggregation or "token_mean", temperature)
         self.engine = GradientEngine(self.policy.named_parameters(), EngineGroups.from_megatron(),
                                      ga.reference_dtype)
-        self.runner = ProblemRunner(self.policy.model, score_loss, ga.max_rollouts_per_microbatch)
+        self.runner = ProblemRunner(self.policy.model, score_loss, ga.max_rollouts_per_microbatch, ga.pack_rows)
         self.selector = (Selector(ga, self.engine, self.runner, self._validation_rollouts)
                          if ga.enabled else None)
         self.schedule = build_schedule(recipe, len(self.sets.pool))

@@ -96,3 +96,17 @@ def test_dapo_keeps_uniform_draws_among_mixed_pass_rates_only():
     picked = top_indices(scores, 2)
     assert set(picked) <= {1, 3, 4} and len(picked) == 2
     assert sorted(top_indices(scores, 16)) == [1, 3, 4]  # never an all-0 or all-1 group
+
+
+def test_significance_keeps_only_scores_above_the_noise_scale_of_the_negative_ones():
+    from nemo_gradalign.selection.scores import significant_only
+
+    scores = torch.tensor([0.5, -0.3, 0.35, -0.4, 0.2, float("-inf"), 0.0], dtype=torch.float64)
+    sigma = math.sqrt((0.3 ** 2 + 0.4 ** 2) / 2)  # RMS of the negative scores, by hand
+    kept, threshold = significant_only(scores, 1.0)
+    assert threshold == pytest.approx(sigma, rel=1e-15)
+    assert top_indices(kept, 10) == [0]  # 0.35 < σ̂ ≈ 0.354: noise; the quota is not filled
+    kept, threshold = significant_only(scores, 0.5)
+    assert top_indices(kept, 10) == [0, 2, 4]
+    all_positive = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    assert significant_only(all_positive, 2.0)[1] == 0.0  # nothing negative: keep what is > 0

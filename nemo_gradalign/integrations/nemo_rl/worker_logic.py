@@ -53,7 +53,7 @@ class GradAlignWorkerLogic:
         self.cfg = cfg
         self.engine = GradientEngine(named, groups or EngineGroups.from_megatron(), cfg.reference_dtype,
                                      split_problems=False)
-        self.runner = ProblemRunner(model, loss, cfg.max_rollouts_per_microbatch)
+        self.runner = ProblemRunner(model, loss, cfg.max_rollouts_per_microbatch, cfg.pack_rows)
         self.reference: ReferenceGradient | None = None
 
     def build_reference(self, data: dict, group_size: int, step: int) -> dict:
