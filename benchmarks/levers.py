@@ -26,7 +26,8 @@ VARIANTS = {
     "significance z=1": ["++gradalign.significance=1.0"],
     "validation 64x4": VAL_SMALL,
     "validation 64x4 + significance z=1": [*VAL_SMALL, "++gradalign.significance=1.0"],
-    "validation 64x4, refresh every 8": [*VAL_SMALL, "++gradalign.refresh_every=8"],
+    "validation 64x4 refresh 8": [*VAL_SMALL, "++gradalign.refresh_every=8"],
+    "adam-preconditioned G": ["++gradalign.precondition=adam"],
     "one problem per pass": ["++gradalign.pack_rows=null"],
 }
 

@@ -57,6 +57,9 @@ class GradAlignConfig(_Strict):
     # keep only scores > z·σ̂ (σ̂: RMS of the negative scores, the noise scale); fewer than N
     # significant candidates train on fewer problems. null: fill the quota (the paper's top-N)
     significance: float | None = Field(None, ge=0.0)
+    # adam: G divided by √v̂ + ε from the optimizer's state (the official code's optional
+    # preconditioner; only in the embedded trainer)
+    precondition: Literal["none", "adam"] = "none"
     acc_low: float = Field(0.2, ge=0.0, le=1.0)
     acc_high: float = Field(0.8, ge=0.0, le=1.0)
     advantage: AdvantageConfig = AdvantageConfig()

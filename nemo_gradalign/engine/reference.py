@@ -53,8 +53,10 @@ class ReferenceGradient:
     def needs_refresh(self, step: int, refresh_every: int) -> bool:
         return not self.ready or step - self.built_at_step >= refresh_every
 
-    def set_from_grads(self, counted: CountedParams, step: int) -> None:
-        """Take G from the grads accumulated over all validation problems, sum DP, normalise."""
+    def set_from_grads(self, counted: CountedParams, step: int, divisor=None) -> None:
+        """Take G from the grads accumulated over all validation problems, sum DP, normalise.
+        ``divisor(param)`` (a tensor shaped like it, or None) divides G elementwise first: the
+        official code's optional Adam preconditioning, G / (√v̂ + ε)."""
         for buf, param in zip(self.buffers, counted.params):
             grad = local_grad(param)
             if grad is None:
@@ -62,6 +64,10 @@ class ReferenceGradient:
             else:
                 buf.copy_(grad)
         self.groups.sum_data_parallel([self.flat])  # the buffers are views of it: one collective
+        for buf, param in zip(self.buffers, counted.params):
+            scale = divisor(param) if divisor is not None else None
+            if scale is not None:
+                buf.div_(scale.to(buf.dtype))
         sq = self.flat.double().square().sum().reshape(1)
         norm = math.sqrt(self.groups.sum_model_parallel(sq).item())
         if not math.isfinite(norm):

@@ -85,10 +85,11 @@ class GradientEngine:
         return range(self.groups.dp_rank, n, self.groups.dp_size) if self.split_problems else range(n)
 
     def build_reference(self, problems: Sequence, run_problem: RunProblem,
-                        step: int = 0) -> ReferenceGradient:
-        """G = Σ over validation problems of g_v, each DP rank taking its share; unit norm."""
+                        step: int = 0, divisor=None) -> ReferenceGradient:
+        """G = Σ over validation problems of g_v, each DP rank taking its share; unit norm
+        (``divisor``: ReferenceGradient.set_from_grads)."""
         reference = ReferenceGradient(self.counted, self.groups, self.reference_dtype)
-        self.refresh(reference, problems, run_problem, step)
+        self.refresh(reference, problems, run_problem, step, divisor)
         return reference
 
     def restore_reference(self, state: dict | None) -> ReferenceGradient | None:
@@ -100,7 +101,7 @@ class GradientEngine:
         return reference
 
     def refresh(self, reference: ReferenceGradient, problems: Sequence,
-                run_problem: RunProblem, step: int) -> None:
+                run_problem: RunProblem, step: int, divisor=None) -> None:
         has_grad = [run_problem.has_gradient(p) for p in problems]
         informative = torch.tensor([float(sum(has_grad))], device=self.device)
         if not self.split_problems:  # each DP rank holds other problems: agree on the count
@@ -118,7 +119,7 @@ class GradientEngine:
                     run_problem(problem)
             self._complete_layout_grads()
             try:
-                reference.set_from_grads(self.counted, step)
+                reference.set_from_grads(self.counted, step, divisor)
             finally:
                 self._zero()
 

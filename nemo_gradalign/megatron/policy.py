@@ -43,3 +43,29 @@ class Policy:
 
     def named_parameters(self):
         return self.model.module.named_parameters()
+
+
+def adam_divisor(optimizer, eps: float = 1e-8):
+    """param -> √v̂ + ε from megatron's Adam state (v̂ = exp_avg_sq / (1 − β₂^t)), None for a
+    parameter without state yet (before the first step G is not preconditioned). Only fp32
+    parameters that the optimizer holds itself (no fp32 main copies, no distributed optimizer)."""
+    inners = getattr(optimizer, "chained_optimizers", [optimizer])
+    found = {}
+    for inner in inners:
+        torch_opt = inner.optimizer
+        for group in torch_opt.param_groups:
+            for param in group["params"]:
+                found[id(param)] = (torch_opt.state, group["betas"][1], param)
+
+    def divisor(param):
+        if id(param) not in found:
+            raise ValueError("gradalign.precondition=adam needs the optimizer to hold the model's own "
+                             "parameters (fp32, no distributed optimizer)")
+        state, beta2, key = found[id(param)]
+        entry = state.get(key)
+        if not entry or "exp_avg_sq" not in entry:
+            return None
+        steps = float(entry["step"])
+        return (entry["exp_avg_sq"] / (1 - beta2 ** steps)).sqrt().add_(eps)
+
+    return divisor

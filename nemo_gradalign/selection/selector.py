@@ -34,9 +34,11 @@ class Selection:
 
 class Selector:
     def __init__(self, cfg: GradAlignConfig, engine: GradientEngine | None, run_problem,
-                 validation_rollouts: Callable[[int], list[ProblemRollouts]]):
+                 validation_rollouts: Callable[[int], list[ProblemRollouts]], divisor=None):
+        """``divisor``: param -> √v̂ + ε (gradalign.precondition=adam), applied to G."""
         self.cfg, self.engine, self.run_problem = cfg, engine, run_problem
         self.validation_rollouts = validation_rollouts
+        self.divisor = divisor
         self.reference: ReferenceGradient | None = None
 
     def _validation_reference(self, step: int, metrics: dict) -> ReferenceGradient:
@@ -47,9 +49,9 @@ class Selector:
         metrics["gradalign/scored_tokens"] += rollout_tokens(val, self.run_problem.has_gradient)
         try:
             if self.reference is None:
-                self.reference = self.engine.build_reference(val, self.run_problem, step)
+                self.reference = self.engine.build_reference(val, self.run_problem, step, self.divisor)
             else:
-                self.engine.refresh(self.reference, val, self.run_problem, step)
+                self.engine.refresh(self.reference, val, self.run_problem, step, self.divisor)
         except EmptyReferenceGradient:
             if self.reference is None or not self.reference.ready:
                 raise

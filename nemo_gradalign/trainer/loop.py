@@ -13,7 +13,7 @@ import torch
 
 from nemo_gradalign.data import regimes
 from nemo_gradalign.engine import EngineGroups, GradientEngine
-from nemo_gradalign.megatron.policy import Policy
+from nemo_gradalign.megatron.policy import Policy, adam_divisor
 from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
 from nemo_gradalign.rollouts import ProblemRollouts
 from nemo_gradalign.selection.schedules import RoundSchedule, StepSchedule
@@ -78,7 +78,8 @@ class Trainer:
         self.engine = GradientEngine(self.policy.named_parameters(), EngineGroups.from_megatron(),
                                      ga.reference_dtype)
         self.runner = ProblemRunner(self.policy.model, score_loss, ga.max_rollouts_per_microbatch, ga.pack_rows)
-        self.selector = (Selector(ga, self.engine, self.runner, self._validation_rollouts)
+        divisor = adam_divisor(self.optimizer) if ga.precondition == "adam" else None
+        self.selector = (Selector(ga, self.engine, self.runner, self._validation_rollouts, divisor)
                          if ga.enabled else None)
         self.schedule = build_schedule(recipe, len(self.sets.pool))
         ck = recipe.checkpointing

@@ -147,6 +147,9 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     refuse("env.should_use_nemo_gym", bool, "NeMo-Gym's rollout (run_nemo_gym_rollout_sync) rebuilds "
            "the batch from fixed keys; GradAlign cannot generate the validation prompts apart there", False)
     refuse("data.use_multiple_dataloader", bool, "multiple dataloaders are not supported", False)
+    if cfg.precondition != "none":
+        found.append(f"gradalign.precondition={cfg.precondition!r}: the Adam-preconditioned score is "
+                     "only in the embedded trainer (the worker's optimizer state is not read yet)")
     if cfg.schedule != "step":
         found.append(f"gradalign.schedule={cfg.schedule!r}: inside NeMo RL only the 'step' schedule is "
                      "supported (select at dynamic_sampling each step)")
