@@ -30,13 +30,20 @@ class EngineGroups:
     @classmethod
     def from_megatron(cls) -> "EngineGroups":
         """megatron's groups. With expert parallelism, one problem runs on a whole EP group:
-        partials are summed over TP×EP×PP and problems are split over expert-data-parallel."""
+        partials are summed over TP×EP×PP and problems are split over expert-data-parallel.
+        Experts must be sharded like the dense layers (megatron's default
+        expert_tensor_parallel_size = TP): then expert TP ranks are the dense TP ranks and the
+        TP counting rule holds for both."""
         from megatron.core import parallel_state as ps
 
         ep = ps.get_expert_model_parallel_world_size()
-        if ep > 1 and ps.get_tensor_model_parallel_world_size() > 1:
-            raise UnsupportedLayout("expert parallelism with tensor parallelism (TP>1) is not verified "
-                                    "exact yet (its oracle test fails); score MoE models with TP=1")
+        tp = ps.get_tensor_model_parallel_world_size()
+        if ep > 1 and ps.get_expert_tensor_parallel_world_size() != tp:
+            raise UnsupportedLayout(
+                f"expert_tensor_parallel_size={ps.get_expert_tensor_parallel_world_size()} differs from "
+                f"TP={tp}: expert shards would not follow the dense TP counting rule and the lockstep "
+                "group (ETP×EP×PP) would not cover the dense TP group; not verified exact. Leave "
+                "expert_tensor_parallel_size unset (megatron's default: TP)")
         return cls(
             model_parallel=ps.get_expert_tensor_model_pipeline_parallel_group() if ep > 1
             else ps.get_model_parallel_group(),
@@ -45,7 +52,7 @@ class EngineGroups:
             ep_size=ep,
             tensor_parallel=ps.get_tensor_model_parallel_group(),
             tp_rank=ps.get_tensor_model_parallel_rank(),
-            tp_size=ps.get_tensor_model_parallel_world_size(),
+            tp_size=tp,
             pp_size=ps.get_pipeline_model_parallel_world_size(),
             embedding=ps.get_embedding_group(check_initialized=False),
             vp_size=ps.get_virtual_pipeline_model_parallel_world_size() or 1,

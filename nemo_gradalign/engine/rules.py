@@ -11,6 +11,12 @@ Under expert parallelism every rank of an expert-parallel group runs the same pr
 token dispatch spans the group); dense parameters are then duplicates across it (counted on EP
 rank 0) and each expert lives on one rank (counted there). Each expert saw every token once per
 EP rank, so its grad is EP times the problem's: the engine divides it by EP (exact for powers of 2).
+With TP>1 the allgather dispatcher gathers over TP×EP (``token_dispatcher.py``, token_dispatch),
+experts are TP-sharded (expert_tensor_parallel_size defaults to TP) and counted like any shard.
+megatron-core trains MoE with TP>1 only under sequence parallelism (``moe_layer.py``, forward):
+each TP rank then holds S/TP tokens, so the TP×EP gather still carries each token EP times (÷EP).
+Without SP (eval mode only) each TP rank holds all S tokens and the gather carries TP×EP copies:
+refused, as not tested.
 Word embeddings tied across pipeline stages (``shared_embedding``) are one parameter held twice:
 the first stage's copy has the input half of its grad, the last stage's the output half. The
 engine sums the two over megatron's embedding group per problem (``finalize_model_grads``'s
@@ -78,6 +84,17 @@ def check_supported(name: str, param: torch.Tensor, pp_size: int, ep_size: int, 
         )
 
 
+def check_expert_tokens(has_experts: bool, tp_size: int, ep_size: int, sequence_parallel: bool) -> None:
+    """Refuse MoE with TP>1 and EP>1 without sequence parallelism: each token would reach the
+    experts TP×EP times, not the EP times the engine divides by (megatron trains it only with SP)."""
+    if has_experts and tp_size > 1 and ep_size > 1 and not sequence_parallel:
+        raise UnsupportedLayout(
+            "expert parallelism with TP>1 needs sequence parallelism, as megatron-core's MoELayer "
+            "requires in training: without it every TP rank dispatches the whole sequence, so the "
+            "TP×EP all-gather carries each token TP×EP times (not verified exact). Set sequence_parallel=true"
+        )
+
+
 def counted_params(
     named_params: list[tuple[str, torch.nn.Parameter]], tp_rank: int, tp_size: int, pp_size: int,
     ep_rank: int = 0, ep_size: int = 1, vp_size: int = 1,
@@ -103,4 +120,5 @@ def counted_params(
         if is_tensor_parallel_shard(param) or tp_rank == 0:
             keep.append(param)
             names.append(name)
+    check_expert_tokens(bool(experts), tp_size, ep_size, bool(partial))  # SP marks the router
     return CountedParams(keep, names, partial, experts, tied)

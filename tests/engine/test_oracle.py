@@ -130,11 +130,13 @@ def test_engine_matches_oracle_with_sequence_parallelism(layout, oracle, tmp_pat
     _check_against_oracle(layout, oracle, tmp_path, ddp=True, sequence_parallel=True)
 
 
-@pytest.mark.parametrize("layout", [parallel.Layout(dp=2, ep=2)], ids=str)
+@pytest.mark.parametrize("layout", [parallel.Layout(dp=2, ep=2), parallel.Layout(tp=2, dp=2, ep=2)], ids=str)
 def test_engine_matches_oracle_with_expert_parallelism(layout, oracle, tmp_path):
     """MoE, 2 experts per rank: the EP group runs each problem together; dense parameters count
-    once, experts where they live."""
-    _check_against_oracle(layout, oracle, tmp_path, ddp=True)
+    once, experts where they live. With TP=2 the whole TP×EP group runs each problem, experts
+    are TP-sharded, and sequence parallelism is on, as megatron-core requires for MoE with TP>1
+    (its all-gather then carries each token EP times, as at TP=1)."""
+    _check_against_oracle(layout, oracle, tmp_path, ddp=True, sequence_parallel=layout.tp > 1)
 
 
 @pytest.mark.parametrize("layout,ddp", [(parallel.Layout(pp=2), False), (parallel.Layout(tp=2, pp=2), True)],

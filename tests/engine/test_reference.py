@@ -135,3 +135,24 @@ def test_tp_duplicates_are_counted_on_rank_zero_only():
     named = [("shard", shard), ("dup", dup)]
     assert counted_params(named, 0, 2, 1).names == ["shard", "dup"]
     assert counted_params(named, 1, 2, 1).names == ["shard"]
+
+
+@pytest.mark.parametrize("sequence_parallel", [True, False])
+def test_experts_with_tp_need_sequence_parallelism(sequence_parallel):
+    """EP with TP>1: megatron's allgather dispatcher gathers over TP×EP; only under SP (which
+    megatron-core's MoELayer requires in training, and which marks the router) does each token
+    reach the experts EP times, the multiplicity the engine divides by."""
+    from nemo_gradalign.engine.rules import counted_params
+
+    router, expert = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    setattr(router, "sequence_parallel", sequence_parallel)
+    setattr(expert, "tensor_model_parallel", True)
+    setattr(expert, "allreduce", False)
+    named = [("mlp.router.weight", router), ("mlp.experts.local_experts.0.linear_fc1.weight", expert)]
+    assert counted_params(named, 0, 1, 1, ep_rank=1, ep_size=2).experts == [expert]  # TP=1: no SP needed
+    if sequence_parallel:
+        on_rank1 = counted_params(named, 1, 2, 1, ep_rank=1, ep_size=2)
+        assert on_rank1.experts == [expert] and on_rank1.sequence_parallel == [router]
+    else:
+        with pytest.raises(UnsupportedLayout, match="needs sequence parallelism"):
+            counted_params(named, 0, 2, 1, ep_rank=0, ep_size=2)
