@@ -123,14 +123,26 @@ class PerProblemPartials:
         self._microbatch += 1
 
     def __enter__(self):
+        """Hooks on every layer with counted parameters. Linear and layer-norm weights stop
+        requiring grad for the pass (restored on exit): their per-problem gradients are formed
+        here, so autograd's summed weight gradient would be discarded work — megatron then runs
+        its frozen-weight linear (input gradients only). Embeddings keep theirs: backward must
+        start from a tensor that requires grad."""
         kinds = _module_kinds()
+        self._frozen = []
         for module in self.model.modules():
             kind = kinds.get(type(module))
             if kind and any(id(p) in self.references for p in module.parameters(recurse=False)):
                 self._handles.append(module.register_forward_hook(self._forward_hook(kind), with_kwargs=True))
+                if kind != "embedding":
+                    self._frozen += [p for p in module.parameters(recurse=False) if p.requires_grad]
+        for param in self._frozen:
+            param.requires_grad_(False)
         return self
 
     def __exit__(self, *exc):
+        for param in self._frozen:
+            param.requires_grad_(True)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
