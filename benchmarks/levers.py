@@ -18,7 +18,7 @@ from pathlib import Path
 
 from nemo_gradalign.jobs.demo import _one_run
 from nemo_gradalign.jobs.demo_methods import STEP_ALLOWANCE
-from nemo_gradalign.trainer.summary import mean_area
+from nemo_gradalign.trainer.summary import mean_area, run_summary
 
 VAL_SMALL = ["++gradalign.validation.max_problems=64", "++gradalign.validation.rollouts_per_problem=4"]
 VARIANTS = {
@@ -27,7 +27,10 @@ VARIANTS = {
     "validation 64x4": VAL_SMALL,
     "validation 64x4 + significance z=1": [*VAL_SMALL, "++gradalign.significance=1.0"],
     "validation 64x4 refresh 8": [*VAL_SMALL, "++gradalign.refresh_every=8"],
+    "significance z=2": ["++gradalign.significance=2.0"],
     "adam-preconditioned G": ["++gradalign.precondition=adam"],
+    "validation 64x4 + adam": [*VAL_SMALL, "++gradalign.precondition=adam"],
+    "validation 64x4 + significance z=2": [*VAL_SMALL, "++gradalign.significance=2.0"],
     "one problem per pass": ["++gradalign.pack_rows=null"],
 }
 
@@ -57,10 +60,15 @@ def main():
         runs.update({key: job.result() for key, job in jobs.items()})
         budgets = {s: max(runs[(n, s)]["compute"] for n in names) for s in seeds}
         steps = {s: max(runs[(n, s)]["steps"] for n in names) for s in seeds}
+        for s in seeds:  # a baseline from an earlier sweep is reused when it ran far enough
+            for m in ("grpo", "dapo"):
+                earlier = Path(args.out) / "baselines" / args.regime / f"{m}-seed{s}" / "metrics.jsonl"
+                if earlier.is_file() and run_summary(earlier, args.regime)["compute"] >= budgets[s]:
+                    runs[(m, s)] = run_summary(earlier, args.regime)
         jobs = {(m, s): pool.submit(_one_run, args.regime, m, s, f"{args.out}/baselines",
                                     [f"grpo.max_compute={budgets[s]}",
                                      f"grpo.max_num_steps={STEP_ALLOWANCE * steps[s]}"])
-                for s in seeds for m in ("grpo", "dapo")}
+                for s in seeds for m in ("grpo", "dapo") if (m, s) not in runs}
         runs.update({key: job.result() for key, job in jobs.items()})
     print(f"{args.regime} regime, seeds {seeds}: baselines read at each variant's own compute")
     print("| variant | compute (M) | step s | noisy picked | AUC @ compute | GRPO AUC @ same | "
@@ -79,7 +87,7 @@ def main():
                           _ms(area), _ms(grpo), _ms(dapo), _ms([a - b for a, b in zip(area, grpo)]),
                           _ms([a - b for a, b in zip(area, dapo)])]) + " |")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "levers.json").write_text(json.dumps({"seeds": seeds, "table": table}, indent=1))
+    (Path(args.out) / f"levers-{_slug(args.variants)[:60]}.json").write_text(json.dumps({"seeds": seeds, "table": table}, indent=1))
 
 
 def _slug(name: str) -> str:
