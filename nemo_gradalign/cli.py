@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     demo = sub.add_parser("demo", help="GradAlign vs plain GRPO and DAPO at equal steps and compute, on CPU: table and plot")
-    demo.add_argument("--regime", default="noisy", choices=["noisy", "imbalance", "low_utility"])
+    demo.add_argument("--regime", default="noisy", choices=["noisy", "noisy_flip", "imbalance", "imbalance_length",
+                                                         "low_utility", "low_utility_shuffled"])
     demo.add_argument("--methods", default="gradalign,grpo,dapo",
                       help="gradalign (the default schedule), gradalign-round, gradalign-step[-r<N>], grpo, dapo, "
                       "random, accgreedy, accfilter")

@@ -2,10 +2,17 @@
 
 - noisy: a fraction ρ of training problems is tagged corrupted and rewarded Bernoulli(0.5) whatever
   the answer, in selection and training alike (the official code's unreliable reward);
+- noisy_flip: problem-level label flips: a fraction ρ of the pool gets a near-miss wrong key
+  (answer_keys.near_miss_key), so the near miss is rewarded and the true answer is not;
 - imbalance: the target operation is ~10% of the pool; the trusted validation set and the
   evaluation set are the target operation only;
+- imbalance_length: the rare target is a longer length of the same operation(s) (target_lengths,
+  ~10% of the pool); validation and evaluation are that length only;
 - low_utility: a fraction of the pool carries a wrong answer key (random digits): rewarding it
-  teaches nothing true.
+  teaches nothing true;
+- low_utility_shuffled: a fraction of the pool carries a plausible wrong key, a random wrong
+  arrangement of the prompt's digits (answer_keys.shuffled_key): sampled by the policy, but no
+  closer to the true answer than chance.
 Validation and evaluation sets are always clean and disjoint from the pool and from each other.
 """
 
@@ -17,9 +24,10 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nemo_gradalign.data import tasks
+from nemo_gradalign.data import answer_keys, tasks
 
-Regime = Literal["clean", "noisy", "imbalance", "low_utility"]
+Regime = Literal["clean", "noisy", "noisy_flip", "imbalance", "imbalance_length", "low_utility",
+                 "low_utility_shuffled"]
 
 
 class DataConfig(BaseModel):
@@ -38,6 +46,7 @@ class DataConfig(BaseModel):
     target_op: str = "sort_desc"
     target_fraction: float = Field(0.1, gt=0, le=1)
     wrong_key_fraction: float = Field(0.5, ge=0, le=1)
+    target_lengths: list[int] | None = None  # imbalance_length: the rare, longer lengths
     seed: int = 0
     # Read a set instead of generating it: a save_to_disk folder (split = the set's name),
     # .jsonl/.json/.parquet, or a hub dataset name (data/store.py). The regime's transform
@@ -56,32 +65,59 @@ class DataConfig(BaseModel):
                 raise ValueError(f"length {length} outside {tasks.MIN_LEN}..{tasks.MAX_LEN}")
         if self.regime == "imbalance" and set(self.ops) <= {self.target_op}:
             raise ValueError("imbalance needs at least one op besides target_op")
+        self._check_target_lengths()
         self._check_capacity()
         return self
+
+    @property
+    def all_lengths(self) -> list[int]:
+        """Every length a set may hold (the rare target lengths too, under imbalance_length)."""
+        extra = (self.target_lengths or []) if self.regime == "imbalance_length" else []
+        return [*self.lengths, *(length for length in extra if length not in self.lengths)]
+
+    def _check_target_lengths(self) -> None:
+        if self.regime != "imbalance_length":
+            return
+        if not self.target_lengths:
+            raise ValueError(f"data.target_lengths={self.target_lengths!r}: imbalance_length needs the rare, "
+                             "longer lengths, e.g. [5]")
+        for length in self.target_lengths:
+            if not tasks.MIN_LEN <= length <= tasks.MAX_LEN:
+                raise ValueError(f"data.target_lengths: length {length} outside {tasks.MIN_LEN}..{tasks.MAX_LEN}")
+        if min(self.target_lengths) <= max(self.lengths):
+            raise ValueError(f"data.target_lengths={self.target_lengths} must all be longer than data.lengths="
+                             f"{self.lengths}: the rare target is a harder (longer) length of the same ops")
 
     def _check_capacity(self) -> None:
         """Generation draws distinct problems; asking for more than exist would loop forever."""
         sizes = dict(pool_size=self.pool_size, validation_size=self.validation_size,
                      eval_size=self.eval_size, warmup_size=self.warmup_size)
-        demands = []
+        demands = []  # (problems needed, what needs them, ops, lengths)
         if self.regime == "imbalance":
             n_target = max(1, round(self.target_fraction * self.pool_size))
             demands.append((self.eval_size + self.validation_size + n_target,
                             dict(eval_size=self.eval_size, validation_size=self.validation_size,
-                                 target_problems=n_target), {self.target_op}))
+                                 target_problems=n_target), {self.target_op}, self.lengths))
             others = set(self.ops) - {self.target_op}
             rest = self.pool_size - n_target + (0 if self.target_op in self.ops else self.warmup_size)
             demands.append((rest, dict(pool_size_minus_target=self.pool_size - n_target,
                                        **({} if self.target_op in self.ops else {"warmup_size": self.warmup_size})),
-                            others))
+                            others, self.lengths))
+        if self.regime == "imbalance_length":
+            n_target = max(1, round(self.target_fraction * self.pool_size))
+            demands.append((self.eval_size + self.validation_size + n_target,
+                            dict(eval_size=self.eval_size, validation_size=self.validation_size,
+                                 target_problems=n_target), set(self.ops), self.target_lengths))
+            demands.append((self.pool_size - n_target, dict(pool_size_minus_target=self.pool_size - n_target),
+                            set(self.ops), self.lengths))
         every_op = {*self.ops, *([self.target_op] if self.regime == "imbalance" else [])}
-        demands.append((sum(sizes.values()), sizes, every_op))
-        for need, parts, ops in demands:
-            have = tasks.distinct_problems(ops, self.lengths)
+        demands.append((sum(sizes.values()), sizes, every_op, self.all_lengths))
+        for need, parts, ops, lengths in demands:
+            have = tasks.distinct_problems(ops, lengths)
             if need > have:
                 detail = " + ".join(f"{k} {v}" for k, v in parts.items())
                 raise ValueError(f"the sets need {need} distinct problems ({detail}) but ops {sorted(ops)} x "
-                                 f"lengths {sorted(set(self.lengths))} have only {have}; lower the sizes "
+                                 f"lengths {sorted(set(lengths))} have only {have}; lower the sizes "
                                  "or add lengths or ops")
 
 
@@ -122,10 +158,7 @@ def build(cfg: DataConfig) -> TaskSets:
     sets = generate_sets(cfg)
     if cfg.pool_source:
         sets.pool = load_problems(cfg.pool_source, "pool")
-        if cfg.regime == "noisy":
-            corrupt(sets.pool, cfg.corrupt_fraction, cfg.seed * 10 + 6)
-        elif cfg.regime == "low_utility":
-            wrong_keys(sets.pool, cfg.wrong_key_fraction, cfg.seed * 10 + 7)
+        _transform(sets.pool, cfg)
     if cfg.validation_source:
         sets.validation = load_problems(cfg.validation_source, "validation")
     if cfg.eval_source:
@@ -151,13 +184,46 @@ def generate_sets(cfg: DataConfig) -> TaskSets:
         pool = [pool[i] for i in order]
         for new_id, p in enumerate(pool):
             p.problem_id = new_id
+    elif cfg.regime == "imbalance_length":
+        evaluation, validation, pool = _rare_length_sets(cfg, seen)
     else:
         evaluation = tasks.generate(cfg.ops, cfg.lengths, cfg.eval_size, s + 1, 300_000, seen)
         validation = tasks.generate(cfg.ops, cfg.lengths, cfg.validation_size, s + 2, 200_000, seen)
         pool = tasks.generate(cfg.ops, cfg.lengths, cfg.pool_size, s + 3, 0, seen)
-        if cfg.regime == "noisy":
-            corrupt(pool, cfg.corrupt_fraction, s + 6)
-        elif cfg.regime == "low_utility":
-            wrong_keys(pool, cfg.wrong_key_fraction, s + 7)
-    warmup = tasks.generate(cfg.ops, cfg.lengths, cfg.warmup_size, s + 8, 400_000, seen)
+        _transform(pool, cfg)
+    # the warm-up sees every length (the rare one too, as `imbalance` warms up every op): the rare
+    # skill starts learnable, with mixed pass rates; rarity is in the RL pool
+    warmup = tasks.generate(cfg.ops, cfg.all_lengths, cfg.warmup_size, s + 8, 400_000, seen)
     return TaskSets(warmup, pool, validation, evaluation)
+
+
+def _transform(pool: list[tasks.Problem], cfg: DataConfig) -> None:
+    """The regime's noise or wrong keys, on a generated or a loaded pool (seeds as before)."""
+    s = cfg.seed * 10
+    if cfg.regime == "noisy":
+        corrupt(pool, cfg.corrupt_fraction, s + 6)
+    elif cfg.regime == "low_utility":
+        wrong_keys(pool, cfg.wrong_key_fraction, s + 7)
+    elif cfg.regime == "noisy_flip":
+        answer_keys.assign(pool, cfg.corrupt_fraction, s + 6, answer_keys.near_miss_key)
+    elif cfg.regime == "low_utility_shuffled":
+        answer_keys.assign(pool, cfg.wrong_key_fraction, s + 7, answer_keys.shuffled_key, answer_keys.can_shuffle)
+
+
+def _rare_length_sets(cfg: DataConfig, seen: set):
+    """Evaluation, validation and the rare ~target_fraction of the pool at the longer lengths; the rest
+    of the pool at the common lengths; the pool shuffled and renumbered."""
+    s = cfg.seed * 10
+    n_target = max(1, round(cfg.target_fraction * cfg.pool_size))
+    evaluation = tasks.generate(cfg.ops, cfg.target_lengths, cfg.eval_size, s + 1, 300_000, seen)
+    validation = tasks.generate(cfg.ops, cfg.target_lengths, cfg.validation_size, s + 2, 200_000, seen)
+    target = tasks.generate(cfg.ops, cfg.target_lengths, n_target, s + 3, 0, seen)
+    rest = tasks.generate(cfg.ops, cfg.lengths, cfg.pool_size - n_target, s + 4, n_target, seen)
+    for p in target:
+        p.tags["target"] = True
+    pool = target + rest
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(s + 5)).tolist()
+    pool = [pool[i] for i in order]
+    for new_id, p in enumerate(pool):
+        p.problem_id = new_id
+    return evaluation, validation, pool

@@ -97,10 +97,10 @@ class EmbeddedRecipe(_Strict):
         if model.vocab_size < tasks.MIN_VOCAB:
             raise ValueError(f"policy.model.vocab_size={model.vocab_size} is too small: the task's tokens "
                              f"need at least {tasks.MIN_VOCAB}")
-        longest = 2 * max(d.lengths) + 2
+        longest = 2 * max(d.all_lengths) + 2
         if model.max_sequence_length < longest:
             raise ValueError(f"policy.model.max_sequence_length={model.max_sequence_length} is shorter than "
-                             f"the longest problem (data.lengths up to {max(d.lengths)}: {longest} tokens)")
+                             f"the longest problem (data lengths up to {max(d.all_lengths)}: {longest} tokens)")
         if self.policy.warmup.steps > 0 and d.warmup_size == 0:
             raise ValueError(f"data.warmup_size=0 but policy.warmup.steps={self.policy.warmup.steps}: the "
                              "warm-up needs problems (or set policy.warmup.steps=0)")

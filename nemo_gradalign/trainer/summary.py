@@ -7,7 +7,8 @@ import statistics
 
 from nemo_gradalign.trainer.metrics import read_metrics
 
-TAGS = {"noisy": "corrupted", "imbalance": "target", "low_utility": "wrong_key"}
+TAGS = {"noisy": "corrupted", "noisy_flip": "wrong_key", "imbalance": "target", "imbalance_length": "target",
+        "low_utility": "wrong_key", "low_utility_shuffled": "wrong_key"}
 
 
 def run_summary(metrics_path, regime: str) -> dict:

@@ -38,3 +38,33 @@ def test_bad_values_and_keys_name_the_field():
         load_embedded_recipe(base, ["policy.megatron_cfg.tensor_model_parallel_size=0"])
     with pytest.raises(ConfigError, match="recipe not found"):
         load_embedded_recipe(base.parent / "nope.yaml")
+
+
+TINY = ["grpo.max_num_steps=2", "grpo.val_period=2", "grpo.num_prompts_per_step=4", "data.pool_size=64",
+        "data.validation_size=16", "data.eval_size=8", "data.warmup_size=400",
+        "gradalign.chunk_size=16", "gradalign.steps_per_round=2", "gradalign.rollouts_per_problem=4",
+        "grpo.num_generations_per_prompt=4", "checkpointing.enabled=false",
+        "data.target_fraction=0.25"]  # imbalance_length: at 0.1 the one chunk of 16 (of 64) holds no rare problem
+
+
+@pytest.mark.parametrize("regime, tag", [("noisy_flip", "wrong_key"), ("imbalance_length", "target"),
+                                         ("low_utility_shuffled", "wrong_key")])
+def test_new_regime_recipes_train_a_few_steps_and_log_their_flagged_share(tmp_path, regime, tag):
+    """A smoke run through the embedded trainer (a real `nemo-gradalign train`, 2 steps)."""
+    import json
+    import subprocess
+    import sys
+
+    from nemo_gradalign.trainer.summary import TAGS
+
+    path = RECIPES[0].parent / f"{regime}.yaml"
+    proc = subprocess.run([sys.executable, "-m", "nemo_gradalign.cli", "train", "--config", str(path), *TINY,
+                           f"logger.log_dir={tmp_path}"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    [selection] = [r for r in records if "gradalign/picked_ids" in r]  # one round of 2 steps
+    assert TAGS[regime] == tag and 0.0 <= selection[f"gradalign/picked_{tag}_share"] <= 1.0
+    assert selection[f"gradalign/pool_{tag}_share"] == sum(row[{"target": 3, "wrong_key": 4}[tag]]
+                                                          for row in selection["gradalign/candidate_scores"]) / 16
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 2]
