@@ -69,7 +69,7 @@ class GradAlignConfig(_Strict):
     max_rollouts_per_microbatch: int | None = Field(None, gt=0)
     # rows per microbatch when many problems share one scoring pass (exact per-problem partials,
     # megatron/per_problem.py); null: one problem per pass. Models it cannot read fall back.
-    pack_rows: int | None = Field(512, gt=0)
+    pack_rows: int | None = Field(128, gt=0)
     seed: int = 42
     validation: ValidationSetConfig = ValidationSetConfig()
 
