@@ -13,7 +13,7 @@ RECIPE = str(Path(__file__).parents[2] / "recipes" / "embedded" / "noisy.yaml")
 SMALL = ["grpo.num_prompts_per_step=4", "grpo.val_period=2", "data.pool_size=64", "data.validation_size=16",
          "data.eval_size=8", "data.warmup_size=200", "policy.warmup.steps=30", "gradalign.chunk_size=16",
          "gradalign.steps_per_round=2", "checkpointing.save_period=2", "gradalign.rollouts_per_problem=4",
-         "grpo.num_generations_per_prompt=4"]
+         "grpo.num_generations_per_prompt=4", "gradalign.validation.rollouts_per_problem=8"]
 TIMING = {"seconds", "gradalign/seconds", "compute/total_seconds"}
 
 
