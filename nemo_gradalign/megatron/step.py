@@ -188,12 +188,16 @@ class ProblemRunner:
     def __init__(self, model, loss: LossSettings = LossSettings(), max_rows: int | None = None,
                  pack_rows: int | None = 64):
         """``pack_rows``: rows per microbatch when many problems share one pass (None: one
-        problem per pass, the layer-agnostic path)."""
+        problem per pass, the layer-agnostic path); never more than ``max_rows``, the memory
+        limit the user set, and a problem larger than it is never packed (it must be split)."""
         self.model = model
         self.loss = loss
         self.max_rows = max_rows
-        self.pack_rows = pack_rows
+        self.pack_rows = min(pack_rows, max_rows) if pack_rows and max_rows else pack_rows
         self.unpackable = unsupported_reason(model) if pack_rows else "packing is off"
+
+    def _packs(self, problems: list[ProblemRollouts]) -> bool:
+        return bool(self.pack_rows) and (not self.max_rows or max(p.k for p in problems) <= self.max_rows)
 
     def __call__(self, problem: ProblemRollouts) -> None:
         run_microbatches(self.model, problem_microbatches(problem, self.loss, self.max_rows),
@@ -201,7 +205,7 @@ class ProblemRunner:
 
     def run_many(self, problems: list[ProblemRollouts]) -> None:
         """Σ of the problems' gradients, many problems per microbatch (the reference build)."""
-        if not self.pack_rows:
+        if problems and not self._packs(problems):
             for problem in problems:
                 self(problem)
         elif problems:
@@ -214,7 +218,7 @@ class ProblemRunner:
         """This rank's [n, 2] (dot, sqnorm) partials of every problem over the counted parameters
         (``references``: id(param) -> reference shard) from one packed pass; None when this
         model cannot be read that way (``self.unpackable`` says why)."""
-        if self.unpackable:
+        if self.unpackable or (problems and not self._packs(problems)):
             return None
         with PerProblemPartials(self.model, references, len(problems)) as reader:
             if problems:

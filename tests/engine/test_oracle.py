@@ -91,7 +91,7 @@ def _engine_rank(rank, layout, out, ddp=False, sequence_parallel=False, tied=Fal
         # microbatches of ≥ PACK_ROWS rows, where the reference is always built packed
         packings = [("", None)] + ([(PACKED, PACK_ROWS)] if name in PACKED_SETTINGS else [])
         for suffix, pack_rows in packings:
-            run = ProblemRunner(model, loss, max_rows, pack_rows=pack_rows)
+            run = ProblemRunner(model, loss, None if pack_rows else max_rows, pack_rows=pack_rows)
             stats = engine.score(POOL, run, engine.build_reference(VAL, run))
             results[name + suffix] = (stats.dot, stats.sqnorm, stats.cosine(), stats.informative)
     if rank == 0:

@@ -156,3 +156,21 @@ def test_experts_with_tp_need_sequence_parallelism(sequence_parallel):
     else:
         with pytest.raises(UnsupportedLayout, match="needs sequence parallelism"):
             counted_params(named, 0, 2, 1, ep_rank=0, ep_size=2)
+
+
+def test_packing_respects_the_microbatch_memory_limit():
+    """max_rollouts_per_microbatch is a memory limit: packing never exceeds it, and a problem
+    with more rollouts than it is never packed (it has to be split: one problem per pass)."""
+    parallel.spawn(_packing_limit_rank, 1)
+
+
+def _packing_limit_rank(rank):
+    from nemo_gradalign.megatron.step import LossSettings
+
+    parallel.init_distributed(parallel.Layout())
+    model = build_gpt(SPEC)
+    capped = ProblemRunner(model, LossSettings(), max_rows=6, pack_rows=128)
+    assert capped.pack_rows == 6 and capped._packs(POOL[:3])  # POOL groups have ≤ 6 rollouts
+    big = [p for p in POOL if p.k > 2][:2]
+    small = ProblemRunner(model, LossSettings(), max_rows=2, pack_rows=128)
+    assert len(big) == 2 and not small._packs(big) and small.packed_partials(big, {}) is None

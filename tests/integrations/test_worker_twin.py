@@ -95,10 +95,13 @@ def gradalign_scores(host: Host) -> None:
     """What the GradAlign worker extension does at dynamic_sampling: G, then the pool's scores."""
     engine = GradientEngine(host.model.module.named_parameters(), EngineGroups.from_megatron(),
                             split_problems=False)
-    runner = ProblemRunner(host.model, LossSettings("leave_one_out", True), max_rows=2)
     hooks = {name: getattr(host.config, name) for name in ("no_sync_func", "grad_sync_func",
                                                            "finalize_model_grads_func", "grad_scale_func")}
-    engine.score(POOL, runner, engine.build_reference(VAL, runner))
+    # one problem per pass (rollouts split over microbatches of 2), then packed (several
+    # microbatches, weights frozen for the pass and handed back)
+    for runner in (ProblemRunner(host.model, LossSettings("leave_one_out", True), max_rows=2, pack_rows=None),
+                   ProblemRunner(host.model, LossSettings("leave_one_out", True), pack_rows=3)):
+        engine.score(POOL, runner, engine.build_reference(VAL, runner))
     for name, value in hooks.items():
         assert getattr(host.config, name) is value, f"{name} was not restored"
 
