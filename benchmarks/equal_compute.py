@@ -20,7 +20,8 @@ from nemo_gradalign.jobs.demo_methods import is_budgeted
 from nemo_gradalign.trainer.summary import run_summary
 
 
-def _ms(values, digits=3):
+def mean_std_md(values, digits=3):
+    """mean ± std for a markdown table (one value: just it)."""
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
@@ -40,10 +41,10 @@ def tables(summary: dict) -> str:
             r, c = runs[method], rows[method]
             delta = [a["auc_compute"] - b["auc_compute"] for a, b in zip(rows[ref], c)]
             out.append(" | ".join([
-                f"| {method}", _ms([x["steps"] for x in r], 0), _ms([x["compute"] / 1e6 for x in r], 2),
-                _ms([x["seconds"] for x in r], 0), _ms([x["acc_at_steps"] for x in c]),
-                _ms([x["auc_steps"] for x in c]), _ms([x["acc_at_compute"] for x in c]),
-                _ms([x["auc_compute"] for x in c]), "–" if method == ref else _ms(delta)]) + " |")
+                f"| {method}", mean_std_md([x["steps"] for x in r], 0), mean_std_md([x["compute"] / 1e6 for x in r], 2),
+                mean_std_md([x["seconds"] for x in r], 0), mean_std_md([x["acc_at_steps"] for x in c]),
+                mean_std_md([x["auc_steps"] for x in c]), mean_std_md([x["acc_at_compute"] for x in c]),
+                mean_std_md([x["auc_compute"] for x in c]), "–" if method == ref else mean_std_md(delta)]) + " |")
         per_seed = {m: [round(x["auc_compute"], 3) for x in rows[m]] for m in runs}
         out.append(f"\nAUC @ {ref}'s compute, per seed: {per_seed}")
     return "\n".join(out)

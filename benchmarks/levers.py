@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from equal_compute import mean_std_md  # benchmarks/, the script's own folder
 from nemo_gradalign.jobs.demo import _one_run
 from nemo_gradalign.jobs.demo_methods import STEP_ALLOWANCE
 from nemo_gradalign.trainer.summary import mean_area, run_summary
@@ -33,12 +33,6 @@ VARIANTS = {
     "validation 64x4 + significance z=2": [*VAL_SMALL, "++gradalign.significance=2.0"],
     "one problem per pass": ["++gradalign.pack_rows=null"],
 }
-
-
-def _ms(values: list[float], digits: int = 3) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def main():
@@ -82,10 +76,10 @@ def main():
         dapo = [mean_area(runs[("dapo", s)]["compute_curve"], r["compute"]) for s, r in zip(seeds, mine)]
         table[name] = {"area": area, "grpo": grpo, "dapo": dapo,
                        "compute": [r["compute"] for r in mine], "share": [r["run_share"] for r in mine]}
-        print(" | ".join([f"| {name}", _ms([r["compute"] / 1e6 for r in mine], 2),
-                          _ms([r["seconds"] / r["steps"] for r in mine], 2), _ms([r["run_share"] for r in mine]),
-                          _ms(area), _ms(grpo), _ms(dapo), _ms([a - b for a, b in zip(area, grpo)]),
-                          _ms([a - b for a, b in zip(area, dapo)])]) + " |")
+        print(" | ".join([f"| {name}", mean_std_md([r["compute"] / 1e6 for r in mine], 2),
+                          mean_std_md([r["seconds"] / r["steps"] for r in mine], 2), mean_std_md([r["run_share"] for r in mine]),
+                          mean_std_md(area), mean_std_md(grpo), mean_std_md(dapo), mean_std_md([a - b for a, b in zip(area, grpo)]),
+                          mean_std_md([a - b for a, b in zip(area, dapo)])]) + " |")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"levers-{_slug(args.variants)[:60]}.json").write_text(json.dumps({"seeds": seeds, "table": table}, indent=1))
 

@@ -170,22 +170,11 @@ def generate_sets(cfg: DataConfig) -> TaskSets:
     """Disjoint warm-up / pool / validation / evaluation sets for the configured regime."""
     seen: set = set()
     s = cfg.seed * 10
-    if cfg.regime == "imbalance":
+    if cfg.regime == "imbalance":  # the rare target is an operation
         others = [op for op in cfg.ops if op != cfg.target_op]
-        n_target = max(1, round(cfg.target_fraction * cfg.pool_size))
-        evaluation = tasks.generate([cfg.target_op], cfg.lengths, cfg.eval_size, s + 1, 300_000, seen)
-        validation = tasks.generate([cfg.target_op], cfg.lengths, cfg.validation_size, s + 2, 200_000, seen)
-        target = tasks.generate([cfg.target_op], cfg.lengths, n_target, s + 3, 0, seen)
-        rest = tasks.generate(others, cfg.lengths, cfg.pool_size - n_target, s + 4, n_target, seen)
-        for p in target:
-            p.tags["target"] = True
-        pool = target + rest
-        order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(s + 5)).tolist()
-        pool = [pool[i] for i in order]
-        for new_id, p in enumerate(pool):
-            p.problem_id = new_id
-    elif cfg.regime == "imbalance_length":
-        evaluation, validation, pool = _rare_length_sets(cfg, seen)
+        evaluation, validation, pool = _rare_sets(cfg, seen, ([cfg.target_op], cfg.lengths), (others, cfg.lengths))
+    elif cfg.regime == "imbalance_length":  # the rare target is a longer length of the same ops
+        evaluation, validation, pool = _rare_sets(cfg, seen, (cfg.ops, cfg.target_lengths), (cfg.ops, cfg.lengths))
     else:
         evaluation = tasks.generate(cfg.ops, cfg.lengths, cfg.eval_size, s + 1, 300_000, seen)
         validation = tasks.generate(cfg.ops, cfg.lengths, cfg.validation_size, s + 2, 200_000, seen)
@@ -210,15 +199,15 @@ def _transform(pool: list[tasks.Problem], cfg: DataConfig) -> None:
         answer_keys.assign(pool, cfg.wrong_key_fraction, s + 7, answer_keys.shuffled_key, answer_keys.can_shuffle)
 
 
-def _rare_length_sets(cfg: DataConfig, seen: set):
-    """Evaluation, validation and the rare ~target_fraction of the pool at the longer lengths; the rest
-    of the pool at the common lengths; the pool shuffled and renumbered."""
+def _rare_sets(cfg: DataConfig, seen: set, rare: tuple[list, list], common: tuple[list, list]):
+    """Evaluation, validation and the rare ~target_fraction of the pool drawn from ``rare``
+    (ops, lengths); the rest of the pool from ``common``; the pool shuffled and renumbered."""
     s = cfg.seed * 10
     n_target = max(1, round(cfg.target_fraction * cfg.pool_size))
-    evaluation = tasks.generate(cfg.ops, cfg.target_lengths, cfg.eval_size, s + 1, 300_000, seen)
-    validation = tasks.generate(cfg.ops, cfg.target_lengths, cfg.validation_size, s + 2, 200_000, seen)
-    target = tasks.generate(cfg.ops, cfg.target_lengths, n_target, s + 3, 0, seen)
-    rest = tasks.generate(cfg.ops, cfg.lengths, cfg.pool_size - n_target, s + 4, n_target, seen)
+    evaluation = tasks.generate(*rare, cfg.eval_size, s + 1, 300_000, seen)
+    validation = tasks.generate(*rare, cfg.validation_size, s + 2, 200_000, seen)
+    target = tasks.generate(*rare, n_target, s + 3, 0, seen)
+    rest = tasks.generate(*common, cfg.pool_size - n_target, s + 4, n_target, seen)
     for p in target:
         p.tags["target"] = True
     pool = target + rest

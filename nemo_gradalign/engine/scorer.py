@@ -167,12 +167,13 @@ class GradientEngine:
             packed = self._packed(reference, [problems[share[s]] for s in slots], run_problem)
             if packed is not None:
                 local[slots] = packed.to(local.device)
-            for slot in slots if packed is None else ():
-                run_problem(problems[share[slot]])
-                self._complete_layout_grads()
-                local[slot] = self._partials(reference)
                 self._zero()
-            self._zero()
+            else:
+                for slot in slots:
+                    run_problem(problems[share[slot]])
+                    self._complete_layout_grads()
+                    local[slot] = self._partials(reference)
+                    self._zero()
         self.groups.sum_model_parallel(local)
         gathered = self._gather_data_parallel(local).cpu()
         order = torch.tensor([gathered_index(i, dp, per_rank) for i in range(n)], dtype=torch.long)
