@@ -12,9 +12,10 @@ from nemo_gradalign.engine.rules import UnsupportedLayout
 
 @dataclass(frozen=True)
 class EngineGroups:
-    """model_parallel: TP×PP ranks that hold one model replica; data_parallel: the replicas;
-    embedding: the first and last pipeline stages (same TP rank), whose tied word embeddings'
-    grads are summed."""
+    """model_parallel: TP×PP ranks that hold one model replica; data_parallel: the replicas
+    (without context parallelism: CP ranks share each problem); embedding: the first and last
+    pipeline stages (same TP rank), whose tied word embeddings' grads are summed;
+    context_parallel: the ranks whose grads are shares of one problem's, summed per problem."""
 
     model_parallel: object | None = None
     data_parallel: object | None = None
@@ -26,6 +27,8 @@ class EngineGroups:
     ep_size: int = 1
     embedding: object | None = None
     vp_size: int = 1
+    context_parallel: object | None = None  # ranks holding zig-zag shares of the same sequences
+    cp_size: int = 1
 
     @classmethod
     def from_megatron(cls) -> "EngineGroups":
@@ -44,7 +47,15 @@ class EngineGroups:
                 f"TP={tp}: expert shards would not follow the dense TP counting rule and the lockstep "
                 "group (ETP×EP×PP) would not cover the dense TP group; not verified exact. Leave "
                 "expert_tensor_parallel_size unset (megatron's default: TP)")
+        cp = ps.get_context_parallel_world_size()
+        if cp > 1 and ep > 1:
+            raise UnsupportedLayout(
+                f"context_parallel_size={cp} with expert_model_parallel_size={ep}: megatron folds CP "
+                "into the expert layout's data-parallel ranks, whose per-problem sums were not "
+                "verified exact; use one of them")
         return cls(
+            context_parallel=ps.get_context_parallel_group() if cp > 1 else None,
+            cp_size=cp,
             model_parallel=ps.get_expert_tensor_model_pipeline_parallel_group() if ep > 1
             else ps.get_model_parallel_group(),
             data_parallel=ps.get_expert_data_parallel_group() if ep > 1 else ps.get_data_parallel_group(),
@@ -74,6 +85,10 @@ class EngineGroups:
     def sum_tensor_parallel(self, tensor: torch.Tensor) -> None:
         if self.tp_size > 1:
             dist.all_reduce(tensor, group=self.tensor_parallel)
+
+    def sum_context_parallel(self, tensor: torch.Tensor) -> None:
+        if self.cp_size > 1:
+            dist.all_reduce(tensor, group=self.context_parallel)
 
     def sum_embedding(self, tensor: torch.Tensor) -> None:
         """Sum over the embedding group; only its ranks hold a tied copy, and only they call."""

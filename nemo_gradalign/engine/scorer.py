@@ -127,12 +127,20 @@ class GradientEngine:
         """Make this rank's grads its exact share of g (engine/rules.py): sequence-parallel
         grads are partial over TP, summed by one small all-reduce; expert grads saw each token
         once per expert-parallel rank, divided by EP; a word embedding tied across pipeline
-        stages holds half of its grad on each end, summed over the embedding group."""
+        stages holds half of its grad on each end, summed over the embedding group; under
+        context parallelism each rank's grads are its tokens' share, summed over CP — the full
+        gradient's all-reduce, per problem, as ‖g‖² needs (megatron's DDP sums the same grads
+        over its data×context-parallel group once per step)."""
         if self.groups.ep_size > 1:
             for param in self.counted.experts:
                 local_grad(param).div_(self.groups.ep_size)
         _sum_grads(self.counted.sequence_parallel, self.groups.sum_tensor_parallel)
         _sum_grads(self.counted.tied_embedding, self.groups.sum_embedding)
+        if self.groups.cp_size > 1:
+            if self.flat is not None:
+                self.groups.sum_context_parallel(self.flat.counted)
+            else:
+                _sum_grads(self.counted.params, self.groups.sum_context_parallel)
 
     def _partials(self, reference: ReferenceGradient) -> torch.Tensor:
         if self.flat is not None:
@@ -183,10 +191,11 @@ class GradientEngine:
     def _packed(self, reference: ReferenceGradient, problems: list, run_problem) -> torch.Tensor | None:
         """All of this rank's partials from one packed pass, when the runner can read them so
         (packed_partials) and no layout rule needs a problem's whole gradient first (SP sums
-        over TP, tied embeddings over stages, EP divides experts): else None and one problem
-        per backward."""
+        over TP, tied embeddings over stages, CP over its ranks, EP divides experts): else None
+        and one problem per backward."""
         packed = getattr(run_problem, "packed_partials", None)
-        if packed is None or self.counted.sequence_parallel or self.counted.tied_embedding or self.groups.ep_size > 1:
+        if (packed is None or self.counted.sequence_parallel or self.counted.tied_embedding
+                or self.groups.ep_size > 1 or self.groups.cp_size > 1):
             return None
         return packed(problems, {id(p): r for p, r in zip(self.counted.params, reference.buffers)})
 

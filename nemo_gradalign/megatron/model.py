@@ -110,12 +110,17 @@ class SequenceParallelNorm:
         return norm
 
 
-def _layer_spec(spec: ModelSpec, layers_here: int):
-    """megatron-core's local layer spec; with sequence parallelism, its norms are SP-marked."""
+def _layer_spec(spec: ModelSpec, layers_here: int, context_parallel: bool):
+    """megatron-core's local layer spec; with sequence parallelism, its norms are SP-marked; with
+    context parallelism, its core attention is the all-gather CP one (context_parallel.py)."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
+    from nemo_gradalign.megatron.context_parallel import AllGatherContextParallelAttention
+
     layer = get_gpt_layer_local_spec(num_experts=spec.num_experts)
+    if context_parallel:
+        layer.submodules.self_attention.submodules.core_attention = AllGatherContextParallelAttention
     if not spec.sequence_parallel:
         return layer
     layer.submodules.input_layernorm = SequenceParallelNorm
@@ -146,6 +151,7 @@ def build_gpt(spec: ModelSpec):
 
     tp = ps.get_tensor_model_parallel_world_size()
     pp = ps.get_pipeline_model_parallel_world_size()
+    cp = ps.get_context_parallel_world_size()
     if spec.num_layers % pp:
         raise ValueError(f"model.num_layers={spec.num_layers} is not divisible by PP={pp}")
     if spec.num_attention_heads % tp or spec.vocab_size % tp:
@@ -160,6 +166,7 @@ def build_gpt(spec: ModelSpec):
         ffn_hidden_size=spec.ffn_hidden_size,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
+        context_parallel_size=cp,
         sequence_parallel=spec.sequence_parallel and tp > 1,
         pipeline_dtype=getattr(torch, spec.dtype),
         params_dtype=getattr(torch, spec.dtype),
@@ -172,7 +179,7 @@ def build_gpt(spec: ModelSpec):
     with cpu_shim.device_context():
         model = GPTModel(
             config=config,
-            transformer_layer_spec=_layer_spec(spec, spec.num_layers // pp),
+            transformer_layer_spec=_layer_spec(spec, spec.num_layers // pp, cp > 1),
             vocab_size=spec.vocab_size,
             max_sequence_length=spec.max_sequence_length,
             pre_process=ps.is_pipeline_first_stage(),

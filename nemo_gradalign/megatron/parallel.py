@@ -19,13 +19,15 @@ class Layout:
     pp: int = 1
     dp: int = 1
     ep: int = 1  # expert parallelism, carved out of the data-parallel ranks (as megatron does)
+    cp: int = 1  # context parallelism: ranks holding zig-zag chunks of every sequence
 
     @property
     def world_size(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.pp * self.cp * self.dp
 
     def __str__(self) -> str:
-        return f"TP={self.tp} PP={self.pp} DP={self.dp}" + (f" EP={self.ep}" if self.ep > 1 else "")
+        return (f"TP={self.tp} PP={self.pp}" + (f" CP={self.cp}" if self.cp > 1 else "")
+                + f" DP={self.dp}" + (f" EP={self.ep}" if self.ep > 1 else ""))
 
 
 def free_port() -> int:
@@ -50,13 +52,13 @@ def init_distributed(layout: Layout, seed: int = 1234) -> None:
     if dist.get_world_size() != layout.world_size:
         raise ValueError(
             f"world size {dist.get_world_size()} does not match the layout {layout} "
-            f"(needs tp*pp*dp = {layout.world_size} ranks)"
+            f"(needs tp*pp*cp*dp = {layout.world_size} ranks)"
         )
     if layout.dp % layout.ep:
         raise ValueError(f"expert parallel size {layout.ep} must divide the data-parallel size {layout.dp}")
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
-        expert_model_parallel_size=layout.ep,
+        expert_model_parallel_size=layout.ep, context_parallel_size=layout.cp,
     )
     model_parallel_cuda_manual_seed(seed)
 

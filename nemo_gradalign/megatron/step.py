@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from nemo_gradalign import advantages, grpo
 from nemo_gradalign.megatron import cpu_shim
 from nemo_gradalign.megatron.borrow import borrowed
+from nemo_gradalign.megatron.context_parallel import cp_size_and_rank, shard_microbatch
 from nemo_gradalign.megatron.logprobs import vocab_parallel_logprobs
 from nemo_gradalign.megatron.per_problem import PerProblemPartials, unsupported_reason
 from nemo_gradalign.rollouts import ProblemRollouts
@@ -63,7 +64,9 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
     megatron's ``finalize_model_grads`` at the end (DP all-reduce, tied-embedding sync) for the
     embedded trainer's own steps; the config's own hook is put back afterwards. Scoring runs
     inside ``borrow.borrowed`` (every hook off, grads local). ``on_microbatch(i)`` is called
-    before microbatch i's forward, on every pipeline stage, in order.
+    before microbatch i's forward, on every pipeline stage, in order. Under context parallelism
+    each rank runs its zig-zag share of every sequence (context_parallel.py): losses then cover
+    this rank's tokens only, and outputs (which would be shares too) cannot be returned.
     """
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.utils import get_model_config
@@ -71,13 +74,17 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     config = get_model_config(model)
+    cp, _ = cp_size_and_rank()
+    if cp > 1 and loss_fn is None:
+        raise NotImplementedError("outputs under context parallelism would be per-rank shares; "
+                                  "only losses (scoring, training) run with CP > 1")
     length = microbatches[0]["tokens"].shape[1]
-    microbatches = _pad_for_sequence_parallel(microbatches, config)
+    microbatches = _pad_for_layout(microbatches, config, cp)
     n_mb = len(microbatches)
     batch, seq_len = microbatches[0]["tokens"].shape
     device = next(model.parameters()).device
-    mask = causal_mask(seq_len, device)
-    position_ids = torch.arange(seq_len, device=device).unsqueeze(0).expand(batch, -1)
+    mask = causal_mask(seq_len, device) if cp == 1 else None  # the CP attention masks by position
+    positions = torch.arange(seq_len, device=device).unsqueeze(0).expand(batch, -1)
     batches = iter(enumerate(microbatches))
 
     def forward_step(_iterator, model_chunk):
@@ -85,15 +92,17 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
         if on_microbatch is not None:
             on_microbatch(index)
         mb = {k: v.to(device) for k, v in mb.items()}
-        output = model_chunk(mb["tokens"], position_ids, mask)
+        if cp > 1:
+            mb = shard_microbatch(mb)
+        output = model_chunk(mb["tokens"], mb.get("position_ids", positions), mask)
 
         def loss_func(logits):
             out = logits if "labels" not in mb else vocab_parallel_logprobs(logits, mb["labels"], temperature)
             if loss_fn is None:
                 return out.sum() * 0.0, {"out": out.detach()}
             loss = loss_fn(out, mb)
-            # megatron divides a 2-tuple loss by the number of microbatches; undo that.
-            return loss * n_mb, {"out": loss.detach()}
+            # megatron scales a 2-tuple loss by CP / (number of microbatches); undo that.
+            return loss * n_mb / cp, {"out": loss.detach()}
 
         return output, loss_func
 
@@ -116,12 +125,14 @@ def run_microbatches(model, microbatches: list[dict[str, torch.Tensor]], loss_fn
     return [r["out"][:, :length] if r["out"].dim() > 1 else r["out"] for r in results]
 
 
-def _pad_for_sequence_parallel(microbatches: list[dict], config) -> list[dict]:
-    """Sequence parallelism splits the sequence over TP ranks, so its length must divide by TP:
-    right-pad every [b, L] tensor with zeros (a causal model's earlier positions do not see
-    them; weight 0, so no loss or gradient). Outputs are cropped back to L."""
+def _pad_for_layout(microbatches: list[dict], config, cp: int) -> list[dict]:
+    """Sequence parallelism splits each CP rank's share of the sequence over TP ranks and context
+    parallelism cuts it into 2·CP chunks, so the length must divide by (2·CP)·TP: right-pad every
+    [b, L] tensor with zeros (a causal model's earlier positions do not see them; weight 0, so no
+    loss or gradient). Outputs are cropped back to L."""
     length = microbatches[0]["tokens"].shape[1]
-    pad = (-length) % config.tensor_model_parallel_size if config.sequence_parallel else 0
+    multiple = (2 * cp if cp > 1 else 1) * (config.tensor_model_parallel_size if config.sequence_parallel else 1)
+    pad = (-length) % multiple
     if not pad:
         return microbatches
     return [{k: torch.nn.functional.pad(v, (0, pad)) for k, v in mb.items()} for mb in microbatches]

@@ -139,6 +139,16 @@ def test_engine_matches_oracle_with_expert_parallelism(layout, oracle, tmp_path)
     _check_against_oracle(layout, oracle, tmp_path, ddp=True, sequence_parallel=layout.tp > 1)
 
 
+@pytest.mark.parametrize("layout,ddp,sequence_parallel", [
+    (parallel.Layout(cp=2), False, False), (parallel.Layout(pp=2, cp=2), True, False),
+    (parallel.Layout(tp=2, cp=2), True, True),
+], ids=["CP2", "PP2xCP2-DDP", "TP2xCP2-DDP-SP"])
+def test_engine_matches_oracle_with_context_parallelism(layout, ddp, sequence_parallel, oracle, tmp_path):
+    """CP: every rank runs its zig-zag chunks of each sequence (megatron's own slicing, an
+    all-gather CP attention); its grads are its tokens' share, summed over CP per problem."""
+    _check_against_oracle(layout, oracle, tmp_path, ddp=ddp, sequence_parallel=sequence_parallel)
+
+
 @pytest.mark.parametrize("layout,ddp", [(parallel.Layout(pp=2), False), (parallel.Layout(tp=2, pp=2), True)],
                          ids=["PP2", "TP2xPP2-DDP"])
 def test_engine_matches_oracle_with_tied_embeddings(layout, ddp, tied_oracle, tmp_path):

@@ -70,7 +70,6 @@ def test_the_flag_alone_sets_dynamic_sampling_and_the_multiplier(capsys):
     (["grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=3"],
      ["grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=3", "gradalign.selection_ratio=4"]),
     (["grpo.batch_multiplier=2"], ["grpo.batch_multiplier=2", "gradalign.selection_ratio=4"]),
-    (["policy.megatron_cfg.context_parallel_size=2"], ["policy.megatron_cfg.context_parallel_size=2"]),
     (["policy.megatron_cfg.expert_model_parallel_size=2"], ["policy.megatron_cfg.expert_model_parallel_size=2"]),
     (["policy.megatron_cfg.expert_tensor_parallel_size=2"], ["policy.megatron_cfg.expert_tensor_parallel_size=2"]),
     (["policy.megatron_cfg.fp8_cfg.enabled=true"], ["policy.megatron_cfg.fp8_cfg.enabled=True"]),
@@ -96,6 +95,17 @@ def test_refused_at_config_time_naming_field_and_value(overrides, named):
         preflight(recipe("gradalign.enabled=true", *overrides))
     for text in named:
         assert text in str(err.value)
+
+
+@pytest.mark.parametrize("layout", [
+    ["policy.megatron_cfg.context_parallel_size=2", "++policy.sequence_packing.enabled=true"],
+    ["policy.megatron_cfg.sequence_parallel=true", "++policy.megatron_cfg.tensor_model_parallel_size=2"],
+], ids=["CP2", "TP2-SP"])
+def test_layouts_scored_exactly_are_accepted(layout):
+    """Context and sequence parallelism are scored exactly (tests/engine/test_oracle.py): the
+    recipe runs as it is, with only the flag's two settings added."""
+    assert preflight(recipe("gradalign.enabled=true", *layout)) == [
+        "++grpo.use_dynamic_sampling=true", "++grpo.batch_multiplier=4"]
 
 
 def test_scored_aggregation_follows_the_trainers_loss():
@@ -125,7 +135,7 @@ def _entry(*args: str, timeout: float = 120):
 
 
 @pytest.mark.parametrize("override, named", [
-    ("policy.megatron_cfg.context_parallel_size=2", "policy.megatron_cfg.context_parallel_size=2"),
+    ("policy.megatron_cfg.fp8_cfg.enabled=true", "policy.megatron_cfg.fp8_cfg.enabled=True"),
     ("++env.should_use_nemo_gym=true", "env.should_use_nemo_gym=True"),
     ("grpo.batch_multiplier=3", "grpo.batch_multiplier=3"),
 ])

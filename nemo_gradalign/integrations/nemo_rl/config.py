@@ -133,9 +133,6 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     refuse(f"{mc}.enabled", lambda v: not v, "GradAlign scores on the Megatron policy worker (the "
            "DTensor backend is not supported)", False)
     refuse("policy.dtensor_cfg.enabled", bool, "the DTensor backend is not supported", False)
-    refuse(f"{mc}.context_parallel_size", lambda v: int(v) > 1, "context parallel is not supported: "
-           "each CP rank holds part of every sequence, so a problem's gradient would need a full "
-           "all-reduce over CP before its norm, per problem", 1)
     refuse(f"{mc}.expert_model_parallel_size", lambda v: int(v) > 1, "expert parallel is not supported "
            "inside NeMo RL yet: an expert-parallel group must score the same groups together, while the "
            "driver shards groups over every data-parallel rank (the engine's EP rule is exact)", 1)

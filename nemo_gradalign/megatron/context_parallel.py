@@ -1,0 +1,83 @@
+"""Context parallelism: each CP rank holds two zig-zag chunks of every sequence.
+
+megatron-core splits a sequence into 2·CP chunks and gives CP rank r chunks r and 2·CP−1−r
+(``megatron.core.utils.get_batch_on_this_cp_rank``; its rotary embeddings and Transformer Engine's
+CP attention expect the same layout, and NeMo RL's own sharding follows it). Parameters are
+replicated over CP, so a rank's gradient is its tokens' share of the problem's gradient and the
+shares add up — the sum megatron's DDP takes over its data×context-parallel group.
+
+megatron-core's local attention refuses CP (only Transformer Engine's runs it), so on machines
+without TE ``AllGatherContextParallelAttention`` is the attention: keys and values all-gathered
+over CP (backward: reduce-scatter, so each rank gets its chunks' full gradient), queries local,
+the causal mask taken on global positions. It is TE's ``cp_comm_type="all_gather"`` in plain
+torch, around megatron's own ``DotProductAttention`` math.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+def cp_size_and_rank() -> tuple[int, int]:
+    from megatron.core import parallel_state as ps
+
+    if not ps.model_parallel_is_initialized():
+        return 1, 0
+    return ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
+
+
+def zigzag_positions(length: int, cp_size: int, cp_rank: int) -> torch.Tensor:
+    """Global positions of the tokens CP rank ``cp_rank`` holds, in its local order."""
+    if length % (2 * cp_size):
+        raise ValueError(f"sequence length {length} is not a multiple of 2·CP={2 * cp_size}")
+    chunk = length // (2 * cp_size)
+    return torch.cat([torch.arange(c * chunk, (c + 1) * chunk)
+                      for c in (cp_rank, 2 * cp_size - 1 - cp_rank)])
+
+
+def shard_microbatch(mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This CP rank's zig-zag share of every [b, L] tensor, with megatron's own slicing, plus the
+    global ``position_ids`` of what it holds. L must be a multiple of 2·CP (pad first)."""
+    from megatron.core.utils import get_batch_on_this_cp_rank
+
+    batch, length = mb["tokens"].shape
+    positions = torch.arange(length, device=mb["tokens"].device).unsqueeze(0).expand(batch, -1)
+    return get_batch_on_this_cp_rank({**mb, "position_ids": positions.contiguous()})
+
+
+class AllGatherContextParallelAttention(torch.nn.Module):
+    """Core attention for megatron-core's local layer spec under CP (see the module docstring).
+
+    Takes the arguments megatron passes to any core attention; the attention mask it is given
+    is ignored (it is for the local chunk layout only) and rebuilt from the zig-zag positions."""
+
+    def __init__(self, config, layer_number, attn_mask_type, attention_type, attention_dropout=None,
+                 softmax_scale=None, cp_comm_type=None, pg_collection=None, **_unused):
+        from megatron.core import parallel_state as ps
+        from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+        super().__init__()
+        per_rank = copy.copy(config)  # the math on gathered keys is plain attention
+        per_rank.context_parallel_size = 1
+        self.attention = DotProductAttention(per_rank, layer_number, attn_mask_type, attention_type,
+                                             attention_dropout, softmax_scale, pg_collection=pg_collection)
+        self.cp_group = ps.get_context_parallel_group()
+        self.cp_size, self.cp_rank = cp_size_and_rank()
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None, **_unused):
+        from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+
+        if packed_seq_params is not None or attention_bias is not None:
+            raise NotImplementedError("packed sequences / attention bias under context parallelism")
+        local = query.shape[0]  # [s/cp, b, heads, dim]
+        key = gather_from_sequence_parallel_region(key, group=self.cp_group)
+        value = gather_from_sequence_parallel_region(value, group=self.cp_group)
+        length = local * self.cp_size
+        q_pos = zigzag_positions(length, self.cp_size, self.cp_rank).to(query.device)
+        k_pos = torch.cat([zigzag_positions(length, self.cp_size, r) for r in range(self.cp_size)]
+                          ).to(query.device)
+        masked = (k_pos.unsqueeze(0) > q_pos.unsqueeze(1)).view(1, 1, local, length)  # True: hidden
+        return self.attention(query, key, value, masked, attn_mask_type)
