@@ -22,6 +22,9 @@ the first stage's copy has the input half of its grad, the last stage's the outp
 engine sums the two over megatron's embedding group per problem (``finalize_model_grads``'s
 ``_allreduce_word_embedding_grads`` rule), then counts the first stage's copy only: the last
 stage's is marked ``shared``, which megatron's grad norm skips too (``param_is_not_shared``).
+Context parallelism changes no count: parameters are replicated over CP and each CP rank's grad is
+its tokens' share, so the engine sums the counted grads over CP per problem (megatron's DDP sums
+them over data × context parallel) and the rules above then apply unchanged.
 """
 
 from __future__ import annotations

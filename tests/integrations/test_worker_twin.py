@@ -10,8 +10,8 @@ training step shaped like the worker's ``train()``. Then
 
     score → train → score → train   ==   train → train
 
-for weights and optimizer state, bit for bit, at DP=2, TP=2×DP=2, PP=2×DP=2 and TP=2×DP=2 with
-sequence parallelism. Scoring first is
+for weights and optimizer state, bit for bit, at DP=2, TP=2×DP=2, PP=2×DP=2, TP=2×DP=2 with
+sequence parallelism and CP=2×DP=2 (DDP then reduces over data × context parallel). Scoring first is
 the case of NeMo RL's step 1 (dynamic_sampling runs before the first ``train()``). The
 distributed optimizer needs CUDA tensors in megatron-core and is not run here.
 """
@@ -69,9 +69,14 @@ class Host:
         gen = torch.Generator().manual_seed(1000 * step + ps.get_data_parallel_rank())
         batches = iter([torch.randint(1, SPEC.vocab_size, (2, 9), generator=gen) for _ in range(3)])  # 8 tokens: divisible by TP
         def forward_step(_iterator, model):
+            from megatron.core.utils import get_batch_on_this_cp_rank
+
             tokens = next(batches)
-            positions = torch.arange(8, device=tokens.device).expand(2, -1)
-            out = model(tokens[:, :-1], positions, causal_mask(8, tokens.device), labels=tokens[:, 1:])
+            batch = get_batch_on_this_cp_rank({  # CP: this rank's zig-zag share, as upstream does
+                "tokens": tokens[:, :-1], "labels": tokens[:, 1:],
+                "position_ids": torch.arange(8, device=tokens.device).expand(2, -1).contiguous()})
+            mask = causal_mask(8, tokens.device) if ps.get_context_parallel_world_size() == 1 else None
+            out = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"])
             return out, lambda loss: (loss.float().mean(), {})
 
         self.model.zero_grad_buffer()
@@ -128,7 +133,7 @@ def _twin_rank(rank, layout, out, sequence_parallel):
 
 @pytest.mark.parametrize("layout,sequence_parallel", [
     (parallel.Layout(dp=2), False), (parallel.Layout(tp=2, dp=2), False), (parallel.Layout(pp=2, dp=2), False),
-    (parallel.Layout(tp=2, dp=2), True),
+    (parallel.Layout(tp=2, dp=2), True), (parallel.Layout(cp=2, dp=2), False),
 ], ids=lambda v: str(v) if isinstance(v, parallel.Layout) else ("SP" if v else ""))
 def test_scoring_leaves_the_hosts_training_bit_identical(layout, sequence_parallel, tmp_path):
     parallel.spawn(_twin_rank, layout.world_size, layout, str(tmp_path / "twin.pt"), sequence_parallel)
