@@ -21,7 +21,7 @@ refused up front (``unsupported_reason``) and the caller falls back to one probl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -64,32 +64,57 @@ def unsupported_reason(model) -> str | None:
 @dataclass
 class _Rows:
     """Which rows of a microbatch belong to which problem, as a gather index: problem j of the
-    microbatch owns rows index[j] (padded with the index of an all-zero row)."""
+    microbatch owns rows index[j] (padded with the index of an all-zero row); ``acc`` collects
+    the microbatch's [P, 2] partials, added to the caller's rows once at the end."""
 
     problems: torch.Tensor  # [P] problem indices into the caller's list
     index: torch.Tensor | None  # [P, most rows of one problem]; None: P equal spans from row 0
     width: int
+    acc: torch.Tensor
+    # small per-problem grads (biases, norms) with their references, read together at the end:
+    # one matrix-vector product instead of a few tiny ones per parameter
+    small: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def read_small(self) -> None:
+        if self.small:
+            grads = torch.cat([g for g, _ in self.small], 1)
+            self.acc[:, 0].addmv_(grads, torch.cat([r for _, r in self.small]))
+            self.acc[:, 1] += (grads * grads).sum(1)
+            self.small.clear()
 
     @classmethod
-    def of(cls, spans: list[Span], rows: int) -> "_Rows":
+    def of(cls, spans: list[Span], rows: int, device, dtype: torch.dtype) -> "_Rows":
         width = max(r1 - r0 for _, r0, r1 in spans)
-        problems = torch.tensor([p for p, _, _ in spans])
+        problems = torch.tensor([p for p, _, _ in spans], device=device)
+        acc = torch.zeros(len(spans), 2, dtype=dtype, device=device)
         if all((r0, r1) == (j * width, (j + 1) * width) for j, (_, r0, r1) in enumerate(spans)):
-            return cls(problems, None, width)  # the usual case: k rollouts for every problem
+            return cls(problems, None, width, acc)  # the usual case: k rollouts for every problem
         index = torch.full((len(spans), width), rows, dtype=torch.long)
         for j, (_, r0, r1) in enumerate(spans):
             index[j, :r1 - r0] = torch.arange(r0, r1)
-        return cls(problems, index, width)
+        return cls(problems, index.to(device), width, acc)
 
     def group(self, x: torch.Tensor, sequence_first: bool) -> torch.Tensor:
-        """[s, b, d] (or [b, s, d]) -> [P, tokens of the widest problem, d]; padding is zero."""
+        """[s, b, d] (or [b, s, d]) -> [P, tokens of the widest problem, d]; padding is zero.
+        A problem's tokens come in any fixed order (sums over tokens do not care): a microbatch
+        that is one problem is only a view."""
+        n, d = len(self.problems), x.shape[-1]
+        if self.index is None and n * self.width == x.shape[1 if sequence_first else 0] and n == 1:
+            return x.reshape(1, -1, d)
         rows = x.transpose(0, 1) if sequence_first else x
         if self.index is None:
-            grouped = rows[:len(self.problems) * self.width]
+            grouped = rows[:n * self.width]
         else:
             rows = torch.cat([rows, rows.new_zeros(1, *rows.shape[1:])])
-            grouped = rows[self.index.to(x.device)]
-        return grouped.reshape(len(self.problems), -1, x.shape[-1])
+            grouped = rows[self.index]
+        return grouped.reshape(n, -1, d)
+
+    def sum_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """[s, b, d] -> [P, d], each problem's sum over its tokens (no copy for equal spans)."""
+        if self.index is not None:
+            return self.group(x, sequence_first=True).sum(1)
+        n = len(self.problems)
+        return x.sum(0)[:n * self.width].view(n, self.width, x.shape[-1]).sum(1)
 
 
 @dataclass
@@ -111,16 +136,33 @@ class PerProblemPartials:
     def __init__(self, model, references: dict[int, torch.Tensor], n_problems: int):
         self.model = model
         self.references = references  # id(param) -> this rank's reference shard; others not counted
-        device = next(model.parameters()).device
-        self.partials = torch.zeros(n_problems, 2, dtype=torch.float64, device=device)
+        first = next(model.parameters())
+        device = first.device
+        # a microbatch's partials add up in the grads' accumulation dtype, as the flat one-problem
+        # path's dot does; the totals over microbatches in float64
+        self._dtype = accumulable(torch.empty(0, dtype=first.dtype)).dtype
+        self._partials = torch.zeros(n_problems, 2, dtype=torch.float64, device=device)
+        self._device = device
+        self._refs: dict[tuple[int, torch.dtype], torch.Tensor] = {}
         self._rows: _Rows | None = None
+        self._done: list[_Rows] = []
         self._microbatch = -1
         self._seen: set[tuple[int, int]] = set()
         self._handles = []
 
     def next_microbatch(self, spans: list[Span], rows: int) -> None:
-        self._rows = _Rows.of(spans, rows)
+        self._rows = _Rows.of(spans, rows, self._device, self._dtype)
+        self._done.append(self._rows)
         self._microbatch += 1
+
+    @property
+    def partials(self) -> torch.Tensor:
+        """This rank's [n, 2] (dot, sqnorm) of every problem, after the pass."""
+        for rows in self._done:
+            rows.read_small()
+            self._partials.index_add_(0, rows.problems, rows.acc.double())
+        self._done.clear()
+        return self._partials
 
     def __enter__(self):
         """Hooks on every layer with counted parameters. Linear and layer-norm weights stop
@@ -169,37 +211,50 @@ class PerProblemPartials:
             getattr(self, "_" + kind)(module, pending, accumulable(grad))
 
     # -- per kind: [P, ...] per-problem gradients of each counted parameter ------------------
-    def _add(self, problems: torch.Tensor, grads: torch.Tensor, param) -> None:
-        ref = self.references.get(id(param))
+    def _reference(self, param, dtype: torch.dtype) -> torch.Tensor | None:
+        """The parameter's reference shard, flat, in the grads' dtype (cast once per pass)."""
+        key = (id(param), dtype)
+        if key not in self._refs:
+            ref = self.references.get(id(param))
+            self._refs[key] = None if ref is None else ref.reshape(-1).to(dtype)
+        return self._refs[key]
+
+    SMALL = 1 << 12  # per-problem grads of at most this many elements are read at the end
+
+    def _add(self, acc: torch.Tensor, grads: torch.Tensor, ref: torch.Tensor | None,
+             rows: _Rows | None = None) -> None:
+        """Add each problem's ⟨grad, ref⟩ and ‖grad‖² to ``acc``; small ones (``rows`` given:
+        all of the microbatch's problems) wait to be read together."""
         if ref is None:
             return
         flat = grads.reshape(grads.shape[0], -1)
-        ref = ref.reshape(-1).to(flat.dtype)
-        self._accumulate(problems, flat @ ref, (flat * flat).sum(1))
-
-    def _accumulate(self, problems: torch.Tensor, dots: torch.Tensor, sqnorms: torch.Tensor) -> None:
-        rows = torch.stack([dots, sqnorms], 1).double()  # stays on the device: no sync
-        self.partials.index_add_(0, problems.to(rows.device), rows)
+        if rows is not None and flat.shape[1] <= self.SMALL:
+            rows.small.append((flat, ref))
+            return
+        acc[:, 0].addmv_(flat, ref)
+        acc[:, 1] += (flat * flat).sum(1)
 
     def _linear(self, module, pending: _Pending, grad: torch.Tensor) -> None:
         # [s, b, ·] activations; a bias (added inside or returned apart) shares the output's δ
-        x = pending.rows.group(accumulable(pending.inputs), sequence_first=True)
-        delta = pending.rows.group(grad, sequence_first=True)
-        problems = pending.rows.problems
-        step = max(1, self.CHUNK_ELEMENTS // module.weight.numel())
-        for j in range(0, len(problems), step):
-            self._add(problems[j:j + step], delta[j:j + step].transpose(1, 2) @ x[j:j + step], module.weight)
+        rows = pending.rows
+        ref = self._reference(module.weight, grad.dtype)
+        if ref is not None:
+            x = rows.group(accumulable(pending.inputs), sequence_first=True)
+            delta = rows.group(grad, sequence_first=True)
+            step = max(1, self.CHUNK_ELEMENTS // module.weight.numel())
+            for j in range(0, len(rows.problems), step):
+                self._add(rows.acc[j:j + step], delta[j:j + step].transpose(1, 2) @ x[j:j + step], ref)
         if getattr(module, "bias", None) is not None:
-            self._add(problems, delta.sum(1), module.bias)
+            self._add(rows.acc, rows.sum_tokens(grad), self._reference(module.bias, grad.dtype), rows)
 
     def _layernorm(self, module, pending: _Pending, grad: torch.Tensor) -> None:
-        x_hat = F.layer_norm(pending.inputs, module.normalized_shape, None, None, module.eps)
-        delta = pending.rows.group(grad, sequence_first=True)
+        rows = pending.rows
         if module.weight is not None:
-            x_hat = pending.rows.group(accumulable(x_hat), sequence_first=True)
-            self._add(pending.rows.problems, (delta * x_hat).sum(1), module.weight)
+            x_hat = F.layer_norm(pending.inputs, module.normalized_shape, None, None, module.eps)
+            self._add(rows.acc, rows.sum_tokens(grad * accumulable(x_hat)),
+                      self._reference(module.weight, grad.dtype), rows)
         if module.bias is not None:
-            self._add(pending.rows.problems, delta.sum(1), module.bias)
+            self._add(rows.acc, rows.sum_tokens(grad), self._reference(module.bias, grad.dtype), rows)
 
     def _embedding(self, module, pending: _Pending, grad: torch.Tensor) -> None:
         # ids and δ are [b, s, ·]; a vocab-parallel shard owns rows [start, start + rows) of E.
@@ -216,5 +271,5 @@ class PerProblemPartials:
         pairs, where = torch.unique(owner[mine] * rows + local[mine], return_inverse=True)
         summed = delta.new_zeros(len(pairs), delta.shape[-1]).index_add_(0, where, delta[mine])
         dots = (summed * ref[pairs % rows].to(summed.dtype)).sum(1)
-        problems = pending.rows.problems.to(pairs.device)[pairs // rows]
-        self._accumulate(problems, dots, (summed * summed).sum(1))
+        sqnorms = (summed * summed).sum(1)
+        pending.rows.acc.index_add_(0, pairs // rows, torch.stack([dots, sqnorms], 1).to(pending.rows.acc.dtype))
