@@ -9,10 +9,11 @@
         microbatches of ONE pipeline schedule, so the stages stay busy) against a training
         pass over the same microbatches — 16 rows (2 problems each) and 8 rows (1 problem each:
         its tokens are then read in place, no regrouping copy) — and the one-flush-per-problem
-        path (against 16-row training).
+        path (against 16-row training). ``pp2-long``: the same with 32 problems of 8 × 256
+        tokens, closer to RL's long responses.
 
 Timings are min over repeats, the compared paths interleaved in each repeat. Run:
-  python benchmarks/packed_scoring.py [--repeats 5] [--part demo|pp2|all]
+  python benchmarks/packed_scoring.py [--repeats 5] [--part demo|pp2|pp2-long|all]
 """
 
 from __future__ import annotations
@@ -93,18 +94,20 @@ def _cpu_timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, float(spent)
 
 
-def _pp2(rank, repeats, out):
+def _pp2(rank, repeats, out, long=False):
+    """``long``: 32 problems of 8 rollouts × 256 tokens (RL responses are long) instead of 64 × 48."""
     torch.set_num_threads(1)
     parallel.init_distributed(parallel.Layout(pp=2))
-    model = build_gpt(PP_MODEL)
+    spec = PP_MODEL.model_copy(update={"max_sequence_length": 256}) if long else PP_MODEL
+    model = build_gpt(spec)
     params = list(model.parameters())
     engine = GradientEngine(model.named_parameters(), EngineGroups.from_megatron())
-    problems = make_problems(64, PP_MODEL.vocab_size, 3, 16, 32)
+    problems = make_problems(32, spec.vocab_size, 3, 32, 224) if long else make_problems(64, spec.vocab_size, 3, 16, 32)
     one = ProblemRunner(model, LOSS, pack_rows=None)
     reference = engine.build_reference(problems[:16], ProblemRunner(model, LOSS, pack_rows=16))
     times = {}
     for _ in range(repeats):  # the compared paths interleaved, each over the same microbatches
-        for rows in (16, 8):  # 2 problems per microbatch (32 microbatches); 1 (64)
+        for rows in (16, 8):  # 2 problems per microbatch; 1 (read in place)
             runner = ProblemRunner(model, LOSS, pack_rows=rows)
             times.setdefault(f"train pass, {rows}-row microbatches", []).append(
                 _cpu_timed(lambda: _train_pass(model, problems, rows, params)))
@@ -112,7 +115,8 @@ def _pp2(rank, repeats, out):
                 _cpu_timed(lambda: engine.score(problems, runner, reference)))
         times.setdefault("one flush per problem", []).append(_cpu_timed(lambda: engine.score(problems, one, reference)))
     if rank == 0:
-        print("PP=2, 4 layers h=128, 64 problems x 8 rollouts of 48 tokens; throughput vs a training "
+        shape = "32 problems x 8 rollouts of 256 tokens" if long else "64 problems x 8 rollouts of 48 tokens"
+        print(f"PP=2, 4 layers h=128, {shape}; throughput vs a training "
               "pass over the same microbatches: wall (ratio of the minima; median ratio of back-to-back "
               "pairs) and CPU time of both ranks (median pair):")
         for name, t in times.items():
@@ -127,12 +131,14 @@ def _pp2(rank, repeats, out):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--part", choices=["demo", "pp2", "all"], default="all")
+    parser.add_argument("--part", choices=["demo", "pp2", "pp2-long", "all"], default="all")
     args = parser.parse_args()
     if args.part in ("demo", "all"):
         parallel.spawn(_demo, 1, args.repeats, None)
     if args.part in ("pp2", "all"):
         parallel.spawn(_pp2, 2, args.repeats, None)
+    if args.part in ("pp2-long", "all"):
+        parallel.spawn(_pp2, 2, args.repeats, None, True)
 
 
 if __name__ == "__main__":
