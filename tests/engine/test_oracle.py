@@ -149,8 +149,9 @@ def test_engine_matches_oracle_with_context_parallelism(layout, ddp, sequence_pa
     _check_against_oracle(layout, oracle, tmp_path, ddp=ddp, sequence_parallel=sequence_parallel)
 
 
-@pytest.mark.parametrize("layout,ddp", [(parallel.Layout(pp=2), False), (parallel.Layout(tp=2, pp=2), True)],
-                         ids=["PP2", "TP2xPP2-DDP"])
+@pytest.mark.parametrize("layout,ddp", [(parallel.Layout(pp=2), False), (parallel.Layout(tp=2, pp=2), True),
+                                        (parallel.Layout(pp=2, cp=2), True)],
+                         ids=["PP2", "TP2xPP2-DDP", "PP2xCP2-DDP"])
 def test_engine_matches_oracle_with_tied_embeddings(layout, ddp, tied_oracle, tmp_path):
     """Word embeddings tied across pipeline stages: each stage's copy holds half of the grad;
     summed per problem over the embedding group, counted on the first stage only."""
