@@ -21,15 +21,13 @@ refused up front (``unsupported_reason``) and the caller falls back to one probl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from nemo_gradalign.engine.grads import accumulable
-
-Span = tuple[int, int, int]  # (problem index, first row, end row) within a microbatch
-
+from nemo_gradalign.megatron.packed_rows import PackedRows, Span
 
 def _module_kinds():
     from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
@@ -62,67 +60,11 @@ def unsupported_reason(model) -> str | None:
 
 
 @dataclass
-class _Rows:
-    """Which rows of a microbatch belong to which problem, as a gather index: problem j of the
-    microbatch owns rows index[j] (padded with the index of an all-zero row); ``acc`` collects
-    the microbatch's [P, 2] partials, added to the caller's rows once at the end."""
-
-    problems: torch.Tensor  # [P] problem indices into the caller's list
-    index: torch.Tensor | None  # [P, most rows of one problem]; None: P equal spans from row 0
-    width: int
-    acc: torch.Tensor
-    # small per-problem grads (biases, norms) with their references, read together at the end:
-    # one matrix-vector product instead of a few tiny ones per parameter
-    small: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-
-    def read_small(self) -> None:
-        if self.small:
-            grads = torch.cat([g for g, _ in self.small], 1)
-            self.acc[:, 0].addmv_(grads, torch.cat([r for _, r in self.small]))
-            self.acc[:, 1] += (grads * grads).sum(1)
-            self.small.clear()
-
-    @classmethod
-    def of(cls, spans: list[Span], rows: int, device, dtype: torch.dtype) -> "_Rows":
-        width = max(r1 - r0 for _, r0, r1 in spans)
-        problems = torch.tensor([p for p, _, _ in spans], device=device)
-        acc = torch.zeros(len(spans), 2, dtype=dtype, device=device)
-        if all((r0, r1) == (j * width, (j + 1) * width) for j, (_, r0, r1) in enumerate(spans)):
-            return cls(problems, None, width, acc)  # the usual case: k rollouts for every problem
-        index = torch.full((len(spans), width), rows, dtype=torch.long)
-        for j, (_, r0, r1) in enumerate(spans):
-            index[j, :r1 - r0] = torch.arange(r0, r1)
-        return cls(problems, index.to(device), width, acc)
-
-    def group(self, x: torch.Tensor, sequence_first: bool) -> torch.Tensor:
-        """[s, b, d] (or [b, s, d]) -> [P, tokens of the widest problem, d]; padding is zero.
-        A problem's tokens come in any fixed order (sums over tokens do not care): a microbatch
-        that is one problem is only a view."""
-        n, d = len(self.problems), x.shape[-1]
-        if self.index is None and n * self.width == x.shape[1 if sequence_first else 0] and n == 1:
-            return x.reshape(1, -1, d)
-        rows = x.transpose(0, 1) if sequence_first else x
-        if self.index is None:
-            grouped = rows[:n * self.width]
-        else:
-            rows = torch.cat([rows, rows.new_zeros(1, *rows.shape[1:])])
-            grouped = rows[self.index]
-        return grouped.reshape(n, -1, d)
-
-    def sum_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """[s, b, d] -> [P, d], each problem's sum over its tokens (no copy for equal spans)."""
-        if self.index is not None:
-            return self.group(x, sequence_first=True).sum(1)
-        n = len(self.problems)
-        return x.sum(0)[:n * self.width].view(n, self.width, x.shape[-1]).sum(1)
-
-
-@dataclass
 class _Pending:
     """What a module's forward left for its backward: its input and the microbatch's rows."""
 
     inputs: torch.Tensor
-    rows: _Rows
+    rows: PackedRows
 
 
 class PerProblemPartials:
@@ -144,14 +86,15 @@ class PerProblemPartials:
         self._partials = torch.zeros(n_problems, 2, dtype=torch.float64, device=device)
         self._device = device
         self._refs: dict[tuple[int, torch.dtype], torch.Tensor] = {}
-        self._rows: _Rows | None = None
-        self._done: list[_Rows] = []
+        self._rows: PackedRows | None = None
+        self._done: list[PackedRows] = []
+        self._pending = 0  # elements of small per-problem grads waiting to be read
         self._microbatch = -1
         self._seen: set[tuple[int, int]] = set()
         self._handles = []
 
     def next_microbatch(self, spans: list[Span], rows: int) -> None:
-        self._rows = _Rows.of(spans, rows, self._device, self._dtype)
+        self._rows = PackedRows.of(spans, rows, self._device, self._dtype)
         self._done.append(self._rows)
         self._microbatch += 1
 
@@ -219,10 +162,11 @@ class PerProblemPartials:
             self._refs[key] = None if ref is None else ref.reshape(-1).to(dtype)
         return self._refs[key]
 
-    SMALL = 1 << 12  # per-problem grads of at most this many elements are read at the end
+    SMALL = 1 << 12  # per-problem grads of at most this many elements are read later, together
+    PENDING = 1 << 22  # ... once this many elements wait (about 16 MB in fp32), or at the end
 
     def _add(self, acc: torch.Tensor, grads: torch.Tensor, ref: torch.Tensor | None,
-             rows: _Rows | None = None) -> None:
+             rows: PackedRows | None = None) -> None:
         """Add each problem's ⟨grad, ref⟩ and ‖grad‖² to ``acc``; small ones (``rows`` given:
         all of the microbatch's problems) wait to be read together."""
         if ref is None:
@@ -230,6 +174,11 @@ class PerProblemPartials:
         flat = grads.reshape(grads.shape[0], -1)
         if rows is not None and flat.shape[1] <= self.SMALL:
             rows.small.append((flat, ref))
+            self._pending += flat.numel()
+            if self._pending > self.PENDING:
+                for waiting in self._done:
+                    waiting.read_small()
+                self._pending = 0
             return
         acc[:, 0].addmv_(flat, ref)
         acc[:, 1] += (flat * flat).sum(1)

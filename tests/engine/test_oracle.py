@@ -14,6 +14,7 @@ from helpers import assert_close_rel, edge_case_problems, oracle_scores, random_
 from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.model import ModelSpec, build_gpt
+from nemo_gradalign.megatron.per_problem import PerProblemPartials
 from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
 
 SPEC64 = ModelSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=32, dtype="float64")
@@ -74,8 +75,10 @@ def _tied_oracle_rank(rank, out):
                 for name, (loss, _) in SETTINGS.items()}, out)
 
 
-def _engine_rank(rank, layout, out, ddp=False, sequence_parallel=False, tied=False):
+def _engine_rank(rank, layout, out, ddp=False, sequence_parallel=False, tied=False, read_small_at_once=False):
     parallel.init_distributed(layout)
+    if read_small_at_once:  # packed scoring's deferred bias/norm reads flushed at every one
+        PerProblemPartials.PENDING = 0
     moe = MOE if layout.ep > 1 else {}
     model = build_gpt(SPEC64.model_copy(update={"sequence_parallel": sequence_parallel, **moe,
                                                 **(TIED if tied else {})}))
@@ -120,8 +123,9 @@ def test_engine_matches_oracle_in_float64(layout, oracle, tmp_path):
 
 
 def test_engine_reads_megatron_ddp_main_grad(oracle, tmp_path):
-    """With megatron's DDP wrapper (grads in main_grad, DP=2 x TP=2) the scores are the same."""
-    _check_against_oracle(parallel.Layout(tp=2, dp=2), oracle, tmp_path, ddp=True)
+    """With megatron's DDP wrapper (grads in main_grad, DP=2 x TP=2) the scores are the same
+    (and packed scoring's small partials are read as they come, not batched per microbatch)."""
+    _check_against_oracle(parallel.Layout(tp=2, dp=2), oracle, tmp_path, ddp=True, read_small_at_once=True)
 
 
 @pytest.mark.parametrize("layout", [parallel.Layout(tp=2), parallel.Layout(tp=2, pp=2)], ids=str)
@@ -158,9 +162,11 @@ def test_engine_matches_oracle_with_tied_embeddings(layout, ddp, tied_oracle, tm
     _check_against_oracle(layout, tied_oracle, tmp_path, ddp=ddp, tied=True)
 
 
-def _check_against_oracle(layout, oracle, tmp_path, ddp=False, sequence_parallel=False, tied=False):
+def _check_against_oracle(layout, oracle, tmp_path, ddp=False, sequence_parallel=False, tied=False,
+                          read_small_at_once=False):
     out = tmp_path / "engine.pt"
-    parallel.spawn(_engine_rank, layout.world_size, layout, str(out), ddp, sequence_parallel, tied)
+    parallel.spawn(_engine_rank, layout.world_size, layout, str(out), ddp, sequence_parallel, tied,
+                   read_small_at_once)
     results = torch.load(out)
     worst = 0.0
     for name in results:
