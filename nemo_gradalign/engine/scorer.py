@@ -209,14 +209,15 @@ class GradientEngine:
 
 def _sum_grads(params: list[torch.nn.Parameter], all_reduce) -> None:
     """Replace the params' grads by their sum over a group: one collective for all of them. A
-    grad that backward never reached is zeros (every rank of the group must take part)."""
+    grad that backward never reached is zeros (every rank of the group must take part). 16-bit
+    grads are summed in fp32: one rounding when stored back, however many ranks add up."""
     if not params:
         return
     for param in params:
         if local_grad(param) is None:
             param.grad = torch.zeros_like(param)
     grads = [local_grad(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = accumulable(torch.cat([g.reshape(-1) for g in grads]))
     all_reduce(flat)
     offset = 0
     for g in grads:
