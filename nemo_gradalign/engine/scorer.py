@@ -138,7 +138,7 @@ class GradientEngine:
         _sum_grads(self.counted.tied_embedding, self.groups.sum_embedding)
         if self.groups.cp_size > 1:
             if self.flat is not None:
-                self.groups.sum_context_parallel(self.flat.counted)
+                sum_in_place(self.flat.counted, self.groups.sum_context_parallel)
             else:
                 _sum_grads(self.counted.params, self.groups.sum_context_parallel)
 
@@ -209,20 +209,28 @@ class GradientEngine:
 
 def _sum_grads(params: list[torch.nn.Parameter], all_reduce) -> None:
     """Replace the params' grads by their sum over a group: one collective for all of them. A
-    grad that backward never reached is zeros (every rank of the group must take part). 16-bit
-    grads are summed in fp32: one rounding when stored back, however many ranks add up."""
+    grad that backward never reached is zeros (every rank of the group must take part)."""
     if not params:
         return
     for param in params:
         if local_grad(param) is None:
             param.grad = torch.zeros_like(param)
     grads = [local_grad(p) for p in params]
-    flat = accumulable(torch.cat([g.reshape(-1) for g in grads]))
-    all_reduce(flat)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    sum_in_place(flat, all_reduce)
     offset = 0
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def sum_in_place(tensor: torch.Tensor, all_reduce) -> None:
+    """``tensor`` summed over a group, in place. 16-bit tensors are summed in fp32: one rounding
+    when stored back, however many ranks add up (a 16-bit all-reduce rounds at every step)."""
+    wide = accumulable(tensor)
+    all_reduce(wide)
+    if wide is not tensor:
+        tensor.copy_(wide)
 
 
 def gathered_index(problem: int, dp_size: int, per_rank: int) -> int:

@@ -16,6 +16,7 @@ torch, around megatron's own ``DotProductAttention`` math.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 
@@ -75,9 +76,15 @@ class AllGatherContextParallelAttention(torch.nn.Module):
         local = query.shape[0]  # [s/cp, b, heads, dim]
         key = gather_from_sequence_parallel_region(key, group=self.cp_group)
         value = gather_from_sequence_parallel_region(value, group=self.cp_group)
-        length = local * self.cp_size
-        q_pos = zigzag_positions(length, self.cp_size, self.cp_rank).to(query.device)
-        k_pos = torch.cat([zigzag_positions(length, self.cp_size, r) for r in range(self.cp_size)]
-                          ).to(query.device)
-        masked = (k_pos.unsqueeze(0) > q_pos.unsqueeze(1)).view(1, 1, local, length)  # True: hidden
+        masked = _causal_mask(local, self.cp_size, self.cp_rank).to(query.device)
         return self.attention(query, key, value, masked, attn_mask_type)
+
+
+@functools.lru_cache(maxsize=8)
+def _causal_mask(local: int, cp_size: int, cp_rank: int) -> torch.Tensor:
+    """[1, 1, local, local·CP], True where this rank's query may not see a gathered key (keys in
+    rank order, each rank's in its zig-zag order); built once per shape, not per layer."""
+    length = local * cp_size
+    q_pos = zigzag_positions(length, cp_size, cp_rank)
+    k_pos = torch.cat([zigzag_positions(length, cp_size, r) for r in range(cp_size)])
+    return (k_pos.unsqueeze(0) > q_pos.unsqueeze(1)).view(1, 1, local, length)

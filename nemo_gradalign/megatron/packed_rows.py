@@ -51,7 +51,7 @@ class PackedRows:
         A problem's tokens come in any fixed order (sums over tokens do not care): a microbatch
         that is one problem is only a view."""
         n, d = len(self.problems), x.shape[-1]
-        if self.index is None and n * self.width == x.shape[1 if sequence_first else 0] and n == 1:
+        if n == 1 and self.index is None and self.width == x.shape[1 if sequence_first else 0]:
             return x.reshape(1, -1, d)
         rows = x.transpose(0, 1) if sequence_first else x
         if self.index is None:

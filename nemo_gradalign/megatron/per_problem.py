@@ -165,23 +165,26 @@ class PerProblemPartials:
     SMALL = 1 << 12  # per-problem grads of at most this many elements are read later, together
     PENDING = 1 << 22  # ... once this many elements wait (about 16 MB in fp32), or at the end
 
-    def _add(self, acc: torch.Tensor, grads: torch.Tensor, ref: torch.Tensor | None,
-             rows: PackedRows | None = None) -> None:
-        """Add each problem's ⟨grad, ref⟩ and ‖grad‖² to ``acc``; small ones (``rows`` given:
-        all of the microbatch's problems) wait to be read together."""
+    def _add(self, acc: torch.Tensor, grads: torch.Tensor, ref: torch.Tensor | None) -> None:
+        """Add each problem's ⟨grad, ref⟩ and ‖grad‖² (grads [P, ...]) to ``acc`` [P, 2]."""
         if ref is None:
             return
         flat = grads.reshape(grads.shape[0], -1)
-        if rows is not None and flat.shape[1] <= self.SMALL:
-            rows.small.append((flat, ref))
-            self._pending += flat.numel()
-            if self._pending > self.PENDING:
-                for waiting in self._done:
-                    waiting.read_small()
-                self._pending = 0
-            return
         acc[:, 0].addmv_(flat, ref)
         acc[:, 1] += (flat * flat).sum(1)
+
+    def _add_later(self, rows: PackedRows, grads: torch.Tensor, ref: torch.Tensor | None) -> None:
+        """``_add`` for all of a microbatch's problems; small grads (biases, norms) wait to be
+        read together, until too many elements wait."""
+        if ref is None or grads[0].numel() > self.SMALL:
+            self._add(rows.acc, grads, ref)
+            return
+        rows.small.append((grads.reshape(grads.shape[0], -1), ref))
+        self._pending += grads.numel()
+        if self._pending > self.PENDING:
+            for waiting in self._done:
+                waiting.read_small()
+            self._pending = 0
 
     def _linear(self, module, pending: _Pending, grad: torch.Tensor) -> None:
         # [s, b, ·] activations; a bias (added inside or returned apart) shares the output's δ
@@ -194,16 +197,16 @@ class PerProblemPartials:
             for j in range(0, len(rows.problems), step):
                 self._add(rows.acc[j:j + step], delta[j:j + step].transpose(1, 2) @ x[j:j + step], ref)
         if getattr(module, "bias", None) is not None:
-            self._add(rows.acc, rows.sum_tokens(grad), self._reference(module.bias, grad.dtype), rows)
+            self._add_later(rows, rows.sum_tokens(grad), self._reference(module.bias, grad.dtype))
 
     def _layernorm(self, module, pending: _Pending, grad: torch.Tensor) -> None:
         rows = pending.rows
         if module.weight is not None:
             x_hat = F.layer_norm(pending.inputs, module.normalized_shape, None, None, module.eps)
-            self._add(rows.acc, rows.sum_tokens(grad * accumulable(x_hat)),
-                      self._reference(module.weight, grad.dtype), rows)
+            self._add_later(rows, rows.sum_tokens(grad * accumulable(x_hat)),
+                            self._reference(module.weight, grad.dtype))
         if module.bias is not None:
-            self._add(rows.acc, rows.sum_tokens(grad), self._reference(module.bias, grad.dtype), rows)
+            self._add_later(rows, rows.sum_tokens(grad), self._reference(module.bias, grad.dtype))
 
     def _embedding(self, module, pending: _Pending, grad: torch.Tensor) -> None:
         # ids and δ are [b, s, ·]; a vocab-parallel shard owns rows [start, start + rows) of E.

@@ -1,12 +1,13 @@
 """The engine's per-problem sums over a process group (SP over TP, tied embeddings over stages,
-CP over its ranks) round 16-bit grads once, however many ranks add up."""
+CP over its ranks, per-parameter or one flat buffer) round 16-bit grads once, however many
+ranks add up."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-from nemo_gradalign.engine.scorer import _sum_grads
+from nemo_gradalign.engine.scorer import _sum_grads, sum_in_place
 from nemo_gradalign.megatron import parallel
 
 WORLD = 4
@@ -21,8 +22,10 @@ def _rank(rank, out):
     param = torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))
     param.main_grad = torch.full((3,), VALUES[rank], dtype=torch.bfloat16)  # megatron DDP's buffer
     _sum_grads([param], lambda t: dist.all_reduce(t))
+    flat = torch.full((3,), VALUES[rank], dtype=torch.bfloat16)  # a flat .grad buffer (CP's sum)
+    sum_in_place(flat, lambda t: dist.all_reduce(t))
     if rank == 0:
-        torch.save(param.main_grad.clone(), out)
+        torch.save(torch.stack([param.main_grad, flat]), out)
 
 
 def test_16_bit_grads_are_summed_over_a_group_in_fp32(tmp_path):
@@ -30,4 +33,6 @@ def test_16_bit_grads_are_summed_over_a_group_in_fp32(tmp_path):
     exact = sum(VALUES)  # float64, then one rounding
     got = torch.load(tmp_path / "sum.pt")
     assert got.dtype == torch.bfloat16
-    assert got.tolist() == [float(torch.tensor(exact).to(torch.bfloat16))] * 3 == [1.0 + 2.0 ** -7] * 3
+    want = [float(torch.tensor(exact).to(torch.bfloat16))] * 3
+    assert want == [1.0 + 2.0 ** -7] * 3
+    assert got.tolist() == [want, want]  # per-parameter grads and a flat buffer alike
