@@ -5,7 +5,7 @@ out as the demo lays them, `--runs runs/demo/noisy --seeds 3,4,5 --methods grada
 prints, for each
 GradAlign variant (or paper baseline) in the demo, its row and every budgeted baseline's
 (plain GRPO, DAPO) read at that variant's steps and compute, seed by seed, plus the per-seed
-difference in accuracy area. Markdown, to paste into the README.
+difference in accuracy area. Markdown, to paste into docs/results.md.
 """
 
 from __future__ import annotations

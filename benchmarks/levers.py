@@ -4,7 +4,7 @@ against plain GRPO and DAPO read at that variant's own compute, seed by seed.
 Every variant is the demo's GradAlign (round schedule) plus overrides; plain GRPO and DAPO run
 once per seed until the largest compute any variant of that seed spent. Two runs at a time.
   python benchmarks/levers.py [--seeds 0,1,2] [--regime noisy] [--out runs/levers] [--variants a,b]
-Tune on seeds 0-2 only; tables for the README come from other seeds.
+Tune on seeds 0-2 only; tables for docs/results.md come from other seeds.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ and any method that skips zero-variance groups drops them for free. Real wrong l
 
 - ``near_miss_key`` (label flip, ``noisy_flip``): the true answer with one digit off by one, at a
   random position, in a random direction that stays within 0..9. Off-by-one is the warm-started
-  policy's most frequent single slip (README, "The embedded GRPO loop"); adjacent swaps are rarer.
+  policy's most frequent single slip (docs/results.md, "Regimes"); adjacent swaps are rarer.
 - ``shuffled_key`` (``low_utility_shuffled``): a uniformly random wrong arrangement of the prompt's
   own digits, what a policy emits before it has learnt the order. It agrees with the truth no more
   than chance, so rewarding it teaches nothing about the op beyond "answer with the prompt's

@@ -151,6 +151,6 @@ def print_table(console: Console, summaries: dict, regime: str, seeds: list[int]
                       *(mean_std([c[k] for c in cmp]) for k in ("acc_at_steps", "auc_steps", "acc_at_compute",
                                                                 "auc_compute")))
     console.print(table)
-    console.print("compute: forward token-passes (generation 1, forward+backward 3 per token; README). "
+    console.print("compute: forward token-passes (generation 1, forward+backward 3 per token; docs/training.md). "
                   "AUC: mean accuracy over [0, budget]; step s: summed step seconds.")
     console.print(f"whole demo: {wall:.0f} s wall. Plot: {figure}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-# The schedule `gradalign` means in the demo, chosen on tuning seeds 0-2 (README): the round schedule
+# The schedule `gradalign` means in the demo, chosen on tuning seeds 0-2 (docs/results.md): the round schedule
 # had a higher accuracy area than the step schedule with a validation gradient 8 steps stale, for
 # less compute; the step schedule rebuilding G every step costs ~3.4x the round's compute.
 DEFAULT_GRADALIGN = "gradalign-round"
