@@ -39,7 +39,7 @@ class MemorySamplerConfig(BaseModel):
     """Knobs of the memory sampler (defaults: see the report / memory_policy.py)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     # share of a batch given to unseen problems (1: every problem is seen once before any choice)
     explore_share: float = Field(1.0, gt=0.0, le=1.0)
     # skip probability added per consecutive zero-gradient visit, and the most it reaches (< 1:
@@ -113,7 +113,8 @@ class AlignmentMemorySampler(Sampler[int]):
         self.epoch, self.position = self.epoch + 1, 0
 
     def next_step(self) -> StepPlan:
-        """Decide the next step's problems from the memory as it is now, and advance."""
+        """Decide the next step's problems from the memory as it is now, and advance. A trainer
+        without a dataloader may call this directly (epochs then never roll over)."""
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.config.seed, self.step])))
         plan = plan_step(self.memory, self.config.knobs(), self._order, self.explore_cursor, self.batch_size, rng)
         self.explore_cursor += plan.explored
@@ -142,9 +143,9 @@ class AlignmentMemorySampler(Sampler[int]):
             if state[key] != now:
                 raise ValueError(f"AlignmentMemorySampler state: {key}={state[key]!r} was saved, this run has "
                                  f"{key}={now!r}")
-        if not 0 <= state["position"] <= self.steps_per_epoch:
-            raise ValueError(f"AlignmentMemorySampler state: position={state['position']!r} is outside "
-                             f"0..{self.steps_per_epoch} steps of an epoch")
+        if not isinstance(state["position"], int) or state["position"] < 0:
+            raise ValueError(f"AlignmentMemorySampler state: position={state['position']!r} must be a "
+                             f"non-negative int")
         if not 0 <= state["explore_cursor"] <= self.num_problems:
             raise ValueError(f"AlignmentMemorySampler state: explore_cursor={state['explore_cursor']!r} is outside "
                              f"0..{self.num_problems}")
@@ -154,6 +155,18 @@ class AlignmentMemorySampler(Sampler[int]):
         self.epoch, self.position = state["epoch"], state["position"]
         self.explore_cursor = state["explore_cursor"]
         self.last_plan = None
+
+
+def memory_dataloader(dataset, sampler: AlignmentMemorySampler, collate_fn=None):
+    """The training loader for this sampler: NeMo RL ``setup()``'s StatefulDataLoader with
+    ``sampler=`` in place of ``shuffle=``, one step's prompts a batch, no worker processes."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    if len(dataset) != sampler.num_problems:
+        raise ValueError(f"memory_dataloader: the dataset has {len(dataset)} problems, the sampler "
+                         f"{sampler.num_problems}")
+    return StatefulDataLoader(dataset, batch_size=sampler.batch_size, sampler=sampler, drop_last=True,
+                              collate_fn=collate_fn, num_workers=0)
 
 
 def batch_problem_ids(batch: dict) -> list[int]:

@@ -20,7 +20,8 @@ from nemo_gradalign.config import ConfigError
 from nemo_gradalign.selection.memory import ScoreMemory
 from nemo_gradalign.selection.memory_policy import plan_step, weighted_without_replacement
 from nemo_gradalign.selection.memory_sampler import (AlignmentMemorySampler, MemorySamplerConfig,
-                                                     batch_problem_ids, parse_memory_sampler)
+                                                     batch_problem_ids, memory_dataloader,
+                                                     parse_memory_sampler)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,7 +61,7 @@ def drive(loader, sampler, epoch, step, until, save_at=None):
 
 def make_loader(dataset, batch_size, seed=3):
     sampler = AlignmentMemorySampler(len(dataset), batch_size, MemorySamplerConfig(seed=seed))
-    return StatefulDataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=0), sampler
+    return memory_dataloader(dataset, sampler), sampler
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,10 @@ def dataset():
 
 def test_length_is_a_plain_epoch(dataset):
     loader, sampler = make_loader(dataset, 8)
+    assert isinstance(loader, StatefulDataLoader) and loader.num_workers == 0 and loader.batch_size == 8
     assert len(sampler) == 6 * 8 and len(loader) == 53 // 8
+    with pytest.raises(ValueError, match="memory_dataloader: the dataset has 53 problems, the sampler 54"):
+        memory_dataloader(dataset, AlignmentMemorySampler(54, 8))
 
 
 @pytest.mark.parametrize("save_at", [2, 6, 9])  # mid-epoch, after an epoch's last batch, in epoch 2
