@@ -7,6 +7,8 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 SMALL = ["--pool-size", "24", "--val-size", "48", "--rollouts", "4", "--val-rollouts", "4",
          "--warmup-steps", "40"]
 
@@ -16,6 +18,7 @@ def _run(args, tmp_path):
                            "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_score_job_scores_every_method_at_tp2(tmp_path):
     proc = _run(SMALL, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -42,6 +45,7 @@ def test_score_job_rejects_bad_arguments(tmp_path):
     assert proc.returncode == 2 and "--tp" in proc.stderr and "positive" in proc.stderr
 
 
+@pytest.mark.slow
 def test_untrained_policy_gives_a_clear_empty_validation_gradient_error(tmp_path):
     """No warm-up: every rollout is wrong, so no validation problem has a gradient."""
     proc = _run(["--pool-size", "4", "--val-size", "4", "--warmup-steps", "0"], tmp_path)

@@ -4,6 +4,7 @@ ranks add up."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -28,6 +29,7 @@ def _rank(rank, out):
         torch.save(torch.stack([param.main_grad, flat]), out)
 
 
+@pytest.mark.slow
 def test_16_bit_grads_are_summed_over_a_group_in_fp32(tmp_path):
     parallel.spawn(_rank, WORLD, str(tmp_path / "sum.pt"))
     exact = sum(VALUES)  # float64, then one rounding

@@ -116,24 +116,29 @@ def tied_oracle(tmp_path_factory):
 
 
 @pytest.mark.parametrize("layout", [
-    parallel.Layout(tp=2), parallel.Layout(pp=2), parallel.Layout(tp=2, pp=2), parallel.Layout(dp=2),
+    parallel.Layout(tp=2),  # the fast tier's exactness case
+    *(pytest.param(layout, marks=pytest.mark.slow)
+      for layout in (parallel.Layout(pp=2), parallel.Layout(tp=2, pp=2), parallel.Layout(dp=2))),
 ], ids=str)
 def test_engine_matches_oracle_in_float64(layout, oracle, tmp_path):
     _check_against_oracle(layout, oracle, tmp_path)
 
 
+@pytest.mark.slow
 def test_engine_reads_megatron_ddp_main_grad(oracle, tmp_path):
     """With megatron's DDP wrapper (grads in main_grad, DP=2 x TP=2) the scores are the same
     (and packed scoring's small partials are read as they come, not batched per microbatch)."""
     _check_against_oracle(parallel.Layout(tp=2, dp=2), oracle, tmp_path, ddp=True, read_small_at_once=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", [parallel.Layout(tp=2), parallel.Layout(tp=2, pp=2)], ids=str)
 def test_engine_matches_oracle_with_sequence_parallelism(layout, oracle, tmp_path):
     """SP: layer-norm grads are partial per TP rank (and sequences are padded to a multiple of TP)."""
     _check_against_oracle(layout, oracle, tmp_path, ddp=True, sequence_parallel=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", [parallel.Layout(dp=2, ep=2), parallel.Layout(tp=2, dp=2, ep=2)], ids=str)
 def test_engine_matches_oracle_with_expert_parallelism(layout, oracle, tmp_path):
     """MoE, 2 experts per rank: the EP group runs each problem together; dense parameters count
@@ -143,6 +148,7 @@ def test_engine_matches_oracle_with_expert_parallelism(layout, oracle, tmp_path)
     _check_against_oracle(layout, oracle, tmp_path, ddp=True, sequence_parallel=layout.tp > 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout,ddp,sequence_parallel", [
     (parallel.Layout(cp=2), False, False), (parallel.Layout(pp=2, cp=2), True, False),
     (parallel.Layout(tp=2, cp=2), True, True),
@@ -153,6 +159,7 @@ def test_engine_matches_oracle_with_context_parallelism(layout, ddp, sequence_pa
     _check_against_oracle(layout, oracle, tmp_path, ddp=ddp, sequence_parallel=sequence_parallel)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout,ddp", [(parallel.Layout(pp=2), False), (parallel.Layout(tp=2, pp=2), True),
                                         (parallel.Layout(pp=2, cp=2), True)],
                          ids=["PP2", "TP2xPP2-DDP", "PP2xCP2-DDP"])
@@ -230,6 +237,7 @@ def _rounding_bound_rank(rank, out, dtype):
         torch.save((stats.dot, stats.sqnorm, exact, stats.cosine(), packed), out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_engine_within_fp32_dot_product_rounding_bound(dtype, oracle, tmp_path):
     parallel.spawn(_rounding_bound_rank, 2, str(tmp_path / "bound.pt"), dtype)

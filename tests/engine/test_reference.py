@@ -76,6 +76,7 @@ def _tied_pp_rank(rank, tmp):
     torch.save(reference.state_dict()["buffers"], f"{tmp}/ref_rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_tied_embedding_reference_is_stored_once_on_the_first_stage(tmp_path):
     """PP=2, tied: the reference holds the summed embedding grad on the first stage only (the
     scores against it are checked in test_oracle.py)."""
@@ -158,6 +159,7 @@ def test_experts_with_tp_need_sequence_parallelism(sequence_parallel):
             counted_params(named, 0, 2, 1, ep_rank=0, ep_size=2)
 
 
+@pytest.mark.slow
 def test_packing_respects_the_microbatch_memory_limit():
     """max_rollouts_per_microbatch is a memory limit: packing never exceeds it, and a problem
     with more rollouts than it is never packed (it has to be split: one problem per pass)."""

@@ -4,6 +4,7 @@ under the loss the recipe trains with (leave-one-out baseline, std-normalised, t
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from helpers import assert_close_rel, oracle_scores
@@ -105,6 +106,7 @@ def test_groups_from_batch_round_trips_the_groups():
         assert [key[0][-1] for key in g.responses()] == [int(p.tokens[j, p.prompt_len + p.response_lens[j] - 1]) for j in range(G)]
 
 
+@pytest.mark.slow
 def test_worker_logic_matches_oracle_at_tp2_and_tp2_dp2(tmp_path):
     parallel.spawn(_oracle_rank, 1, str(tmp_path / "oracle.pt"))
     o_dot, o_sq, o_cos, o_nonzero = torch.load(tmp_path / "oracle.pt")

@@ -132,8 +132,10 @@ def _twin_rank(rank, layout, out, sequence_parallel):
 
 
 @pytest.mark.parametrize("layout,sequence_parallel", [
-    (parallel.Layout(dp=2), False), (parallel.Layout(tp=2, dp=2), False), (parallel.Layout(pp=2, dp=2), False),
-    (parallel.Layout(tp=2, dp=2), True), (parallel.Layout(cp=2, dp=2), False),
+    (parallel.Layout(dp=2), False),  # the fast tier's twin
+    *(pytest.param(layout, sp, marks=pytest.mark.slow) for layout, sp in (
+        (parallel.Layout(tp=2, dp=2), False), (parallel.Layout(pp=2, dp=2), False),
+        (parallel.Layout(tp=2, dp=2), True), (parallel.Layout(cp=2, dp=2), False))),
 ], ids=lambda v: str(v) if isinstance(v, parallel.Layout) else ("SP" if v else ""))
 def test_scoring_leaves_the_hosts_training_bit_identical(layout, sequence_parallel, tmp_path):
     parallel.spawn(_twin_rank, layout.world_size, layout, str(tmp_path / "twin.pt"), sequence_parallel)

@@ -72,6 +72,7 @@ def submit(tmp_path, *args) -> str:
     return job
 
 
+@pytest.mark.slow
 def test_embedded_recipe_runs_on_slurm_with_two_tp_ranks_then_resumes(slurm, tmp_path):
     # a space and an interpolation reach every rank exactly as typed (no shell re-parse on the node)
     log_dir = f"logger.log_dir={tmp_path}/a b/seed${{grpo.seed}}"
@@ -87,6 +88,7 @@ def test_embedded_recipe_runs_on_slurm_with_two_tp_ranks_then_resumes(slurm, tmp
     assert resumed[:len(records)] == records and (run / "checkpoints" / "step_4").is_dir()
 
 
+@pytest.mark.slow
 def test_nemo_rl_dry_run_renders_ray_sub_and_its_options_pass_test_only(slurm, tmp_path):
     before = queue_size()
     proc = launch(NEMO_RL, "--cluster", profile(tmp_path, container_image="nvcr.io/nvidia/nemo-rl:v0.6.0",
@@ -135,6 +137,7 @@ def test_bad_input_is_a_clear_error(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr, (message, proc.stderr)
 
 
+@pytest.mark.slow
 def test_bad_input_never_reaches_the_queue(slurm, tmp_path):
     before = queue_size()
     for proc, _ in _bad_runs(tmp_path):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[2]
 NOISY = str(ROOT / "recipes" / "embedded" / "noisy.yaml")
 TWO_NODES = str(ROOT / "recipes" / "nemo_rl" / "grpo-llama3.1-8b-2n8g-tp4pp2-gradalign.yaml")
@@ -39,6 +41,7 @@ def test_overrides_reach_the_rank_command_exactly(tmp_path):
     assert re.search(r"^srun --kill-on-bad-exit=1 bash -c '.*exec \"\$@\"' rank \"\$\{TRAIN\[@\]\}\"$", script, re.M)
 
 
+@pytest.mark.slow
 def test_two_node_recipe_gets_two_nodes_and_nemo_rl_is_told(tmp_path):
     gpus = profile(tmp_path, container_image="img", gpus_per_node=8)
     proc = launch(tmp_path, TWO_NODES, "--cluster", gpus, "--dry-run")
@@ -53,6 +56,7 @@ def test_two_node_recipe_gets_two_nodes_and_nemo_rl_is_told(tmp_path):
     assert four.returncode == 2 and "cluster.gpus_per_node=8 but the cluster profile has gpus_per_node=4" in four.stderr
 
 
+@pytest.mark.slow
 def test_nodes_are_forwarded_when_the_recipe_leaves_them_to_its_parent(tmp_path):
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("defaults: /opt/nemo-rl/examples/configs/grpo_math_1B_megatron.yaml\n"

@@ -34,6 +34,7 @@ def _run(layout, tmp_path):
     return torch.load(out)
 
 
+@pytest.mark.slow
 def test_every_layout_holds_the_same_model(tmp_path):
     single = _run(parallel.Layout(), tmp_path)
     sharded = _run(parallel.Layout(tp=2, pp=2), tmp_path)
@@ -55,6 +56,7 @@ def _tied_rank(rank):
     assert getattr(model.shared_embedding_or_output_weight(), "shared", False) == ps.is_pipeline_last_stage()
 
 
+@pytest.mark.slow
 def test_tied_embedding_copies_are_equal_across_stages():
     """TP=2×PP=2, tied: the last stage's copy (megatron zero-fills it, then all-reduces it from
     the first stage) is filled from the embedding's global name, so the two copies are equal."""

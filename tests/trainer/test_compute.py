@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nemo_gradalign.trainer.compute import ComputeMeter
 
 RECIPE = str(Path(__file__).parents[2] / "recipes" / "embedded" / "noisy.yaml")
@@ -46,6 +48,7 @@ def _train(log_dir, *extra):
     return [json.loads(line) for line in lines]
 
 
+@pytest.mark.slow
 def test_step_schedule_counts_candidates_validation_scoring_and_training(tmp_path):
     records = _train(tmp_path / "ga", "gradalign.schedule=step", "gradalign.refresh_every=2",
                      "grpo.max_num_steps=3")
@@ -71,6 +74,7 @@ def test_step_schedule_counts_candidates_validation_scoring_and_training(tmp_pat
     assert final_eval["tokens/total_eval_generated"] == 3 * 8 * 2 * SEQ  # evals at 0, 2, 3
 
 
+@pytest.mark.slow
 def test_max_compute_stops_plain_grpo_at_the_first_step_reaching_it(tmp_path):
     per_step = 4 * 4 * SEQ * (1 + 1 + 3 * 2)  # generate, old log-probs, μ = 2 forward+backward
     records = _train(tmp_path / "grpo", "gradalign.enabled=false", "grpo.max_num_steps=50",

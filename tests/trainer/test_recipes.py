@@ -49,8 +49,10 @@ TINY = ["grpo.max_num_steps=2", "grpo.val_period=2", "grpo.num_prompts_per_step=
 EXTRA = {"imbalance_length": ["data.target_fraction=0.25"]}
 
 
-@pytest.mark.parametrize("regime, tag", [("noisy_flip", "wrong_key"), ("imbalance_length", "target"),
-                                         ("low_utility_shuffled", "wrong_key")])
+@pytest.mark.parametrize("regime, tag", [
+    ("noisy_flip", "wrong_key"),  # the fast tier's trainer run
+    pytest.param("imbalance_length", "target", marks=pytest.mark.slow),
+    pytest.param("low_utility_shuffled", "wrong_key", marks=pytest.mark.slow)])
 def test_new_regime_recipes_train_a_few_steps_and_log_their_flagged_share(tmp_path, regime, tag):
     """A smoke run through the embedded trainer (a real `nemo-gradalign train`, 2 steps)."""
     import json

@@ -46,6 +46,7 @@ def _selector_rank(rank):
     assert not any(math.isnan(s) for s in later.scores.tolist())
 
 
+@pytest.mark.slow
 def test_validation_set_without_signal_is_an_error_first_and_a_logged_fallback_later():
     parallel.spawn(_selector_rank, 1)
 
@@ -60,5 +61,6 @@ def _nan_reward_rank(rank):
         collect_rollouts(policy.model, problems, 4, 0, "t", reward_fn=lambda p, r, g: float("inf"))
 
 
+@pytest.mark.slow
 def test_nan_or_inf_rewards_stop_the_run_naming_the_problem():
     parallel.spawn(_nan_reward_rank, 1)

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 RECIPE = str(Path(__file__).parents[2] / "recipes" / "embedded" / "noisy.yaml")
 SMALL = ["grpo.num_prompts_per_step=4", "grpo.val_period=2", "data.pool_size=64", "data.validation_size=16",
          "data.eval_size=8", "data.warmup_size=200", "policy.warmup.steps=30", "gradalign.chunk_size=16",
@@ -40,6 +42,7 @@ def steps(log_dir) -> list[str]:
     return sorted(p.name for p in (Path(log_dir) / "checkpoints").iterdir() if p.name.startswith("step_"))
 
 
+@pytest.mark.slow
 def test_one_run_per_folder_lock_refusals_and_overwrite(tmp_path):
     run = tmp_path / "run"
     first = train(run, "grpo.max_num_steps=4", wait=False)
@@ -92,6 +95,7 @@ def test_resume_with_nothing_to_resume_says_so_and_writes_nothing(tmp_path):
     assert (started / "metrics.jsonl").read_text() == '{"step": 0, "kind": "eval", "val:accuracy": 0.5}\n'
 
 
+@pytest.mark.slow
 def test_resume_past_debris_a_torn_metrics_line_and_broken_checkpoints(tmp_path):
     straight = tmp_path / "straight"
     assert train(straight, "grpo.max_num_steps=4").returncode == 0

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 RECIPE = str(Path(__file__).parents[2] / "recipes" / "embedded" / "noisy.yaml")
 TINY = ["grpo.num_prompts_per_step=8", "grpo.val_period=4", "data.pool_size=256",
         "data.validation_size=32", "data.eval_size=32", "data.warmup_size=500",
@@ -28,6 +30,7 @@ def _records(log_dir):
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     steps = "grpo.max_num_steps=16"
     straight = tmp_path / "straight"
@@ -58,6 +61,7 @@ def _first_selection(log_dir):
     return next(r for r in _records(log_dir) if "gradalign/candidate_scores" in r)
 
 
+@pytest.mark.slow
 def test_tp2_training_picks_what_tp1_picks(tmp_path):
     one = ["grpo.max_num_steps=1"]
     subprocess.run(_cmd(tmp_path / "tp1", *one), check=True, capture_output=True, timeout=600)
