@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nemo_gradalign.config import ConfigError, format_validation_error, load_recipe, read_yaml_mapping
-from nemo_gradalign.ray_sub import container_view, host_ray_sub
+from nemo_gradalign.ray_sub import container_view, host_ray_sub, pin_outputs
 
 CLUSTERS = Path(__file__).resolve().parents[1] / "launcher" / "clusters"
 _TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
@@ -182,7 +182,7 @@ def nemo_rl_submission(recipe: str, overrides: list[str], profile: ClusterProfil
     log = Path(profile.log_dir).resolve()
     mounts, config, package = container_view(Path(recipe), profile.container_mounts, log)
     entry = ["python", "-m", "nemo_gradalign.integrations.nemo_rl", "--config", config,
-             *overrides, *cluster_overrides]
+             *pin_outputs(merged, overrides, mounts), *cluster_overrides]
     command = (f"cd {shlex.quote(profile.container_nemo_rl_root)} && "
                f"PYTHONPATH={shlex.quote(package)}${{PYTHONPATH:+:$PYTHONPATH}} {shlex.join(entry)}")
     env = {

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 
 from nemo_gradalign.config import ConfigError
 
-# Lines every ray.sub has carried since NeMo RL's first commit (all 50 versions to May 2026): the
+# Lines every ray.sub has carried since NeMo RL's first commit (all 50 versions, March 2025 to August 2026): the
 # three variables it is driven by, and the Ray head it starts.
 RAY_SUB_MARKERS = ("CONTAINER=$CONTAINER", "MOUNTS=$MOUNTS", "COMMAND=${COMMAND:-}", "ray start --head")
 
@@ -65,7 +65,7 @@ def container_view(recipe: Path, profile_mounts: list[str], log_dir: Path) -> tu
         raise ConfigError(f"recipe {recipe.resolve()} is not inside any container mount (the run folder "
                           f"{Path.cwd()}, {_package_folder(package_root)} or cluster.container_mounts): the "
                           "job could not read it")
-    return mounts, config, container_path(package_root, mounts)
+    return mounts, config, str(PurePosixPath(container_path(package_root / "nemo_gradalign", mounts)).parent)
 
 
 def _package_folder(package_root: Path) -> Path:
@@ -74,3 +74,29 @@ def _package_folder(package_root: Path) -> Path:
     if (package_root / "pyproject.toml").is_file():
         return package_root
     return package_root / "nemo_gradalign"
+
+
+# NeMo RL's GRPO output folders and their defaults (examples/configs/grpo_math_1B.yaml), relative
+# to its working folder.
+OUTPUT_FOLDERS = {"checkpointing.checkpoint_dir": "results/grpo", "logger.log_dir": "logs"}
+
+
+def pin_outputs(merged: dict, overrides: list[str], mounts: list[str]) -> list[str]:
+    """NeMo RL writes checkpoints and logs relative to its working folder, which for this job is its
+    root in the image: gone with the container. Relative or unset, they are pinned in the run folder
+    (where NeMo RL's own launch, run from the submit folder, puts them); absolute, they must lie in a
+    mount. Returns the overrides that say so."""
+    for key, default in OUTPUT_FOLDERS.items():
+        value = merged
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, str) and value.startswith("/"):
+            if not any(value == dest or value.startswith(dest.rstrip("/") + "/") for _, dest in _mount_pairs(mounts)):
+                raise ConfigError(f"{key}: {value} is inside no container mount; what the job writes there "
+                                  "would vanish with its container")
+        elif value is None or (isinstance(value, str) and "${" not in value):
+            pinned = f"{key}={Path.cwd() / (value or default)}"
+            given = [o.lstrip("+").split("=", 1)[0] == key for o in overrides]
+            overrides = [o[:len(o) - len(o.lstrip("+"))] + pinned if mine else o for o, mine in zip(overrides, given)]
+            overrides += [] if any(given) else [pinned]
+    return overrides

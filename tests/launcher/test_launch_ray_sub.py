@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from test_launch import slurm, wait_for  # noqa: F401  (slurm: the local Slurm f
 ROOT = Path(__file__).parents[2]
 STANDIN = Path(__file__).parent / "container_standin"
 RECIPE = ROOT / "recipes" / "nemo_rl" / "grpo-qwen2.5-1.5b-1n8g-tp2-gradalign.yaml"
-OVERRIDES = ["cluster.gpus_per_node=0", "gradalign.refresh_every=3", "logger.wandb.name=a b's run"]
+OVERRIDES = ["cluster.gpus_per_node=0", "logger.log_dir=a b's logs", "gradalign.refresh_every=3"]
 
 INTERFACE_RAY_SUB = STANDIN / "ray.sub"  # ray.sub as docs/cluster.md describes it, no checkout needed
 
@@ -74,8 +75,11 @@ def submit_and_check(tmp_path: Path, ray_sub: Path) -> tuple[Path, str]:
 
     seen = json.loads((record / "python.json").read_text())
     assert seen["cwd"] == str(image_nemo_rl)  # NeMo RL's root in the image: from the image, not a mount
+    # NeMo RL's output folders, relative to its working folder in the image, are pinned in the run folder
+    outputs = [f"logger.log_dir={run}/a b's logs", f"checkpointing.checkpoint_dir={run}/results/grpo"]
     assert seen["argv"] == ["-m", "nemo_gradalign.integrations.nemo_rl", "--config", "/recipes/mine.yaml",
-                            *OVERRIDES, "cluster.num_nodes=1"]
+                            OVERRIDES[0], outputs[0], OVERRIDES[2], outputs[1], "cluster.num_nodes=1"]
+    assert all(in_container(output.split("=", 1)[1], mounts) for output in outputs)
     dest, source = in_container("/recipes/mine.yaml", mounts)
     assert (Path(source) / "mine.yaml").read_text() == recipe.read_text()  # the host recipe, mounted
     package_root = seen["pythonpath"].split(":")[0]
@@ -102,14 +106,14 @@ def test_nemo_rl_recipe_runs_through_ray_sub_interface_on_slurm(slurm, tmp_path)
     submit_and_check(tmp_path, INTERFACE_RAY_SUB)
 
 
-def refusal(tmp_path: Path, recipe: Path, **fields) -> subprocess.CompletedProcess:
+def refusal(tmp_path: Path, recipe: Path, *args: str, **fields) -> subprocess.CompletedProcess:
     """A launch that must stop before the queue: an `sbatch` first on PATH records any call."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path}/sbatch-ran\nexit 1\n")
     (bin_dir / "sbatch").chmod(0o755)
     fields = {"container_image": "img", "gpus_per_node": 8, **fields}
-    proc = launch(tmp_path, recipe, write_profile(tmp_path, **fields),
+    proc = launch(tmp_path, recipe, write_profile(tmp_path, **fields), *args,
                   env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert proc.returncode == 2 and not (tmp_path / "sbatch-ran").exists(), proc.stderr
     return proc
@@ -143,3 +147,27 @@ def test_old_nemo_rl_root_field_and_relative_container_root_are_clear_errors(tmp
     assert "nemo_rl_root is now two fields: host_ray_sub" in proc.stderr
     proc = refusal(tmp_path, RECIPE, container_nemo_rl_root="opt/nemo-rl")
     assert "container_nemo_rl_root: Value error, must be an absolute path inside the container image" in proc.stderr
+
+
+def test_output_folder_outside_every_container_mount_is_refused_before_the_queue(tmp_path):
+    fields = dict(host_ray_sub=str(INTERFACE_RAY_SUB), container_mounts=["/lustre/ckpt:/ckpt"])
+    proc = refusal(tmp_path, RECIPE, "checkpointing.checkpoint_dir=/lustre/ckpt/run1", **fields)
+    assert ("checkpointing.checkpoint_dir: /lustre/ckpt/run1 is inside no container mount; what the job writes "
+            "there would vanish with its container") in proc.stderr
+    mounted = launch(tmp_path, RECIPE, write_profile(tmp_path, container_image="img", gpus_per_node=8, **fields),
+                     "--dry-run", "checkpointing.checkpoint_dir=/ckpt/run1")
+    assert mounted.returncode == 0 and " checkpointing.checkpoint_dir=/ckpt/run1 " in mounted.stdout, mounted.stderr
+
+
+def test_an_installed_copy_is_mounted_without_the_hosts_site_packages(tmp_path):
+    site, run = tmp_path / "site-packages", tmp_path / "run"  # an installed copy: no pyproject.toml beside it
+    shutil.copytree(ROOT / "nemo_gradalign", site / "nemo_gradalign", ignore=shutil.ignore_patterns("__pycache__"))
+    run.mkdir()
+    shutil.copy(RECIPE, run / "mine.yaml")
+    cluster = write_profile(tmp_path, container_image="img", gpus_per_node=8, host_ray_sub=str(INTERFACE_RAY_SUB),
+                            log_dir=str(run / "logs"))
+    proc = launch(run, run / "mine.yaml", cluster, "--dry-run", env={**os.environ, "PYTHONPATH": str(site)})
+    assert proc.returncode == 0, proc.stderr
+    exported = dict(shlex.split(line)[1].split("=", 1) for line in proc.stdout.splitlines() if line.startswith("export "))
+    assert exported["MOUNTS"].split(",") == [f"{run}:{run}", f"{site}/nemo_gradalign:{site}/nemo_gradalign"]
+    assert f" PYTHONPATH={site}${{PYTHONPATH:+:$PYTHONPATH}} python -m " in exported["COMMAND"]
