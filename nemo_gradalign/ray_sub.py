@@ -9,8 +9,8 @@ from pathlib import Path, PurePosixPath
 
 from nemo_gradalign.config import ConfigError
 
-# Lines every ray.sub has carried since NeMo RL's first commit (all 50 versions, March 2025 to August 2026): the
-# three variables it is driven by, and the Ray head it starts.
+# Lines every ray.sub has carried since NeMo RL's first commit (all 50 versions, March 2025 to
+# August 2026): the three variables it is driven by, and the Ray head it starts.
 RAY_SUB_MARKERS = ("CONTAINER=$CONTAINER", "MOUNTS=$MOUNTS", "COMMAND=${COMMAND:-}", "ray start --head")
 
 
@@ -91,12 +91,14 @@ def pin_outputs(merged: dict, overrides: list[str], mounts: list[str]) -> list[s
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, str) and value.startswith("/"):
-            if not any(value == dest or value.startswith(dest.rstrip("/") + "/") for _, dest in _mount_pairs(mounts)):
+            dests = [dest.rstrip("/") for _, dest in _mount_pairs(mounts)]
+            if not any(value == dest or value.startswith(dest + "/") for dest in dests):
                 raise ConfigError(f"{key}: {value} is inside no container mount; what the job writes there "
                                   "would vanish with its container")
         elif value is None or (isinstance(value, str) and "${" not in value):
             pinned = f"{key}={Path.cwd() / (value or default)}"
             given = [o.lstrip("+").split("=", 1)[0] == key for o in overrides]
-            overrides = [o[:len(o) - len(o.lstrip("+"))] + pinned if mine else o for o, mine in zip(overrides, given)]
+            overrides = [o[:len(o) - len(o.lstrip("+"))] + pinned if mine else o
+                         for o, mine in zip(overrides, given)]
             overrides += [] if any(given) else [pinned]
     return overrides

@@ -27,6 +27,7 @@ RECIPE = ROOT / "recipes" / "nemo_rl" / "grpo-qwen2.5-1.5b-1n8g-tp2-gradalign.ya
 OVERRIDES = ["cluster.gpus_per_node=0", "logger.log_dir=a b's logs", "gradalign.refresh_every=3"]
 
 INTERFACE_RAY_SUB = STANDIN / "ray.sub"  # ray.sub as docs/cluster.md describes it, no checkout needed
+UPSTREAM_RAY_SUB = Path(os.environ.get("NEMO_RL_ROOT", "/nonexistent")) / "ray.sub"
 
 
 def write_profile(tmp_path: Path, **fields) -> str:
@@ -66,11 +67,12 @@ def submit_and_check(tmp_path: Path, ray_sub: Path) -> tuple[Path, str]:
     job = re.search(r"submitted job (\d+)", proc.stdout).group(1)
     assert wait_for(job, 180) == "COMPLETED", (logs / f"slurm-{job}.out").read_text()[-3000:]
 
-    head = next(f.read_text().split() for f in record.glob("srun.*") if "--container-name=ray-head" in f.read_text())
+    calls = [f.read_text().split() for f in record.glob("srun.*")]
+    head = next(call for call in calls if "--container-name=ray-head" in call)
     flags = dict(flag.split("=", 1) for flag in head if "=" in flag)
     mounts = flags["--container-mounts"].split(",")
     assert flags["--container-image"] == "standin/nemo-rl:test"
-    assert flags["--container-workdir"] == str(run) and in_container(str(run), mounts)  # ray.sub: the submit folder
+    assert flags["--container-workdir"] == str(run) and in_container(str(run), mounts)  # the submit folder
     assert in_container(str(logs), mounts) == (str(logs), str(logs))  # ray.sub's logs, same path both sides
 
     seen = json.loads((record / "python.json").read_text())
@@ -91,13 +93,12 @@ def submit_and_check(tmp_path: Path, ray_sub: Path) -> tuple[Path, str]:
     return logs, job
 
 
+@pytest.mark.skipif(not UPSTREAM_RAY_SUB.is_file(), reason="set NEMO_RL_ROOT to a NeMo RL checkout to submit "
+                    "through its ray.sub")
 def test_nemo_rl_recipe_runs_through_upstream_ray_sub_on_slurm(slurm, tmp_path):
-    upstream = Path(os.environ.get("NEMO_RL_ROOT", "/nonexistent")) / "ray.sub"
-    if not upstream.is_file():
-        pytest.skip("set NEMO_RL_ROOT to a NeMo RL checkout to submit through its ray.sub")
     checkout = tmp_path / "nemo-rl"
     checkout.mkdir()
-    shutil.copy(upstream, checkout / "ray.sub")
+    shutil.copy(UPSTREAM_RAY_SUB, checkout / "ray.sub")
     logs, job = submit_and_check(tmp_path, checkout / "ray.sub")
     assert (logs / f"{job}-logs" / "ray-driver.log").is_file()  # upstream ran COMMAND as its driver
 
@@ -146,7 +147,7 @@ def test_old_nemo_rl_root_field_and_relative_container_root_are_clear_errors(tmp
     proc = refusal(tmp_path, RECIPE, nemo_rl_root="/opt/nemo-rl")
     assert "nemo_rl_root is now two fields: host_ray_sub" in proc.stderr
     proc = refusal(tmp_path, RECIPE, container_nemo_rl_root="opt/nemo-rl")
-    assert "container_nemo_rl_root: Value error, must be an absolute path inside the container image" in proc.stderr
+    assert "container_nemo_rl_root: Value error, must be an absolute path inside the container" in proc.stderr
 
 
 def test_output_folder_outside_every_container_mount_is_refused_before_the_queue(tmp_path):
@@ -156,7 +157,8 @@ def test_output_folder_outside_every_container_mount_is_refused_before_the_queue
             "there would vanish with its container") in proc.stderr
     mounted = launch(tmp_path, RECIPE, write_profile(tmp_path, container_image="img", gpus_per_node=8, **fields),
                      "--dry-run", "checkpointing.checkpoint_dir=/ckpt/run1")
-    assert mounted.returncode == 0 and " checkpointing.checkpoint_dir=/ckpt/run1 " in mounted.stdout, mounted.stderr
+    assert mounted.returncode == 0, mounted.stderr
+    assert " checkpointing.checkpoint_dir=/ckpt/run1 " in mounted.stdout
 
 
 def test_an_installed_copy_is_mounted_without_the_hosts_site_packages(tmp_path):
@@ -168,6 +170,7 @@ def test_an_installed_copy_is_mounted_without_the_hosts_site_packages(tmp_path):
                             log_dir=str(run / "logs"))
     proc = launch(run, run / "mine.yaml", cluster, "--dry-run", env={**os.environ, "PYTHONPATH": str(site)})
     assert proc.returncode == 0, proc.stderr
-    exported = dict(shlex.split(line)[1].split("=", 1) for line in proc.stdout.splitlines() if line.startswith("export "))
+    exported = dict(shlex.split(line)[1].split("=", 1) for line in proc.stdout.splitlines()
+                    if line.startswith("export "))
     assert exported["MOUNTS"].split(",") == [f"{run}:{run}", f"{site}/nemo_gradalign:{site}/nemo_gradalign"]
     assert f" PYTHONPATH={site}${{PYTHONPATH:+:$PYTHONPATH}} python -m " in exported["COMMAND"]
