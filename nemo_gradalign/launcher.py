@@ -51,7 +51,7 @@ class ClusterProfile(BaseModel):
     @classmethod
     def _inside_image(cls, value):
         if not value.startswith("/"):
-            raise ValueError(f"must be an absolute path inside the container image, got {value!r}")
+            raise ValueError("must be an absolute path inside the container image")
         return value
 
     @field_validator("container_image")
