@@ -15,9 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nemo_gradalign.config import ConfigError, format_validation_error, load_recipe, read_yaml_mapping
+from nemo_gradalign.ray_sub import container_view, host_ray_sub, pin_outputs
 
 CLUSTERS = Path(__file__).resolve().parents[1] / "launcher" / "clusters"
 _TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
@@ -34,8 +35,24 @@ class ClusterProfile(BaseModel):
     cpus_per_task: int | None = Field(None, gt=0)
     container_image: str | None = None
     container_mounts: list[str] = []
-    nemo_rl_root: str = "/opt/nemo-rl"  # where ray.sub lives (in the container image)
+    host_ray_sub: str | None = None  # NeMo RL's ray.sub on the submitting host (or its checkout); None: ./ray.sub
+    container_nemo_rl_root: str = "/opt/nemo-rl"  # NeMo RL inside the image; the job's working folder
     log_dir: str = "runs/slurm"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_field(cls, data):
+        if isinstance(data, dict) and "nemo_rl_root" in data:
+            raise ValueError("nemo_rl_root is now two fields: host_ray_sub (NeMo RL's ray.sub on this host, or "
+                             "its checkout) and container_nemo_rl_root (NeMo RL inside the image)")
+        return data
+
+    @field_validator("container_nemo_rl_root")
+    @classmethod
+    def _inside_image(cls, value):
+        if not value.startswith("/"):
+            raise ValueError("must be an absolute path inside the container image")
+        return value
 
     @field_validator("container_image")
     @classmethod
@@ -161,22 +178,22 @@ def nemo_rl_submission(recipe: str, overrides: list[str], profile: ClusterProfil
     if not profile.container_image:
         raise ConfigError("cluster.container_image: NeMo RL runs in its container; the profile names none")
     nodes, cluster_overrides = _reconcile_cluster(merged, overrides, profile, nodes)
-    package = Path(__file__).resolve().parents[1]
-    run_dir = Path.cwd()
+    ray_sub = host_ray_sub(profile.host_ray_sub)
     log = Path(profile.log_dir).resolve()
-    entry = ["python", "-m", "nemo_gradalign.integrations.nemo_rl", "--config", str(Path(recipe).resolve()),
-             *overrides, *cluster_overrides]
-    command = (f"cd {shlex.quote(profile.nemo_rl_root)} && PYTHONPATH={shlex.quote(str(package))}:\"$PYTHONPATH\" "
-               f"{shlex.join(entry)}")
+    mounts, config, package = container_view(Path(recipe), profile.container_mounts, log)
+    entry = ["python", "-m", "nemo_gradalign.integrations.nemo_rl", "--config", config,
+             *pin_outputs(merged, overrides, mounts), *cluster_overrides]
+    command = (f"cd {shlex.quote(profile.container_nemo_rl_root)} && "
+               f"PYTHONPATH={shlex.quote(package)}${{PYTHONPATH:+:$PYTHONPATH}} {shlex.join(entry)}")
     env = {
         "CONTAINER": profile.container_image,
-        "MOUNTS": ",".join(dict.fromkeys([*profile.container_mounts, f"{run_dir}:{run_dir}", f"{package}:{package}"])),
+        "MOUNTS": ",".join(mounts),
         "COMMAND": command,
         "GPUS_PER_NODE": str(profile.gpus_per_node),
         "BASE_LOG_DIR": str(log),
     }
     cmd = ["sbatch", *_sbatch_options(profile, nodes, time, f"gradalign-{Path(recipe).stem}", log, None),
-           f"{profile.nemo_rl_root}/ray.sub"]
+           str(ray_sub)]
     return cmd, env
 
 

@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).parents[2]
 NOISY = str(ROOT / "recipes" / "embedded" / "noisy.yaml")
 NEMO_RL = str(ROOT / "recipes" / "nemo_rl" / "grpo-qwen2.5-1.5b-1n8g-tp2-gradalign.yaml")
+RAY_SUB = str(Path(__file__).parent / "container_standin" / "ray.sub")  # only read in a dry run
 TINY = ["policy.megatron_cfg.tensor_model_parallel_size=2", "grpo.max_num_steps=2", "grpo.val_period=2",
         "data.pool_size=128", "data.validation_size=16", "data.eval_size=16", "data.warmup_size=300",
         "gradalign.chunk_size=32", "grpo.num_prompts_per_step=8", "gradalign.steps_per_round=2",
@@ -92,7 +93,7 @@ def test_embedded_recipe_runs_on_slurm_with_two_tp_ranks_then_resumes(slurm, tmp
 def test_nemo_rl_dry_run_renders_ray_sub_and_its_options_pass_test_only(slurm, tmp_path):
     before = queue_size()
     proc = launch(NEMO_RL, "--cluster", profile(tmp_path, container_image="nvcr.io/nvidia/nemo-rl:v0.6.0",
-                                                 gpus_per_node=8),
+                                                 gpus_per_node=8, host_ray_sub=RAY_SUB),
                   "--dry-run", "--time", "30:00", "gradalign.refresh_every=3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -100,7 +101,7 @@ def test_nemo_rl_dry_run_renders_ray_sub_and_its_options_pass_test_only(slurm, t
         assert f"export {var}" in out
     assert "nemo_gradalign.integrations.nemo_rl --config" in out and "gradalign.refresh_every=3" in out
     sbatch = next(line for line in out.splitlines() if line.startswith("sbatch "))
-    assert sbatch.endswith("/opt/nemo-rl/ray.sub") and "--time=30:00" in sbatch
+    assert sbatch.endswith(f" {RAY_SUB}") and "--time=30:00" in sbatch and "cd /opt/nemo-rl && " in out
     assert queue_size() == before  # a dry run submits nothing
     options = [o for o in sbatch.split()[1:-1] if not o.startswith("--gres")]  # this Slurm has no GPUs
     test = subprocess.run(["sbatch", "--test-only", *options, "--wrap", "true"], capture_output=True, text=True)

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).parents[2]
 NOISY = str(ROOT / "recipes" / "embedded" / "noisy.yaml")
 TWO_NODES = str(ROOT / "recipes" / "nemo_rl" / "grpo-llama3.1-8b-2n8g-tp4pp2-gradalign.yaml")
+RAY_SUB = str(Path(__file__).parent / "container_standin" / "ray.sub")  # only read in a dry run
 SMALL = ["grpo.max_num_steps=2", "data.pool_size=128", "data.validation_size=16", "data.eval_size=16",
          "data.warmup_size=300", "gradalign.chunk_size=32", "grpo.num_prompts_per_step=8"]
 
@@ -43,7 +44,7 @@ def test_overrides_reach_the_rank_command_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_two_node_recipe_gets_two_nodes_and_nemo_rl_is_told(tmp_path):
-    gpus = profile(tmp_path, container_image="img", gpus_per_node=8)
+    gpus = profile(tmp_path, container_image="img", host_ray_sub=RAY_SUB, gpus_per_node=8)
     proc = launch(tmp_path, TWO_NODES, "--cluster", gpus, "--dry-run")
     assert proc.returncode == 0, proc.stderr
     sbatch = next(line for line in proc.stdout.splitlines() if line.startswith("sbatch "))
@@ -51,7 +52,7 @@ def test_two_node_recipe_gets_two_nodes_and_nemo_rl_is_told(tmp_path):
     assert "cluster.num_nodes=2 cluster.gpus_per_node=8'" in proc.stdout
     one = launch(tmp_path, TWO_NODES, "--cluster", gpus, "--dry-run", "--nodes", "1")
     assert one.returncode == 2 and "--nodes 1 but the recipe's cluster.num_nodes=2" in one.stderr
-    four = launch(tmp_path, TWO_NODES, "--cluster", profile(tmp_path, container_image="img", gpus_per_node=4),
+    four = launch(tmp_path, TWO_NODES, "--cluster", profile(tmp_path, container_image="img", host_ray_sub=RAY_SUB, gpus_per_node=4),
                   "--dry-run")
     assert four.returncode == 2 and "cluster.gpus_per_node=8 but the cluster profile has gpus_per_node=4" in four.stderr
 
@@ -63,7 +64,7 @@ def test_nodes_are_forwarded_when_the_recipe_leaves_them_to_its_parent(tmp_path)
                       "policy: {megatron_cfg: {enabled: true, tensor_model_parallel_size: 4, sequence_parallel: false}}\n"
                       "gradalign: {enabled: true, selection_ratio: 4}\n"
                       "grpo: {use_dynamic_sampling: true, batch_multiplier: 4}\n")
-    gpus = profile(tmp_path, container_image="img", gpus_per_node=2)
+    gpus = profile(tmp_path, container_image="img", host_ray_sub=RAY_SUB, gpus_per_node=2)
     bad = launch(tmp_path, str(recipe), "--cluster", gpus, "--dry-run")
     assert bad.returncode == 2 and "1 node(s) x 2 GPUs = 2 cannot hold TP×PP = 4" in bad.stderr
     proc = launch(tmp_path, str(recipe), "--cluster", gpus, "--dry-run", "--nodes", "3", "cluster.gpus_per_node=2")
