@@ -93,6 +93,7 @@ def submit_and_check(tmp_path: Path, ray_sub: Path) -> tuple[Path, str]:
     return logs, job
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not UPSTREAM_RAY_SUB.is_file(), reason="set NEMO_RL_ROOT to a NeMo RL checkout to submit "
                     "through its ray.sub")
 def test_nemo_rl_recipe_runs_through_upstream_ray_sub_on_slurm(slurm, tmp_path):
@@ -103,6 +104,7 @@ def test_nemo_rl_recipe_runs_through_upstream_ray_sub_on_slurm(slurm, tmp_path):
     assert (logs / f"{job}-logs" / "ray-driver.log").is_file()  # upstream ran COMMAND as its driver
 
 
+@pytest.mark.slow
 def test_nemo_rl_recipe_runs_through_ray_sub_interface_on_slurm(slurm, tmp_path):
     submit_and_check(tmp_path, INTERFACE_RAY_SUB)
 
