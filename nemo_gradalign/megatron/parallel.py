@@ -71,11 +71,21 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+# How local ranks start. "spawn" (a fresh interpreter) is what users run: safe with CUDA. The test
+# suite sets "fork" (tests/conftest.py): a forked rank starts in 0.3 s instead of re-importing torch
+# and megatron-core for 5 s, and reseeds torch's global generator from fresh entropy, as a new
+# interpreter does (forked ranks would otherwise share the parent's state).
+START_METHOD = "spawn"
+
+
 def _rank_entry(rank: int, world: int, port: int, fn, args) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
         WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
     )
+    if dist.is_initialized():
+        raise RuntimeError("a rank was forked from a process that holds a process group")
+    torch.seed()
     torch.set_num_threads(1)
     try:
         fn(rank, *args)
@@ -98,7 +108,8 @@ def spawn(fn, world: int, *args) -> None:
 
     quiet_expected_warnings()
     try:
-        mp.spawn(_rank_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+        mp.start_processes(_rank_entry, args=(world, free_port(), fn, args), nprocs=world, join=True,
+                           start_method=START_METHOD)
     except mp.ProcessRaisedException as err:
         raise RankFailed(err.error_index, str(err)) from None
 
