@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 
 import torch
 
@@ -41,11 +42,36 @@ def zigzag_positions(length: int, cp_size: int, cp_rank: int) -> torch.Tensor:
 def shard_microbatch(mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """This CP rank's zig-zag share of every [b, L] tensor, with megatron's own slicing, plus the
     global ``position_ids`` of what it holds. L must be a multiple of 2·CP (pad first)."""
-    from megatron.core.utils import get_batch_on_this_cp_rank
-
     batch, length = mb["tokens"].shape
     positions = torch.arange(length, device=mb["tokens"].device).unsqueeze(0).expand(batch, -1)
-    return get_batch_on_this_cp_rank({**mb, "position_ids": positions.contiguous()})
+    return slice_for_this_cp_rank({**mb, "position_ids": positions.contiguous()})
+
+
+def slice_for_this_cp_rank(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``megatron.core.utils.get_batch_on_this_cp_rank`` over megatron's CP group, whichever core.
+
+    Core 0.18 added a required ``is_hybrid_cp`` and from then on reads ``cp_group=None`` as the
+    *world* group (0.16/0.17: the CP group), so the group is always passed explicitly."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.utils import get_batch_on_this_cp_rank
+
+    params = inspect.signature(get_batch_on_this_cp_rank).parameters
+    known = {"batch", "cp_group", "is_hybrid_cp", "hybrid_cp_group_func", "use_per_sequence_balancing"}
+    unknown = [name for name, p in params.items() if p.default is p.empty and name not in known]
+    if unknown or "cp_group" not in params:
+        raise RuntimeError(
+            f"megatron-core {megatron_core_version()}: get_batch_on_this_cp_rank"
+            f"{inspect.signature(get_batch_on_this_cp_rank)} is not a signature nemo_gradalign knows "
+            "(0.16.1 through 0.20.0); context parallelism cannot shard batches with it")
+    hybrid = {"is_hybrid_cp": False} if "is_hybrid_cp" in params else {}
+    return get_batch_on_this_cp_rank(batch, cp_group=ps.get_context_parallel_group(), **hybrid)
+
+
+def megatron_core_version() -> str:
+    """The installed megatron-core's version, for error messages (source installs included)."""
+    from megatron.core import package_info
+
+    return package_info.__version__
 
 
 class AllGatherContextParallelAttention(torch.nn.Module):

@@ -2,7 +2,8 @@
 
 megatron-core assumes CUDA in three places (reference/probe_cpu.md): it allocates buffers on
 ``torch.cuda.current_device()``, its model-parallel RNG tracker saves CUDA RNG states, and its
-schedules hard-code ``device="cuda"``. Everything here is applied only when CUDA is absent, so the
+schedules hard-code ``device="cuda"``; from core 0.19 its grad reduce also waits on
+``torch.cuda.current_stream()``. Everything here is applied only when CUDA is absent, so the
 same code runs unchanged on GPU clusters.
 """
 
@@ -45,6 +46,7 @@ def apply() -> None:
     torch.cuda.synchronize = lambda *a, **k: None
     torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
     torch.cuda.manual_seed = lambda seed: torch.manual_seed(seed)
+    torch.cuda.current_stream = lambda *a, **k: _NoStream()  # core >= 0.19 waits on it before a grad reduce
     mp_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
     mp_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
     import megatron.core.transformer.moe.moe_utils as moe_utils
@@ -52,6 +54,16 @@ def apply() -> None:
     if not hasattr(moe_utils, "te_general_gemm"):  # left undefined when Transformer Engine is absent
         moe_utils.te_general_gemm = None
     _applied = True
+
+
+class _NoStream:
+    """CPU stand-in for the current CUDA stream: CPU work is already in order."""
+
+    def wait_event(self, *_unused) -> None:
+        pass
+
+    def wait_stream(self, *_unused) -> None:
+        pass
 
 
 def device_context():

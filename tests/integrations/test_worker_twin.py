@@ -26,6 +26,7 @@ import torch
 from helpers import random_problems
 from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.megatron import cpu_shim, parallel
+from nemo_gradalign.megatron.context_parallel import slice_for_this_cp_rank
 from nemo_gradalign.megatron.model import ModelSpec, build_gpt
 from nemo_gradalign.megatron.step import LossSettings, ProblemRunner, causal_mask
 
@@ -69,10 +70,8 @@ class Host:
         gen = torch.Generator().manual_seed(1000 * step + ps.get_data_parallel_rank())
         batches = iter([torch.randint(1, SPEC.vocab_size, (2, 9), generator=gen) for _ in range(3)])  # 8 tokens: divisible by TP
         def forward_step(_iterator, model):
-            from megatron.core.utils import get_batch_on_this_cp_rank
-
             tokens = next(batches)
-            batch = get_batch_on_this_cp_rank({  # CP: this rank's zig-zag share, as upstream does
+            batch = slice_for_this_cp_rank({  # CP: this rank's zig-zag share, megatron's own slicing
                 "tokens": tokens[:, :-1], "labels": tokens[:, 1:],
                 "position_ids": torch.arange(8, device=tokens.device).expand(2, -1).contiguous()})
             mask = causal_mask(8, tokens.device) if ps.get_context_parallel_world_size() == 1 else None
