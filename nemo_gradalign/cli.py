@@ -53,7 +53,7 @@ def _launch(args) -> None:
     from nemo_gradalign.launcher import launch
 
     launch(args.recipe, args.cluster, args.nodes, args.time, args.dry_run, args.overrides, args.resume,
-           args.overwrite)
+           args.overwrite, args.allow_data_change)
 
 
 def _positive(text: str) -> int:
@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
     launch.add_argument("--resume", action="store_true", help="embedded: continue the run in logger.log_dir")
     launch.add_argument("--overwrite", action="store_true", help="embedded: replace the run in logger.log_dir")
+    launch.add_argument("--allow-data-change", action="store_true",
+                        help="embedded: --resume even though a data set's content differs from the checkpoint's")
     launch.add_argument("overrides", nargs="*", help="recipe overrides (key=value, ++new.key=value)")
     launch.set_defaults(func=_launch)
 

@@ -92,7 +92,8 @@ def test_a_killed_rank_stops_the_run_with_one_line(tmp_path):
     os.kill(second, signal.SIGKILL)
     assert parent.wait(timeout=60) == 1
     out = (tmp_path / "out.txt").read_text()
-    assert out.strip().splitlines()[-1] == "error: rank 1: died (killed by SIGKILL); the other ranks were stopped", out[-2000:]
+    last = out.strip().splitlines()[-1]
+    assert last == "error: rank 1: died (killed by SIGKILL); the other ranks were stopped", out[-2000:]
     assert "Traceback" not in out
     deadline = time.time() + 15
     while alive(first):
