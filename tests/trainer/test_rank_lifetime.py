@@ -74,13 +74,15 @@ def test_killing_the_parent_kills_its_ranks_and_the_lock_outlives_them(tmp_path)
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     deadline = time.time() + 15
-    while any(alive(r) for r in ranks):
-        # while a rank lives the folder must stay locked: a second run must not claim it
-        assert not lock_is_free(run), f"lock free while ranks {[r for r in ranks if alive(r)]} still run"
-        assert time.time() < deadline, f"ranks {[r for r in ranks if alive(r)]} outlived their parent by 15 s"
+    while not lock_is_free(run):
+        assert time.time() < deadline, "the folder stayed locked 15 s after its run was killed"
         time.sleep(0.05)
-    size = (run / "metrics.jsonl").stat().st_size
-    assert lock_is_free(run)
+    freed, size = time.time(), (run / "metrics.jsonl").stat().st_size
+    # free only once no process of the run can write: its ranks are gone, or at most finishing
+    # their exit (a process closes its files a moment before it is reported dead)
+    while any(alive(r) for r in ranks):
+        assert time.time() - freed < 1.0, f"lock free while ranks {[r for r in ranks if alive(r)]} still run"
+        time.sleep(0.02)
     time.sleep(1.0)
     assert (run / "metrics.jsonl").stat().st_size == size  # nobody writes any more
 
