@@ -73,3 +73,24 @@ def test_nemo_rl_recipes_are_loaded_by_upstream_where_it_is_importable(tmp_path)
                             "--dry-run", "grpo.max_num_steps=3"], capture_output=True, text=True, timeout=300,
                            cwd=tmp_path, env=env)
     assert fixed.returncode == 0, fixed.stderr[-2000:]
+
+
+def test_resume_on_changed_data_is_refused_before_the_queue_unless_allowed(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(f'{{"op": "sort", "digits": "{i:03d}"}}\n' for i in range(64)))
+    small = ["grpo.max_num_steps=2", "grpo.num_prompts_per_step=4", "grpo.val_period=2", "data.pool_size=64",
+             "data.validation_size=16", "data.eval_size=8", "data.warmup_size=200", "policy.warmup.steps=30",
+             "gradalign.chunk_size=16", "gradalign.steps_per_round=2", "checkpointing.save_period=2",
+             "gradalign.rollouts_per_problem=4", "grpo.num_generations_per_prompt=4",
+             "gradalign.validation.rollouts_per_problem=8", f"++data.pool_source={pool}",
+             f"logger.log_dir={tmp_path / 'run'}"]
+    trained = subprocess.run([sys.executable, "-m", "nemo_gradalign.cli", "train", "--config", NOISY, *small],
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    pool.write_text("".join(f'{{"op": "sort", "digits": "{i:04d}"}}\n' for i in range(64)))
+    args = [NOISY, "--cluster", profile(tmp_path), "--dry-run", "--resume", *small, "grpo.max_num_steps=4"]
+    refused = launch(*args, cwd=tmp_path)
+    assert refused.returncode == 2 and f"data.pool_source={pool}: its content changed" in refused.stderr
+    allowed = launch(*args, "--allow-data-change", cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert "  --allow-data-change\n" in allowed.stdout  # forwarded to every rank's train command
