@@ -38,7 +38,8 @@ def _train(args) -> None:
     from nemo_gradalign.jobs import train
     from nemo_gradalign.trainer.config import load_embedded_recipe
 
-    train.main(load_embedded_recipe(args.config, args.overrides), args.resume, args.ranks, args.overwrite)
+    train.main(load_embedded_recipe(args.config, args.overrides), args.resume, args.ranks, args.overwrite,
+               args.allow_data_change)
 
 
 def _demo(args) -> None:
@@ -52,7 +53,7 @@ def _launch(args) -> None:
     from nemo_gradalign.launcher import launch
 
     launch(args.recipe, args.cluster, args.nodes, args.time, args.dry_run, args.overrides, args.resume,
-           args.overwrite)
+           args.overwrite, args.allow_data_change)
 
 
 def _positive(text: str) -> int:
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     train.add_argument("--overwrite", action="store_true",
                        help="replace another run's metrics and checkpoints in logger.log_dir")
+    train.add_argument("--allow-data-change", action="store_true",
+                       help="--resume even though a data set's content differs from the checkpoint's")
     train.add_argument("--ranks", type=_positive, default=None,
                        help="local ranks to spawn (default TP x PP); under torchrun/srun it must match WORLD_SIZE")
     train.add_argument("overrides", nargs="*", help="NeMo RL-style overrides: key=value, ++new.key=value")
@@ -109,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
     launch.add_argument("--resume", action="store_true", help="embedded: continue the run in logger.log_dir")
     launch.add_argument("--overwrite", action="store_true", help="embedded: replace the run in logger.log_dir")
+    launch.add_argument("--allow-data-change", action="store_true",
+                        help="embedded: --resume even though a data set's content differs from the checkpoint's")
     launch.add_argument("overrides", nargs="*", help="recipe overrides (key=value, ++new.key=value)")
     launch.set_defaults(func=_launch)
 

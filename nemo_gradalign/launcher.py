@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nemo_gradalign.config import ConfigError, format_validation_error, load_recipe, read_yaml_mapping
+from nemo_gradalign.paths import check_writable_folder, make_folder
 from nemo_gradalign.ray_sub import container_view, host_ray_sub, pin_outputs
 
 CLUSTERS = Path(__file__).resolve().parents[1] / "launcher" / "clusters"
@@ -97,9 +98,10 @@ def _sbatch_options(profile: ClusterProfile, nodes: int, time: str, job_name: st
 
 
 def embedded_script(recipe: str, overrides: list[str], profile: ClusterProfile, nodes: int | None, time: str,
-                    resume: bool = False, overwrite: bool = False) -> str:
+                    resume: bool = False, overwrite: bool = False, allow_data_change: bool = False) -> str:
     """One srun task per rank; torch.distributed set up from Slurm's variables. The train command is
     a quoted bash array passed to each task as arguments: no shell ever re-parses an override."""
+    from nemo_gradalign.jobs.train import layout_for
     from nemo_gradalign.trainer.config import parse_recipe
     from nemo_gradalign.trainer.run_folder import RunFolder
     from nemo_gradalign.trainer.sets import preflight
@@ -107,16 +109,19 @@ def embedded_script(recipe: str, overrides: list[str], profile: ClusterProfile, 
     cfg = parse_recipe(load_recipe(recipe, overrides))  # bad overrides never reach the queue
     m = cfg.policy.megatron_cfg
     ranks = m.tensor_model_parallel_size * m.pipeline_model_parallel_size
+    layout_for(cfg, ranks)  # train's own layout checks: a model TP/PP cannot split fails here
     nodes = nodes or 1
     if ranks % nodes:
         raise ConfigError(f"--nodes={nodes} does not divide the recipe's TP×PP = {ranks} ranks")
     if profile.gpus_per_node and ranks // nodes > profile.gpus_per_node:
         raise ConfigError(f"{ranks // nodes} ranks per node (TP×PP = {ranks} over --nodes={nodes}) exceed the "
                           f"cluster profile's gpus_per_node={profile.gpus_per_node}")
-    preflight(cfg)  # data and schedule sizes
-    RunFolder.of(cfg).check(cfg.model_dump(mode="json"), ranks, resume, overwrite)  # relative to this cwd
+    data = preflight(cfg)  # data and schedule sizes
+    RunFolder.of(cfg).check(cfg.model_dump(mode="json"), ranks, resume, overwrite, data,  # relative to this cwd
+                            allow_data_change)
     log = Path(profile.log_dir).resolve()
-    flags = [*(["--resume"] if resume else []), *(["--overwrite"] if overwrite else [])]
+    flags = [*(["--resume"] if resume else []), *(["--overwrite"] if overwrite else []),
+             *(["--allow-data-change"] if allow_data_change else [])]
     train = [sys.executable, "-m", "nemo_gradalign.cli", "train", "--config", str(Path(recipe).resolve()),
              *flags, *overrides]
     container = ""
@@ -168,6 +173,7 @@ def nemo_rl_submission(recipe: str, overrides: list[str], profile: ClusterProfil
                        time: str) -> tuple[list[str], dict[str, str]]:
     """NeMo RL's way: `sbatch ... ray.sub` with CONTAINER, MOUNTS, COMMAND in the environment."""
     from nemo_gradalign.integrations.nemo_rl.config import check_supported, read_gradalign
+    from nemo_gradalign.integrations.nemo_rl.recipe_types import check_recipe_types
 
     raw = read_yaml_mapping(recipe)
     from omegaconf import OmegaConf
@@ -175,6 +181,7 @@ def nemo_rl_submission(recipe: str, overrides: list[str], profile: ClusterProfil
     merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(raw), OmegaConf.from_dotlist(
         [o.lstrip("+") for o in overrides])), resolve=False)
     check_supported(merged, read_gradalign(merged))  # the gradalign block, before the queue
+    check_recipe_types(recipe, overrides, merged)  # upstream's keys, typed
     if not profile.container_image:
         raise ConfigError("cluster.container_image: NeMo RL runs in its container; the profile names none")
     nodes, cluster_overrides = _reconcile_cluster(merged, overrides, profile, nodes)
@@ -198,31 +205,32 @@ def nemo_rl_submission(recipe: str, overrides: list[str], profile: ClusterProfil
 
 
 def launch(recipe: str, cluster: str, nodes: int | None, time: str, dry_run: bool, overrides: list[str],
-           resume: bool = False, overwrite: bool = False) -> str | None:
+           resume: bool = False, overwrite: bool = False, allow_data_change: bool = False) -> str | None:
     if nodes is not None and nodes <= 0:
         raise ConfigError(f"--nodes: must be positive, got {nodes}")
     check_time(time)
     if not Path(recipe).is_file():
         raise ConfigError(f"recipe not found: {recipe}")
     profile = load_profile(cluster)
+    check_writable_folder(profile.log_dir, f"cluster profile {cluster}: log_dir")
     if _is_nemo_rl(recipe):
-        if resume or overwrite:
-            raise ConfigError("--resume/--overwrite are for embedded recipes: NeMo RL resumes from its "
-                              "checkpointing.checkpoint_dir by itself")
+        if resume or overwrite or allow_data_change:
+            raise ConfigError("--resume/--overwrite are for embedded recipes (as is --allow-data-change): NeMo RL "
+                              "resumes from its checkpointing.checkpoint_dir by itself")
         cmd, env = nemo_rl_submission(recipe, overrides, profile, nodes, time)
         if dry_run:
             print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))
             print(shlex.join(cmd))
             return None
-        Path(profile.log_dir).mkdir(parents=True, exist_ok=True)
+        make_folder(profile.log_dir, f"cluster profile {cluster}: log_dir")
         out = subprocess.run([cmd[0], "--parsable", *cmd[1:]], env={**os.environ, **env},
                              capture_output=True, text=True)
     else:
-        script = embedded_script(recipe, overrides, profile, nodes, time, resume, overwrite)
+        script = embedded_script(recipe, overrides, profile, nodes, time, resume, overwrite, allow_data_change)
         if dry_run:
             print(script)
             return None
-        Path(profile.log_dir).mkdir(parents=True, exist_ok=True)
+        make_folder(profile.log_dir, f"cluster profile {cluster}: log_dir")
         out = subprocess.run(["sbatch", "--parsable"], input=script, capture_output=True, text=True)
     if out.returncode:
         raise ConfigError(f"sbatch refused the job: {out.stderr.strip()}")

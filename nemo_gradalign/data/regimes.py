@@ -156,13 +156,15 @@ def build(cfg: DataConfig) -> TaskSets:
     from nemo_gradalign.data.store import load_problems
 
     sets = generate_sets(cfg)
+    for name, field in (("pool", "pool_source"), ("validation", "validation_source"), ("evaluation", "eval_source")):
+        source = getattr(cfg, field)
+        if source:
+            try:
+                setattr(sets, name, load_problems(source, name))
+            except ValueError as err:
+                raise ValueError(f"data.{field}: {err}") from None
     if cfg.pool_source:
-        sets.pool = load_problems(cfg.pool_source, "pool")
         _transform(sets.pool, cfg)
-    if cfg.validation_source:
-        sets.validation = load_problems(cfg.validation_source, "validation")
-    if cfg.eval_source:
-        sets.evaluation = load_problems(cfg.eval_source, "evaluation")
     return sets
 
 

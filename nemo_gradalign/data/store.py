@@ -64,9 +64,13 @@ def load_problems(source: str, split: str = "train") -> list[Problem]:
     """Read problems from a save_to_disk folder, .jsonl/.json, .parquet, or a hub dataset name."""
     import datasets
 
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
-        ds = datasets.load_from_disk(str(path))
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except FileNotFoundError:
+            raise ValueError(f"cannot read problems from {source!r}: the folder is not a dataset (save_to_disk); "
+                             "use a dataset folder, .jsonl, .json or .parquet") from None
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
                 raise ValueError(f"{source}: no split {split!r} (has {sorted(ds)})")
@@ -78,12 +82,22 @@ def load_problems(source: str, split: str = "train") -> list[Problem]:
             raise ValueError(f"{source}: no records (the file is empty)")
         ds = datasets.load_dataset(path.suffix.lstrip("."), data_files=str(path),
                                    split="train")
-    elif path.exists() or path.suffix:
-        what = "no such file" if not path.exists() else "use a folder, .jsonl, .json or .parquet"
+    elif path.exists() or path.suffix or _looks_local(source):
+        what = "no such file or folder" if not path.exists() else "use a folder, .jsonl, .json or .parquet"
         raise ValueError(f"cannot read problems from {source!r}: {what}")
     else:
-        ds = datasets.load_dataset(source, split=split)
+        try:
+            ds = datasets.load_dataset(source, split=split)
+        except Exception as err:  # the hub's many failures (not found, offline, gated): one line
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"cannot read problems from {source!r}: no such file or folder here, and not "
+                             f"loadable as a hub dataset ({first})") from None
     return from_rows(ds, source)
+
+
+def _looks_local(source: str) -> bool:
+    """A path, not a hub name ("org/name"): absolute, or starting with ./, ../ or ~."""
+    return source.startswith(("/", "./", "../", "~")) or source in (".", "..")
 
 
 def export_sets(sets, out_dir: str) -> Path:

@@ -7,7 +7,12 @@ from nemo_gradalign.trainer.config import EmbeddedRecipe
 
 
 def layout_for(recipe: EmbeddedRecipe, world_size: int) -> parallel.Layout:
+    """The layout, or a ValueError naming the fields: run by ``train`` and ``launch`` before any rank."""
+    from nemo_gradalign.megatron.model import check_split
+
     m = recipe.policy.megatron_cfg
+    check_split(recipe.policy.model, m.tensor_model_parallel_size, m.pipeline_model_parallel_size,
+                "policy.model.")
     model_parallel = m.tensor_model_parallel_size * m.pipeline_model_parallel_size
     if world_size % model_parallel:
         raise ValueError(f"{world_size} ranks cannot hold TP={m.tensor_model_parallel_size} x "
@@ -24,9 +29,11 @@ def run_rank(rank: int, recipe: EmbeddedRecipe, resume: bool, world_size: int,
     return Trainer(recipe, rank, progress_bar).fit(resume)
 
 
-def main(recipe: EmbeddedRecipe, resume: bool, ranks: int | None, overwrite: bool = False) -> None:
+def main(recipe: EmbeddedRecipe, resume: bool, ranks: int | None, overwrite: bool = False,
+         allow_data_change: bool = False) -> None:
     """Check the data and the run folder, then join torchrun/srun ranks when launched that way,
-    else spawn the ranks locally. Only the first process claims the folder (and holds its lock)."""
+    else spawn the ranks locally. Only the first process claims the folder; the ranks it spawns
+    hold its lock too, so the folder stays locked until the last of them has exited."""
     import os
 
     from nemo_gradalign.trainer.run_folder import RunFolder
@@ -41,6 +48,7 @@ def main(recipe: EmbeddedRecipe, resume: bool, ranks: int | None, overwrite: boo
     if launched is not None and os.environ.get("RANK") != "0":
         parallel.run_on_ranks(run_rank, world, recipe, resume, world)
         return
-    preflight(recipe)  # before the folder is touched: bad data never costs an old run
-    with RunFolder.of(recipe).claim(recipe.model_dump(mode="json"), world, resume, overwrite):
-        parallel.run_on_ranks(run_rank, world, recipe, resume, world)
+    data = preflight(recipe)  # before the folder is touched: bad data never costs an old run
+    folder = RunFolder.of(recipe)
+    with folder.claim(recipe.model_dump(mode="json"), world, resume, overwrite, data, allow_data_change):
+        parallel.run_on_ranks(run_rank, world, recipe, resume, world, held=tuple(folder.held))

@@ -143,6 +143,18 @@ def _moe_options(spec: ModelSpec, ep: int) -> dict:
                 moe_router_dtype="fp64", add_bias_linear=False)
 
 
+def check_split(spec: ModelSpec, tp: int, pp: int, prefix: str = "model.") -> None:
+    """The model can be cut into TP shards and PP stages (ValueError naming the fields if not):
+    checked by ``train`` and ``launch`` before any rank starts, and again when a rank builds it."""
+    if spec.num_layers % pp:
+        raise ValueError(f"{prefix}num_layers={spec.num_layers} is not divisible by PP={pp}")
+    if spec.num_attention_heads % tp or spec.vocab_size % tp:
+        raise ValueError(
+            f"{prefix}num_attention_heads={spec.num_attention_heads} and {prefix}vocab_size="
+            f"{spec.vocab_size} must be divisible by TP={tp}"
+        )
+
+
 def build_gpt(spec: ModelSpec):
     """GPTModel for this rank's pipeline stage; needs `parallel.init_distributed` first."""
     from megatron.core import parallel_state as ps
@@ -152,13 +164,7 @@ def build_gpt(spec: ModelSpec):
     tp = ps.get_tensor_model_parallel_world_size()
     pp = ps.get_pipeline_model_parallel_world_size()
     cp = ps.get_context_parallel_world_size()
-    if spec.num_layers % pp:
-        raise ValueError(f"model.num_layers={spec.num_layers} is not divisible by PP={pp}")
-    if spec.num_attention_heads % tp or spec.vocab_size % tp:
-        raise ValueError(
-            f"model.num_attention_heads={spec.num_attention_heads} and model.vocab_size="
-            f"{spec.vocab_size} must be divisible by TP={tp}"
-        )
+    check_split(spec, tp, pp)
     config = TransformerConfig(
         num_layers=spec.num_layers,
         hidden_size=spec.hidden_size,

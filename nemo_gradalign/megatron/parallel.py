@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +80,37 @@ def shutdown() -> None:
 START_METHOD = "spawn"
 
 
-def _rank_entry(rank: int, world: int, port: int, fn, args) -> None:
+def _die_with(parent: int) -> None:
+    """This rank gets SIGKILL when the process that spawned it dies (even by SIGKILL), so no rank
+    outlives the command that started it and keeps writing to a run folder nobody holds."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+
+class HeldFile:
+    """An open file handed to each spawned rank as the same open file description, so a flock on
+    it (the run folder's lock) stays held until the last process of the run has exited."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __reduce__(self):
+        from multiprocessing import reduction
+
+        return (_detach, (reduction.DupFd(self.fd),))  # only while a rank is being spawned
+
+
+def _detach(dup) -> int:
+    return dup.detach()  # the rank keeps the descriptor open for its whole life
+
+
+def _rank_entry(rank: int, world: int, port: int, fn, args, parent: int = 0, held=()) -> None:
+    if parent:
+        _die_with(parent)
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
         WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
@@ -102,16 +134,21 @@ class RankFailed(RuntimeError):
         super().__init__(traceback_text)
 
 
-def spawn(fn, world: int, *args) -> None:
-    """Run ``fn(rank, *args)`` on ``world`` local processes (gloo on CPU); re-raises rank errors."""
+def spawn(fn, world: int, *args, held: tuple[HeldFile, ...] = ()) -> None:
+    """Run ``fn(rank, *args)`` on ``world`` local processes (gloo on CPU); re-raises rank errors.
+    Ranks die with this process; a rank that dies makes this process stop the others and raise.
+    ``held``: open files (locks) every rank keeps open until it exits."""
     from nemo_gradalign.megatron.cpu_shim import quiet_expected_warnings
 
     quiet_expected_warnings()
     try:
-        mp.start_processes(_rank_entry, args=(world, free_port(), fn, args), nprocs=world, join=True,
-                           start_method=START_METHOD)
+        mp.start_processes(_rank_entry, args=(world, free_port(), fn, args, os.getpid(), tuple(held)),
+                           nprocs=world, join=True, start_method=START_METHOD)
     except mp.ProcessRaisedException as err:
         raise RankFailed(err.error_index, str(err)) from None
+    except mp.ProcessExitedException as err:  # killed, or exited without a Python exception
+        how = f"killed by {err.signal_name}" if err.signal_name else f"exited with code {err.exit_code}"
+        raise RankFailed(err.error_index, f"died ({how}); the other ranks were stopped") from None
 
 
 def launched_world_size() -> int | None:
@@ -121,10 +158,11 @@ def launched_world_size() -> int | None:
     return None
 
 
-def run_on_ranks(fn, world: int, *args) -> None:
-    """``fn(rank, *args)`` on this launcher-started rank, or on ``world`` locally spawned ranks."""
+def run_on_ranks(fn, world: int, *args, held: tuple[HeldFile, ...] = ()) -> None:
+    """``fn(rank, *args)`` on this launcher-started rank, or on ``world`` locally spawned ranks
+    (which keep ``held`` open)."""
     if launched_world_size() is None:
-        spawn(fn, world, *args)
+        spawn(fn, world, *args, held=held)
         return
     try:
         fn(int(os.environ["RANK"]), *args)

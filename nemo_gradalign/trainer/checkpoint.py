@@ -44,7 +44,9 @@ class CheckpointManager:
         self.root = Path(checkpoint_dir)
         self.keep_top_k, self.metric_name = keep_top_k, metric_name
 
-    def save(self, step: int, components: dict, training_info: dict, config: dict | None = None) -> Path:
+    def save(self, step: int, components: dict, training_info: dict, config: dict | None = None,
+             extra: dict[str, dict] | None = None) -> Path:
+        """``extra``: file name -> JSON content, written by rank 0 into the checkpoint."""
         tmp, final = self.root / f"tmp_step_{step}", self.root / f"step_{step}"
         if _rank() == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -57,6 +59,8 @@ class CheckpointManager:
         _barrier()
         if _rank() == 0:
             (tmp / "training_info.json").write_text(json.dumps({"step": step, **training_info}, indent=1))
+            for name, content in (extra or {}).items():
+                (tmp / name).write_text(json.dumps(content, indent=1))
             if config is not None:
                 import yaml
 

@@ -18,6 +18,7 @@ from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
 from nemo_gradalign.rollouts import ProblemRollouts
 from nemo_gradalign.selection.schedules import RoundSchedule, StepSchedule
 from nemo_gradalign.selection.selector import Selector
+from nemo_gradalign.trainer import data_fingerprint
 from nemo_gradalign.trainer.checkpoint import CheckpointManager
 from nemo_gradalign.trainer.compute import ComputeMeter, rollout_tokens
 from nemo_gradalign.trainer.config import EmbeddedRecipe
@@ -70,6 +71,7 @@ class Trainer:
         self.optimizer = self.policy.make_optimizer(opt.lr, opt.weight_decay, (opt.adam_beta1, opt.adam_beta2))
         self.sets = build_sets(recipe)
         self.pool = self.sets.pool  # schedules hand out indices into this list
+        self.data = {data_fingerprint.FILE: data_fingerprint.fingerprints(recipe, self.sets)}
         temperature = recipe.policy.generation.temperature
         self.loss = LossSettings("leave_one_out" if g.use_leave_one_out_baseline else "mean",
                                  g.normalize_rewards, "token_mean", temperature)
@@ -160,7 +162,7 @@ class Trainer:
                 if self.recipe.checkpointing.enabled and (
                         done % self.recipe.checkpointing.save_period == 0 or last):
                     self.checkpointer.save(done, self.components(), dict(self.last_eval),
-                                           self.recipe.model_dump(mode="json"))
+                                           self.recipe.model_dump(mode="json"), self.data)
         return self.last_eval
 
     def _bar(self):

@@ -23,7 +23,7 @@ def _clean(value):
     return value
 
 
-def read_lines(path) -> list[str]:
+def read_lines(path, warn: bool = True) -> list[str]:
     """The file's complete record lines. A torn last line (a crash mid-write) is dropped with a
     warning; an unreadable line before the last means the file was damaged otherwise: an error."""
     path = Path(path)
@@ -36,8 +36,9 @@ def read_lines(path) -> list[str]:
                 raise ValueError("not a metrics record")
         except ValueError:
             if number == len(lines):
-                print(f"warning: {path}: dropping a torn last line ({line[:60]!r}...), "
-                      "left by an interrupted write", file=sys.stderr)
+                if warn:
+                    print(f"warning: {path}: dropping a torn last line ({line[:60]!r}...), "
+                          "left by an interrupted write", file=sys.stderr)
                 break
             raise ValueError(f"{path} line {number} is not a metrics record: {line[:80]!r}") from None
         good.append(line)

@@ -4,7 +4,11 @@ Mixing runs in one folder loses data silently: a new run's checkpoints are prune
 run's higher step, and a later resume loads the old weights under the new metrics. So, before any
 work: a new run refuses a folder holding another run's metrics or checkpoints (``--overwrite``
 clears them); ``--resume`` with nothing to resume says so and writes nothing; ``--resume`` refuses
-a recipe or rank count that differs from the checkpoint's; and a lock stops a second process.
+a recipe or rank count that differs from the checkpoint's, data whose content differs
+(``--allow-data-change`` accepts it) and a metrics.jsonl that disagrees with the checkpoint
+(trainer/resume_checks.py); a folder inside another run's, or holding one, is refused by real path
+(trainer/folder_nesting.py); and a lock, held by the spawned ranks too, stops a second process
+for as long as any process of the run can still write.
 """
 
 from __future__ import annotations
@@ -19,11 +23,18 @@ from pathlib import Path
 import yaml
 
 from nemo_gradalign.config import ConfigError
+from nemo_gradalign.megatron.parallel import HeldFile
+from nemo_gradalign.paths import check_writable_folder, make_folder
+from nemo_gradalign.trainer import data_fingerprint
 from nemo_gradalign.trainer.checkpoint import CheckpointManager, read_info
+from nemo_gradalign.trainer.folder_nesting import nesting_problems
+from nemo_gradalign.trainer.resume_checks import check_data, check_metrics
 
 # What may differ between a checkpoint's recipe and the one it is resumed with: how long to train,
 # and where and how often to log and save. Anything else changes the run.
 MAY_CHANGE = ("grpo.max_num_steps", "logger.", "checkpointing.")
+# Where the data files are may change too when the checkpoint fingerprints their content.
+DATA_PATHS = ("data.pool_source", "data.validation_source", "data.eval_source", "gradalign.validation.dataset")
 
 
 class RunFolderError(ConfigError):
@@ -39,14 +50,14 @@ def _flatten(tree, prefix: str = "") -> dict:
     return out
 
 
-def recipe_changes(saved: dict, requested: dict) -> list[str]:
+def recipe_changes(saved: dict, requested: dict, may_change: tuple[str, ...] = MAY_CHANGE) -> list[str]:
     """``key: old -> new`` for every leaf that differs, except those that may change on resume."""
     old, new = _flatten(saved), _flatten(requested)
     missing = object()
     changes = []
     for key in sorted(old.keys() | new.keys()):
         a, b = old.get(key, missing), new.get(key, missing)
-        if a != b and not any(key == m or (m.endswith(".") and key.startswith(m)) for m in MAY_CHANGE):
+        if a != b and not any(key == m or (m.endswith(".") and key.startswith(m)) for m in may_change):
             show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
             changes.append(f"{key}: {show(a)} in the checkpoint, {show(b)} now")
     return changes
@@ -57,6 +68,8 @@ class RunFolder:
         self.log_dir = Path(log_dir)
         self.metrics = self.log_dir / "metrics.jsonl"
         self.checkpoints = CheckpointManager(checkpoint_dir, 1, "")
+        self.fields = {"logger.log_dir": log_dir, "checkpointing.checkpoint_dir": checkpoint_dir}
+        self.held: list[HeldFile] = []  # the locks, for the ranks to hold too (claim)
 
     @classmethod
     def of(cls, recipe) -> RunFolder:
@@ -73,12 +86,23 @@ class RunFolder:
             held.append(f"{self.checkpoints.root}: {', '.join(found)}")
         return held
 
-    def check(self, recipe: dict, world: int, resume: bool, overwrite: bool) -> Path | None:
-        """Read-only: the checkpoint to resume from, None for a fresh run, or a RunFolderError."""
+    def check(self, recipe: dict, world: int, resume: bool, overwrite: bool, data: dict | None = None,
+              allow_data_change: bool = False, warn: bool = True) -> Path | None:
+        """Read-only: the checkpoint to resume from, None for a fresh run, or a RunFolderError.
+        ``data``: the sets' fingerprints now (trainer/data_fingerprint.py), compared on resume."""
         if resume and overwrite:
             raise RunFolderError("--resume and --overwrite contradict each other; choose one")
+        for field, path in self.fields.items():
+            check_writable_folder(path, field)
+        nested = nesting_problems(self.fields)
+        if nested:
+            raise RunFolderError(f"{nested[0]}: two runs in one folder mix their files; choose a folder "
+                                 "outside any other run's")
         if resume:
-            return self._resumable(recipe, world)
+            latest, warnings = self._resumable(recipe, world, data, allow_data_change)
+            for line in warnings if warn else []:
+                print(f"warning: {line}", file=sys.stderr)
+            return latest
         held = self._held()
         if held and not overwrite:
             raise RunFolderError(
@@ -86,7 +110,8 @@ class RunFolder:
                 "--resume, replace it with --overwrite, or choose another logger.log_dir")
         return None
 
-    def _resumable(self, recipe: dict, world: int) -> Path:
+    def _resumable(self, recipe: dict, world: int, data: dict | None, allow_data_change: bool
+                   ) -> tuple[Path, list[str]]:
         latest = self.checkpoints.latest()
         if latest is None:
             what = "; ".join(self._held()) or "nothing"
@@ -97,11 +122,13 @@ class RunFolder:
         saved = yaml.safe_load(config.read_text()) if config.is_file() else None
         if not isinstance(saved, dict):
             raise RunFolderError(f"--resume: {config} is missing, so the recipe cannot be compared")
-        changes = recipe_changes(saved, recipe)
+        fingerprinted = data is not None and (latest / data_fingerprint.FILE).is_file()
+        changes = recipe_changes(saved, recipe, MAY_CHANGE + (DATA_PATHS if fingerprinted else ()))
         if changes:
             raise RunFolderError(
                 f"--resume: the recipe differs from the one {latest} was trained with:\n  " + "\n  ".join(changes)
-                + "\nOnly grpo.max_num_steps, logger.* and checkpointing.* may change on resume; "
+                + "\nOnly grpo.max_num_steps, logger.*, checkpointing.* and where the data files are (their "
+                "content is compared) may change on resume; "
                 "start a new run (another logger.log_dir) to change the others")
         step, steps = read_info(latest)["step"], recipe["grpo"]["max_num_steps"]
         if steps < step:
@@ -110,10 +137,8 @@ class RunFolder:
         if saved_world != world:
             raise RunFolderError(f"--resume: {latest} was written by {saved_world} ranks, this run has "
                                  f"{world}; resume with the same TP x PP x DP (--ranks, srun tasks)")
-        if not self.metrics.exists():
-            print(f"warning: {self.metrics} is missing: the resumed run's metrics start at step {step}",
-                  file=sys.stderr)
-        return latest
+        warnings = check_metrics(self.metrics, latest)
+        return latest, warnings + check_data(latest, data, allow_data_change)
 
     def clear(self) -> None:
         """--overwrite: remove the other run's metrics and checkpoints (nothing else in the folder)."""
@@ -124,22 +149,26 @@ class RunFolder:
         self.metrics.unlink(missing_ok=True)
 
     @contextmanager
-    def claim(self, recipe: dict, world: int, resume: bool, overwrite: bool):
+    def claim(self, recipe: dict, world: int, resume: bool, overwrite: bool, data: dict | None = None,
+              allow_data_change: bool = False):
         """Check (a refused run writes nothing), lock, check again under the lock, clear on
-        --overwrite; the lock is held until the block ends (or the process dies)."""
-        self.check(recipe, world, resume, overwrite)
+        --overwrite; the lock is held until the block ends and the last process holding
+        ``self.held`` (the spawned ranks) has died."""
+        self.check(recipe, world, resume, overwrite, data, allow_data_change, warn=False)
         with ExitStack() as stack:
-            for folder in dict.fromkeys([self.log_dir.resolve(), self.checkpoints.root.resolve()]):
-                stack.enter_context(_lock(folder))
-            latest = self.check(recipe, world, resume, overwrite)
+            folders = {Path(path).resolve(): field for field, path in self.fields.items()}
+            self.held = [HeldFile(stack.enter_context(_lock(folder, field))) for folder, field in folders.items()]
+            latest = self.check(recipe, world, resume, overwrite, data, allow_data_change)
             if overwrite:
                 self.clear()
             yield latest
 
 
 @contextmanager
-def _lock(folder: Path):
-    folder.mkdir(parents=True, exist_ok=True)
+def _lock(folder: Path, field: str):
+    """Yields the locked descriptor; closing it here releases the lock only when no spawned rank
+    holds the same open file any more (flock belongs to the open file, not the process)."""
+    make_folder(folder, field)
     path = folder / ".lock"
     with open(path, "a+") as handle:
         try:
@@ -148,12 +177,10 @@ def _lock(folder: Path):
             handle.seek(0)
             owner = handle.read().strip() or "unknown"
             raise RunFolderError(f"{folder} is in use by another training process (pid {owner}); wait for "
-                                 "it to finish or choose another logger.log_dir") from None
+                                 "it (and the ranks it started) to finish or choose another logger.log_dir"
+                                 ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield handle.fileno()

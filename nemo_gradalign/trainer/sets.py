@@ -19,7 +19,10 @@ def build_sets(recipe: EmbeddedRecipe) -> regimes.TaskSets:
     sets = regimes.build(recipe.data)
     v = recipe.gradalign.validation
     if v.dataset:
-        sets.validation = load_problems(v.dataset, v.split)
+        try:
+            sets.validation = load_problems(v.dataset, v.split)
+        except ValueError as err:
+            raise ConfigError(f"gradalign.validation.dataset: {err}") from None
     if v.max_problems is not None:
         sets.validation = sets.validation[: v.max_problems]
     return sets
@@ -36,6 +39,11 @@ def build_schedule(recipe: EmbeddedRecipe, pool_size: int):
         raise ConfigError(str(err)) from None
 
 
-def preflight(recipe: EmbeddedRecipe) -> None:
-    """Everything about the data that can fail, without a model: run before spawning ranks."""
-    build_schedule(recipe, len(build_sets(recipe).pool))
+def preflight(recipe: EmbeddedRecipe) -> dict:
+    """Everything about the data that can fail, without a model: run before spawning ranks.
+    Returns the sets' content fingerprints, which a resume compares with its checkpoint's."""
+    from nemo_gradalign.trainer.data_fingerprint import fingerprints
+
+    sets = build_sets(recipe)
+    build_schedule(recipe, len(sets.pool))
+    return fingerprints(recipe, sets)
