@@ -1,0 +1,108 @@
+"""Alignment read from the training pass equals the brute-force oracle, and reading it leaves
+the GRPO step bit-identical.
+
+A float64 GPT trained by the embedded grpo_step (megatron DDP, megatron Adam) at TP=2, PP=2
+and TP=2×DP=2: the first inner epoch's backward is read per problem (megatron/in_pass.py).
+The oracle (tests/helpers.py, one autograd call per rollout, exact-fraction advantages) scores
+the same problems with the same weights and the trainer's advantages: dot, ‖g‖² and cosine
+agree to 1e-9 relative. The same step without the reader gives torch.equal weights and Adam
+state; a microbatch size that splits a problem is refused before any pass runs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import assert_close_rel, edge_case_problems, oracle_scores, random_problems
+from nemo_gradalign.engine import EngineGroups, GradientEngine, UnsupportedLayout
+from nemo_gradalign.megatron import parallel
+from nemo_gradalign.megatron.in_pass import AlignmentReading
+from nemo_gradalign.megatron.model import ModelSpec, build_gpt
+from nemo_gradalign.megatron.policy import Policy
+from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
+from nemo_gradalign.trainer.update import grpo_step
+
+SPEC64 = ModelSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=32, dtype="float64")
+LOSS = LossSettings("leave_one_out", True, "token_mean")  # NeMo RL's defaults, trainer and scorer alike
+VAL = random_problems(100, 6)
+# four rollouts per problem, eight rows per microbatch: three microbatches of two whole problems
+# (random groups, one all-correct, and edge cases: identical responses, cancelling std)
+BATCH = ([p for p in random_problems(200, 40) if p.k == 4][:3]
+         + [p for p in edge_case_problems(first_id=100) if p.k == 4][:3])
+ROWS = 8
+RTOL = 1e-9
+
+
+def _state(policy, optimizer) -> list[torch.Tensor]:
+    tensors = [p.detach().clone() for p in policy.model.parameters()]
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for entry in opt.optimizer.state.values():
+            tensors += [v.clone() for v in entry.values() if torch.is_tensor(v)]
+    return tensors
+
+
+def _step(policy, optimizer, reading=None, max_rows=ROWS) -> dict:
+    return grpo_step(policy, optimizer, BATCH, LOSS, 0.2, 0.2, inner_epochs=2, max_rows=max_rows,
+                     read_alignment=reading)
+
+
+def _in_pass_rank(rank, layout, out):
+    from megatron.core import parallel_state as ps
+
+    parallel.init_distributed(layout)
+    plain = Policy(SPEC64)
+    plain_opt = plain.make_optimizer(1e-2)
+    _step(plain, plain_opt)
+    _step(plain, plain_opt)
+
+    reading_policy = Policy(SPEC64)
+    opt = reading_policy.make_optimizer(1e-2)
+    engine = GradientEngine(reading_policy.named_parameters(), EngineGroups.from_megatron(), "float64")
+    reading = AlignmentReading(engine, engine.build_reference(VAL, ProblemRunner(reading_policy.model, LOSS)))
+    before = _state(reading_policy, opt)
+    with pytest.raises(UnsupportedLayout, match="max_rollouts_per_microbatch=6 splits problem"):
+        _step(reading_policy, opt, reading, max_rows=6)
+    assert all(torch.equal(a, b) for a, b in zip(before, _state(reading_policy, opt)))
+    scores = _step(reading_policy, opt, reading)["alignment"]
+    _step(reading_policy, opt, reading)  # a second reading step (after one optimizer update)
+    identical = all(torch.equal(a, b) for a, b in zip(_state(plain, plain_opt), _state(reading_policy, opt)))
+
+    table = torch.stack([scores.dot, scores.sqnorm, scores.cosine(), scores.zero_gradient.double()])
+    replicas = [torch.empty_like(table) for _ in range(ps.get_data_parallel_world_size())]
+    torch.distributed.all_gather(replicas, table, group=ps.get_data_parallel_group())
+    flags = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(flags, identical)
+    if rank == 0:
+        same_on_dp = all(torch.equal(r, table) for r in replicas)
+        torch.save((scores.problem_ids, table, flags, same_on_dp), out)
+
+
+def _oracle_rank(rank, out):
+    parallel.init_distributed(parallel.Layout())
+    torch.save(oracle_scores(build_gpt(SPEC64), VAL, BATCH, baseline=LOSS.baseline,
+                             normalize_std=LOSS.normalize_std), out)
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("oracle") / "oracle.pt"
+    parallel.spawn(_oracle_rank, 1, str(out))
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("layout", [parallel.Layout(tp=2), parallel.Layout(pp=2),
+                                    parallel.Layout(tp=2, dp=2)], ids=str)
+def test_in_pass_scores_equal_the_oracle_and_the_step_is_unchanged(layout, oracle, tmp_path):
+    parallel.spawn(_in_pass_rank, layout.world_size, layout, str(tmp_path / "in_pass.pt"))
+    ids, (dot, sqnorm, cosine, zero), flags, same_on_dp = torch.load(tmp_path / "in_pass.pt")
+    assert all(flags), f"{layout}: weights or Adam state differ from the plain step, per rank {flags}"
+    assert same_on_dp  # every DP replica trains (and reads) the whole batch
+    o_dot, o_sq, o_cos, o_nonzero = oracle
+    assert ids == [p.problem_id for p in BATCH]
+    assert (zero == 0).tolist() == o_nonzero.tolist()
+    assert o_nonzero.any() and not o_nonzero.all()  # both kinds are in the batch
+    worst = 0.0
+    for got, want in ((dot, o_dot), (sqnorm, o_sq), (cosine, o_cos)):
+        worst = max(worst, assert_close_rel(got, want, rtol=RTOL, floor=1e-4 * float(want.abs().max())))
+    print(f"{layout}: in-pass vs oracle, max relative error {worst:.2e}")
