@@ -56,12 +56,12 @@ class AlignmentReading:
     def open(self, model, batch: list[ProblemRollouts], token_scale: torch.Tensor,
              microbatches: list[dict], baseline: str, normalize_std: bool) -> "InPassRead":
         """Check everything (cheap) and return the reader for this step's reading pass."""
-        if not self.reference.ready:
-            raise RuntimeError("in-pass alignment: the reference gradient has not been built yet")
         reason = layout_reason(model, self.engine)
         if reason:
             raise UnsupportedLayout(f"in-pass alignment cannot read this model exactly: {reason}; "
                                     "score with the engine (a separate pass) instead")
+        if not self.reference.ready:
+            raise RuntimeError("in-pass alignment: the reference gradient has not been built yet")
         rows = microbatches[0]["tokens"].shape[0]
         spans = microbatch_spans(batch, rows, len(microbatches))
         refs = {id(p): r for p, r in zip(self.engine.counted.params, self.reference.buffers)}

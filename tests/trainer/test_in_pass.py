@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from helpers import assert_close_rel, edge_case_problems, oracle_scores, random_problems
-from nemo_gradalign.engine import EngineGroups, GradientEngine, UnsupportedLayout
+from nemo_gradalign.engine import EngineGroups, GradientEngine, ReferenceGradient, UnsupportedLayout
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.in_pass import AlignmentReading
 from nemo_gradalign.megatron.model import ModelSpec, build_gpt
@@ -64,6 +64,8 @@ def _in_pass_rank(rank, layout, out):
     with pytest.raises(UnsupportedLayout, match="max_rollouts_per_microbatch=6 splits problem"):
         _step(reading_policy, opt, reading, max_rows=6)
     assert all(torch.equal(a, b) for a, b in zip(before, _state(reading_policy, opt)))
+    if layout == parallel.Layout(tp=2):
+        _refuses_what_it_cannot_read(reading_policy, opt, reading)
     scores = _step(reading_policy, opt, reading)["alignment"]
     _step(reading_policy, opt, reading)  # a second reading step (after one optimizer update)
     identical = all(torch.equal(a, b) for a, b in zip(_state(plain, plain_opt), _state(reading_policy, opt)))
@@ -76,6 +78,19 @@ def _in_pass_rank(rank, layout, out):
     if rank == 0:
         same_on_dp = all(torch.equal(r, table) for r in replicas)
         torch.save((scores.problem_ids, table, flags, same_on_dp), out)
+
+
+def _refuses_what_it_cannot_read(policy, optimizer, reading):
+    """Layouts whose per-problem share the hooks cannot attribute: refused before any pass."""
+    config = policy.model.config
+    config.hidden_dropout = 0.1
+    with pytest.raises(UnsupportedLayout, match=r"cannot read this model exactly: dropout \(hidden_dropout=0.1"):
+        _step(policy, optimizer, reading)
+    config.hidden_dropout = 0.0
+    sp = Policy(SPEC64.model_copy(update={"sequence_parallel": True}))
+    engine = GradientEngine(sp.named_parameters(), EngineGroups.from_megatron(), "float64")
+    with pytest.raises(UnsupportedLayout, match="cannot read this model exactly: sequence parallelism"):
+        _step(sp, sp.make_optimizer(1e-2), AlignmentReading(engine, ReferenceGradient(engine.counted, engine.groups)))
 
 
 def _oracle_rank(rank, out):
