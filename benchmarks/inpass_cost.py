@@ -3,9 +3,11 @@
 The embedded demo's shape by default (16 problems × 8 rollouts of 13 tokens, the demo's model,
 fp32, μ = 2 inner epochs, one rank, one thread): each repeat runs a plain step and a reading
 step back to back, in alternating order, on the same policy; printed are the minima, the
-ratio of the minima and the median of the per-pair ratios. The reader's extra work is one
-per-problem weight gradient per layer in the first inner epoch (the flops of a weight
-gradient) plus the reads against G. Run:
+ratio of the minima and the median of the per-pair ratios. For scale, the same pairs also run a
+plain step plus the engine's packed scoring of the same batch (the separate pass in-pass
+reading replaces). The reader's extra work is one per-problem weight gradient per layer in the
+first inner epoch — a weight gradient's flops, so with μ inner epochs about 1/(1 + 3μ) of the
+step's (≈ 1.14× at μ = 2) — plus the reads against G and the regrouping copies. Run:
   python benchmarks/inpass_cost.py [--repeats 20] [--problems 16] [--inner-epochs 2]
 """
 
@@ -44,24 +46,33 @@ def _run(rank, repeats, problems, inner_epochs):
     reference = engine.build_reference(make_problems(64, DEMO.vocab_size, 2, 7, 6),
                                        ProblemRunner(policy.model, LOSS))
     reading = AlignmentReading(engine, reference)
+    packed = ProblemRunner(policy.model, LOSS, pack_rows=128)
 
     def step(read):
         start = time.perf_counter()
         grpo_step(policy, optimizer, batch, LOSS, 0.2, 0.2, inner_epochs, None, read)
         return time.perf_counter() - start
 
-    step(None), step(reading)  # warm-up
-    plain, read, ratios = [], [], []
+    def step_and_score():
+        start = time.perf_counter()
+        engine.score(batch, packed, reference)
+        return time.perf_counter() - start + step(None)
+
+    step(None), step(reading), step_and_score()  # warm-up
+    plain, read, ratios, separate = [], [], [], []
     for i in range(repeats):
         order = (None, reading) if i % 2 == 0 else (reading, None)
         times = {id(r): step(r) for r in order}
         plain.append(times[id(None)])
         read.append(times[id(reading)])
         ratios.append(read[-1] / plain[-1])
+        separate.append(step_and_score())
     print(f"grpo_step, {problems} problems x 8 rollouts of 13 tokens, mu={inner_epochs}, demo model "
           f"(fp32, 1 rank, {torch.get_num_threads()} thread), {repeats} paired repeats:")
     print(f"  plain step          {min(plain) * 1e3:8.1f} ms (min)   {statistics.median(plain) * 1e3:8.1f} ms (median)")
     print(f"  with in-pass reads  {min(read) * 1e3:8.1f} ms (min)   {statistics.median(read) * 1e3:8.1f} ms (median)")
+    print(f"  step + packed scoring of the batch (separate pass) {min(separate) * 1e3:8.1f} ms (min), "
+          f"{min(separate) / min(plain):.3f}x")
     print(f"  ratio of minima {min(read) / min(plain):.3f}x   median of paired ratios "
           f"{statistics.median(ratios):.3f}x   (goal <= 1.10x)")
 

@@ -26,10 +26,12 @@ from nemo_gradalign.trainer.update import grpo_step
 SPEC64 = ModelSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=32, dtype="float64")
 LOSS = LossSettings("leave_one_out", True, "token_mean")  # NeMo RL's defaults, trainer and scorer alike
 VAL = random_problems(100, 6)
-# four rollouts per problem, eight rows per microbatch: three microbatches of two whole problems
-# (random groups, one all-correct, and edge cases: identical responses, cancelling std)
-BATCH = ([p for p in random_problems(200, 40) if p.k == 4][:3]
-         + [p for p in edge_case_problems(first_id=100) if p.k == 4][:3])
+# eight rows per microbatch, three microbatches of whole problems of 4 and 2 rollouts (unequal
+# spans: 4+2+2, 4+4, 2+2+4); random groups and edge cases (cancelling std, identical responses
+# with a zero gradient, k = 2 where the leave-one-out std is 0)
+_RANDOM, _EDGE = random_problems(200, 40), edge_case_problems(first_id=100)
+_K4, _K2 = [p for p in _RANDOM if p.k == 4], [p for p in _RANDOM if p.k == 2]
+BATCH = [_K4[0], _K2[0], _K2[1], _EDGE[0], _EDGE[4], _EDGE[7], _K2[2], _K4[1]]
 ROWS = 8
 RTOL = 1e-9
 
@@ -61,8 +63,8 @@ def _in_pass_rank(rank, layout, out):
     engine = GradientEngine(reading_policy.named_parameters(), EngineGroups.from_megatron(), "float64")
     reading = AlignmentReading(engine, engine.build_reference(VAL, ProblemRunner(reading_policy.model, LOSS)))
     before = _state(reading_policy, opt)
-    with pytest.raises(UnsupportedLayout, match="max_rollouts_per_microbatch=6 splits problem"):
-        _step(reading_policy, opt, reading, max_rows=6)
+    with pytest.raises(UnsupportedLayout, match="max_rollouts_per_microbatch=5 splits problem"):
+        _step(reading_policy, opt, reading, max_rows=5)
     assert all(torch.equal(a, b) for a, b in zip(before, _state(reading_policy, opt)))
     if layout == parallel.Layout(tp=2):
         _refuses_what_it_cannot_read(reading_policy, opt, reading)
