@@ -62,6 +62,9 @@ class AlignmentReading:
                                     "score with the engine (a separate pass) instead")
         if not self.reference.ready:
             raise RuntimeError("in-pass alignment: the reference gradient has not been built yet")
+        if not {id(p) for p in self.engine.counted.params} <= {id(p) for p in model.parameters()}:
+            raise ValueError("in-pass alignment: the engine counts parameters that are not this model's "
+                             "(build the GradientEngine on the trained model's named_parameters())")
         rows = microbatches[0]["tokens"].shape[0]
         spans = microbatch_spans(batch, rows, len(microbatches))
         refs = {id(p): r for p, r in zip(self.engine.counted.params, self.reference.buffers)}

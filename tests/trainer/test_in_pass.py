@@ -6,7 +6,8 @@ and TP=2×DP=2: the first inner epoch's backward is read per problem (megatron/i
 The oracle (tests/helpers.py, one autograd call per rollout, exact-fraction advantages) scores
 the same problems with the same weights and the trainer's advantages: dot, ‖g‖² and cosine
 agree to 1e-9 relative. The same step without the reader gives torch.equal weights and Adam
-state; a microbatch size that splits a problem is refused before any pass runs.
+state. Refused before any pass runs (weights and Adam state untouched): a microbatch size
+that splits a problem, dropout, sequence parallelism, an engine built on another model.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def _refuses_what_it_cannot_read(policy, optimizer, reading):
     engine = GradientEngine(sp.named_parameters(), EngineGroups.from_megatron(), "float64")
     with pytest.raises(UnsupportedLayout, match="cannot read this model exactly: sequence parallelism"):
         _step(sp, sp.make_optimizer(1e-2), AlignmentReading(engine, ReferenceGradient(engine.counted, engine.groups)))
+    with pytest.raises(ValueError, match="the engine counts parameters that are not this model's"):
+        _step(policy, optimizer, AlignmentReading(engine, reading.reference))
 
 
 def _oracle_rank(rank, out):
