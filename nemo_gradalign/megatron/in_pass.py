@@ -101,10 +101,10 @@ def microbatch_spans(batch: list[ProblemRollouts], rows: int, n_microbatches: in
         first, last = at // rows, (at + problem.k - 1) // rows
         if first != last:
             raise UnsupportedLayout(
-                f"in-pass alignment needs whole problems per microbatch: max_rollouts_per_microbatch="
-                f"{rows} splits problem {problem.problem_id} (rollouts {at}..{at + problem.k - 1} of the "
-                "batch) across two microbatches; set it to a multiple of the rollouts per problem, "
-                "or unset it")
+                f"in-pass alignment needs whole problems per microbatch: the step's microbatches of "
+                f"{rows} rollouts (policy.max_rollouts_per_microbatch, evened out over the batch) split "
+                f"problem {problem.problem_id} (rollouts {at}..{at + problem.k - 1} of the batch); set "
+                "it to a multiple of the rollouts per problem that divides the batch, or unset it")
         spans[first].append((index, at - first * rows, at + problem.k - first * rows))
         at += problem.k
     return spans

@@ -64,7 +64,8 @@ def _in_pass_rank(rank, layout, out):
     engine = GradientEngine(reading_policy.named_parameters(), EngineGroups.from_megatron(), "float64")
     reading = AlignmentReading(engine, engine.build_reference(VAL, ProblemRunner(reading_policy.model, LOSS)))
     before = _state(reading_policy, opt)
-    with pytest.raises(UnsupportedLayout, match="max_rollouts_per_microbatch=5 splits problem"):
+    with pytest.raises(UnsupportedLayout, match=r"microbatches of 5 rollouts \(policy.max_rollouts_per_"
+                       r"microbatch, evened out over the batch\) split problem 4 \(rollouts 4..5 "):
         _step(reading_policy, opt, reading, max_rows=5)
     assert all(torch.equal(a, b) for a, b in zip(before, _state(reading_policy, opt)))
     if layout == parallel.Layout(tp=2):
