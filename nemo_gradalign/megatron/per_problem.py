@@ -70,13 +70,17 @@ class _Pending:
 class PerProblemPartials:
     """Context manager: install hooks on ``model``; ``next_microbatch(spans)`` before each
     microbatch's forward (every pipeline stage sees the microbatches in order); ``partials`` is
-    this rank's [n, 2] float64 (dot, sqnorm) over the counted parameters afterwards."""
+    this rank's [n, 2] float64 (dot, sqnorm) over the counted parameters afterwards.
+    ``freeze_weights=False`` leaves autograd's weight gradients as they are (a training pass
+    read in passing: the hooks only read δ and x, so the step's grads are bit-identical)."""
 
     # per-problem weight gradients are built this many elements at a time
     CHUNK_ELEMENTS = 1 << 24
 
-    def __init__(self, model, references: dict[int, torch.Tensor], n_problems: int):
+    def __init__(self, model, references: dict[int, torch.Tensor], n_problems: int,
+                 freeze_weights: bool = True):
         self.model = model
+        self.freeze_weights = freeze_weights
         self.references = references  # id(param) -> this rank's reference shard; others not counted
         first = next(model.parameters())
         device = first.device
@@ -119,7 +123,7 @@ class PerProblemPartials:
             kind = kinds.get(type(module))
             if kind and any(id(p) in self.references for p in module.parameters(recurse=False)):
                 self._handles.append(module.register_forward_hook(self._forward_hook(kind), with_kwargs=True))
-                if kind != "embedding":
+                if kind != "embedding" and self.freeze_weights:
                     self._frozen += [p for p in module.parameters(recurse=False) if p.requires_grad]
         for param in self._frozen:
             param.requires_grad_(False)

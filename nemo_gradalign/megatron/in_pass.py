@@ -1,0 +1,148 @@
+"""Alignment read from the training pass: each trained problem's ⟨g_i, Ĝ⟩ and ‖g_i‖² from the
+forward+backward the GRPO step runs anyway (its first inner epoch) — no second backward.
+
+Why this is g_i: in the first inner epoch the weights are those that produced the old log-probs,
+so ρ = exp(log π − log π_old) = 1 and the clipped surrogate's gradient is the unclipped one (at
+ρ = 1 inside the clip range min() and clamp() pass it through whole). With the token mean over
+the batch (``token_scale`` = mask / N), problem i's share of the step's gradient is
+−(1/N) Σ_j A_j ∇ Σ_t log π_jt = c_i · g_i, with c_i = N_i / N (its tokens' share of
+``token_scale``) and g_i the scorer's token-mean gradient under the *trainer's* advantages.
+The packed scoring hooks (per_problem.py) read each problem's share per layer from the δ and x
+autograd uses, touching no gradient; dividing by c_i (dot) and c_i² (squared norm) gives g_i's,
+so cosines are those of the share itself. KL is not in this trainer's loss
+(grpo.clipped_surrogate): nothing is left out of the score.
+
+Counting rules are the engine's: references only for its counted parameters, partials summed
+over TP×PP. Every data-parallel rank of the embedded trainer trains the whole batch (DDP
+averages identical replicas), so every rank reads every problem: nothing to gather.
+Anything the hooks cannot attribute exactly is refused before the step starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nemo_gradalign.engine import GradientEngine, ReferenceGradient
+from nemo_gradalign.engine.rules import UnsupportedLayout
+from nemo_gradalign.engine.scorer import ProblemStats
+from nemo_gradalign.megatron.per_problem import PerProblemPartials, unsupported_reason
+from nemo_gradalign.rollouts import ProblemRollouts
+
+
+@dataclass(frozen=True)
+class InPassScores:
+    """Per problem of the trained batch, in batch order: what ScoreMemory.record takes."""
+
+    problem_ids: list[int]
+    dot: torch.Tensor  # ⟨g_i, Ĝ⟩, float64, on the scorer's scale (token-mean g_i)
+    sqnorm: torch.Tensor  # ‖g_i‖², float64
+    zero_gradient: torch.Tensor  # bool: g_i = 0 exactly (dot = sqnorm = 0)
+
+    def cosine(self) -> torch.Tensor:
+        """cos(g_i, G); 0 where g_i = 0."""
+        return ProblemStats(self.dot, self.sqnorm, ~self.zero_gradient).cosine()
+
+
+class AlignmentReading:
+    """Handed to ``grpo_step(read_alignment=...)``: the engine (counting rules, process groups)
+    and the unit-norm reference G the batch's problems are read against."""
+
+    def __init__(self, engine: GradientEngine, reference: ReferenceGradient):
+        self.engine = engine
+        self.reference = reference
+
+    def open(self, model, batch: list[ProblemRollouts], token_scale: torch.Tensor,
+             microbatches: list[dict], baseline: str, normalize_std: bool) -> "InPassRead":
+        """Check everything (cheap) and return the reader for this step's reading pass."""
+        reason = layout_reason(model, self.engine)
+        if reason:
+            raise UnsupportedLayout(f"in-pass alignment cannot read this model exactly: {reason}; "
+                                    "score with the engine (a separate pass) instead")
+        if not self.reference.ready:
+            raise RuntimeError("in-pass alignment: the reference gradient has not been built yet")
+        if not {id(p) for p in self.engine.counted.params} <= {id(p) for p in model.parameters()}:
+            raise ValueError("in-pass alignment: the engine counts parameters that are not this model's "
+                             "(build the GradientEngine on the trained model's named_parameters())")
+        rows = microbatches[0]["tokens"].shape[0]
+        spans = microbatch_spans(batch, rows, len(microbatches))
+        refs = {id(p): r for p, r in zip(self.engine.counted.params, self.reference.buffers)}
+        return InPassRead(self.engine, model, batch, token_scale, spans, rows, refs, baseline, normalize_std)
+
+
+def layout_reason(model, engine: GradientEngine) -> str | None:
+    """Why a training pass of ``model`` cannot be read per problem exactly (None: it can)."""
+    from megatron.core.utils import get_model_config
+
+    reason = unsupported_reason(model)
+    if reason:
+        return reason
+    config = get_model_config(model)
+    groups = engine.groups
+    if engine.counted.tied_embedding:
+        return "a word embedding tied across pipeline stages"
+    if groups.ep_size > 1 or groups.cp_size > 1:
+        return f"expert_model_parallel_size={groups.ep_size}, context_parallel_size={groups.cp_size}"
+    if config.hidden_dropout or config.attention_dropout:
+        return (f"dropout (hidden_dropout={config.hidden_dropout}, attention_dropout="
+                f"{config.attention_dropout}): the training pass's gradient is not g_i")
+    if getattr(config, "grad_scale_func", None) is not None:
+        return "a loss scale (config.grad_scale_func) multiplies the training pass's gradients"
+    return None
+
+
+def microbatch_spans(batch: list[ProblemRollouts], rows: int, n_microbatches: int) -> list[list]:
+    """Per microbatch of ``rows`` rows (split_rows of the batch's rollouts in order), the
+    (problem index, first row, end row) of each problem in it; refuses a problem split across
+    two microbatches (its squared norm is not the sum of its parts')."""
+    spans, at = [[] for _ in range(n_microbatches)], 0
+    for index, problem in enumerate(batch):
+        first, last = at // rows, (at + problem.k - 1) // rows
+        if first != last:
+            raise UnsupportedLayout(
+                f"in-pass alignment needs whole problems per microbatch: the step's microbatches of "
+                f"{rows} rollouts (policy.max_rollouts_per_microbatch, evened out over the batch) split "
+                f"problem {problem.problem_id} (rollouts {at}..{at + problem.k - 1} of the batch); set "
+                "it to a multiple of the rollouts per problem that divides the batch, or unset it")
+        spans[first].append((index, at - first * rows, at + problem.k - first * rows))
+        at += problem.k
+    return spans
+
+
+class InPassRead:
+    """Context manager around the reading pass; ``next_microbatch(i)`` before microbatch i's
+    forward (run_microbatches' ``on_microbatch``); ``scores()`` after it, on every rank."""
+
+    def __init__(self, engine: GradientEngine, model, batch, token_scale, spans, rows: int, refs,
+                 baseline: str, normalize_std: bool):
+        self.engine, self.batch, self.spans, self.rows = engine, batch, spans, rows
+        at, shares = 0, []
+        for problem in batch:  # c_i = N_i / N, exactly as the step weighs the problem's tokens
+            shares.append(token_scale[at:at + problem.k].double().sum())
+            at += problem.k
+        self.shares = torch.stack(shares) if shares else torch.zeros(0, dtype=torch.float64)
+        self.informative = torch.tensor([p.has_gradient(baseline, normalize_std) for p in batch],
+                                        dtype=torch.bool)
+        self.reader = PerProblemPartials(model, refs, len(batch), freeze_weights=False)
+
+    def __enter__(self):
+        self.reader.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.reader.__exit__(*exc)
+
+    def next_microbatch(self, index: int) -> None:
+        self.reader.next_microbatch(self.spans[index], self.rows)
+
+    def scores(self) -> InPassScores:
+        """Summed over TP×PP (one all-reduce of [n, 2]); g_i's dot and squared norm per problem."""
+        local = self.reader.partials
+        self.engine.groups.sum_model_parallel(local)
+        local = local.cpu()
+        keep = self.informative & (self.shares > 0)
+        share = torch.where(keep, self.shares, torch.ones_like(self.shares))
+        dot = torch.where(keep, local[:, 0] / share, torch.zeros_like(share))
+        sqnorm = torch.where(keep, local[:, 1] / share.square(), torch.zeros_like(share))
+        return InPassScores([p.problem_id for p in self.batch], dot, sqnorm, ~keep)
