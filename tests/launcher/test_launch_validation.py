@@ -36,6 +36,7 @@ def _cases(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_late_failures_are_refused_before_the_queue(slurm, tmp_path):
     before = queue_size()
     for args, message in _cases(tmp_path):
@@ -53,6 +54,7 @@ def test_dry_runs_refuse_the_same(tmp_path):
             (message, proc.stderr[-2000:])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("NEMO_RL_ROOT"), reason="set NEMO_RL_ROOT to a NeMo RL checkout")
 def test_nemo_rl_recipes_are_loaded_by_upstream_where_it_is_importable(tmp_path):
     """A value in the recipe's parent: only upstream's loader (which follows ``defaults:``) sees it."""
@@ -75,6 +77,7 @@ def test_nemo_rl_recipes_are_loaded_by_upstream_where_it_is_importable(tmp_path)
     assert fixed.returncode == 0, fixed.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_resume_on_changed_data_is_refused_before_the_queue_unless_allowed(tmp_path):
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(f'{{"op": "sort", "digits": "{i:03d}"}}\n' for i in range(64)))

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from test_run_folder import RECIPE, SMALL
 
 LONG = [*SMALL, "grpo.max_num_steps=400", "checkpointing.save_period=400", "grpo.val_period=400"]
@@ -67,6 +68,7 @@ def lock_is_free(folder: Path) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_killing_the_parent_kills_its_ranks_and_the_lock_outlives_them(tmp_path):
     run = tmp_path / "run"
     parent = start(run, tmp_path / "out.txt")
@@ -87,6 +89,7 @@ def test_killing_the_parent_kills_its_ranks_and_the_lock_outlives_them(tmp_path)
     assert (run / "metrics.jsonl").stat().st_size == size  # nobody writes any more
 
 
+@pytest.mark.slow
 def test_a_killed_rank_stops_the_run_with_one_line(tmp_path):
     run = tmp_path / "run"
     parent = start(run, tmp_path / "out.txt")

@@ -49,6 +49,7 @@ def one_line(proc) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_resume_on_changed_data_is_refused_naming_the_file_unless_allowed(trained, tmp_path):
     run, data = copy_of(trained, tmp_path)
     root = trained[0]
@@ -77,6 +78,7 @@ def test_resume_on_changed_data_is_refused_naming_the_file_unless_allowed(traine
     assert now["pool"]["sha256"] != saved["pool"]["sha256"] and now["validation"] == saved["validation"]
 
 
+@pytest.mark.slow
 def test_metrics_that_disagree_with_the_checkpoint_are_refused(trained, tmp_path):
     run, data = copy_of(trained, tmp_path)
     metrics = run / "metrics.jsonl"
@@ -98,6 +100,7 @@ def test_metrics_that_disagree_with_the_checkpoint_are_refused(trained, tmp_path
     assert [r["step"] for r in records(run) if r["kind"] == "train"] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_run_folders_are_compared_by_real_path_both_ways(trained, tmp_path):
     run, data = copy_of(trained, tmp_path)
     link = tmp_path / "elsewhere"
