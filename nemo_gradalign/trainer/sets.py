@@ -57,7 +57,7 @@ def check_in_pass_readable(recipe: EmbeddedRecipe) -> None:
     rows = recipe.grpo.num_prompts_per_step * k
     per = microbatch_rows(rows, cap)
     if per % k:
-        fits = next(m for m in range(cap, 0, -1) if microbatch_rows(rows, m) % k == 0)
+        fits = next(microbatch_rows(rows, m) for m in range(cap, 0, -1) if microbatch_rows(rows, m) % k == 0)
         raise ValueError(f"policy.max_rollouts_per_microbatch={cap} evens the step's {rows} rollouts out to "
                          f"microbatches of {per}, which split problems of grpo.num_generations_per_prompt={k} "
                          f"rollouts; gradalign.schedule=memory reads alignment from the training pass and needs "
