@@ -153,3 +153,22 @@ def test_kill_9_then_resume_equals_an_uninterrupted_memory_run(tmp_path):
     revisits = [r for r in a if r["kind"] == "train" and r["gradalign/explored"] == 0]
     assert len(revisits) == 8  # steps 5-12 pick from the memory alone
     assert a == b  # every metric of every step (picks, cosines, memory counts, compute), bit for bit
+
+
+@pytest.mark.slow
+def test_tp2_ranks_keep_one_memory_and_pick_alike(tmp_path):
+    """Every rank decides the batch from its own copy of the memory: the copies must stay equal."""
+    import torch
+
+    run = [*MEMORY, "grpo.max_num_steps=6", "checkpointing.enabled=true", "checkpointing.save_period=6",
+           "policy.megatron_cfg.tensor_model_parallel_size=2"]
+    records = _train(tmp_path, *run)
+    assert records[-1]["gradalign/explored"] == 0  # the last steps picked from the memory
+    folder = tmp_path / "checkpoints" / "step_6" / "gradalign" / "schedule"
+    ranks = [torch.load(folder / f"rank_{r}.pt", weights_only=False) for r in (0, 1)]
+    memories = [state["sampler"]["memory"] for state in ranks]
+    assert memories[0].keys() == memories[1].keys()
+    for key, value in memories[0].items():
+        same = torch.equal(value, memories[1][key]) if isinstance(value, torch.Tensor) else value == memories[1][key]
+        assert same, key
+    assert int(memories[0]["visits"].sum()) == 6 * N
