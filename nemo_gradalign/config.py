@@ -72,7 +72,6 @@ class MemorySamplerConfig(BaseModel):
                            self.min_scored_visits, self.prior_weight, self.temperature, self.optimism)
 
 
-
 class GradAlignConfig(_Strict):
     enabled: bool = False
     method: Literal["gradalign", "dot", "learnalign", "accgreedy", "accfilter", "random", "dapo"] = "gradalign"
