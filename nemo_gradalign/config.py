@@ -44,10 +44,40 @@ class ValidationSetConfig(_Strict):
     rollouts_per_problem: int = Field(16, ge=2)
 
 
+class MemorySamplerConfig(BaseModel):
+    """Knobs of the memory sampler (selection/memory_policy.py says what each does). In a recipe
+    it is ``gradalign.memory``, read by ``gradalign.schedule: memory``; its seed defaults to
+    ``gradalign.seed`` there."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+    seed: int = Field(0, ge=0)
+    # share of a batch given to unseen problems (1: every problem is seen once before any choice)
+    explore_share: float = Field(1.0, gt=0.0, le=1.0)
+    # skip probability added per consecutive zero-gradient visit, and the most it reaches (< 1:
+    # skipped problems come back); a confidently misaligned problem is skipped with skip_cap
+    zero_skip_step: float = Field(0.5, gt=0.0, le=1.0)
+    skip_cap: float = Field(0.9, ge=0.0, lt=1.0)
+    # misaligned: at least min_scored_visits cosines and mean + confidence_z · se <= 0
+    confidence_z: float = Field(1.645, ge=0.0)
+    min_scored_visits: int = Field(2, ge=1)
+    prior_weight: float = Field(2.0, gt=0.0)  # pseudo-visits of pooled variance in a problem's spread
+    temperature: float = Field(1.0, gt=0.0)  # of the preference, in standard deviations of it
+    optimism: float = Field(0.0, ge=0.0)  # standard errors added to the mean cosine when preferring
+    generation_decay: float = Field(0.5, ge=0.0, le=1.0)  # a cosine's weight per G rebuild since
+
+    def knobs(self):
+        from nemo_gradalign.selection.memory_policy import PolicyKnobs
+
+        return PolicyKnobs(self.explore_share, self.zero_skip_step, self.skip_cap, self.confidence_z,
+                           self.min_scored_visits, self.prior_weight, self.temperature, self.optimism)
+
+
 class GradAlignConfig(_Strict):
     enabled: bool = False
     method: Literal["gradalign", "dot", "learnalign", "accgreedy", "accfilter", "random", "dapo"] = "gradalign"
-    schedule: Literal["step", "round"] = "step"
+    # step: score q·N drawn problems, train the top N; round: the paper's chunks; memory: pick N
+    # from the score memory before rollout, score them in the training pass (gradalign.memory)
+    schedule: Literal["step", "round", "memory"] = "step"
     selection_ratio: int = Field(4, ge=1, description="q: score q·N problems, keep N")
     chunk_size: int = Field(64, gt=0, description="M: candidates scored per round (round schedule)")
     steps_per_round: int = Field(4, gt=0, description="T: training steps per round (round schedule)")
@@ -72,9 +102,22 @@ class GradAlignConfig(_Strict):
     pack_rows: int | None = Field(128, gt=0)
     seed: int = 42
     validation: ValidationSetConfig = ValidationSetConfig()
+    memory: MemorySamplerConfig = MemorySamplerConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _memory_seed_follows_seed(cls, data):
+        """``gradalign.memory.seed`` unset: the sampler draws with ``gradalign.seed``."""
+        if isinstance(data, dict) and isinstance(data.get("memory", {}), dict) and "seed" not in data.get("memory", {}):
+            seed = data.get("seed", cls.model_fields["seed"].default)
+            data = {**data, "memory": {**data.get("memory", {}), "seed": seed}}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.schedule == "memory" and self.method != "gradalign":
+            raise ValueError(f"schedule='memory' remembers cosines with the validation gradient: method must "
+                             f"be 'gradalign' (got {self.method!r})")
         if self.acc_low > self.acc_high:
             raise ValueError(f"acc_low={self.acc_low} must not exceed acc_high={self.acc_high}")
         if self.schedule == "round" and self.chunk_size < self.selection_ratio:

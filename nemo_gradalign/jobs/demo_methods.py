@@ -24,6 +24,10 @@ _FIXED = {
     "dapo": ["gradalign.method=dapo", "gradalign.schedule=step"],
 }
 _STEP = re.compile(r"gradalign-step(?:-r(\d+))?")
+_MEMORY = re.compile(r"gradalign-memory(?:-r(\d+))?")
+# GradAlign-memory rebuilds G every 4 steps unless named -r<N>: the round schedule's cadence
+# (a round of 4 steps, one G), so the two pay the same for G; chosen before any measurement.
+MEMORY_REFRESH = 4
 
 
 def method_overrides(name: str) -> list[str]:
@@ -34,12 +38,17 @@ def method_overrides(name: str) -> list[str]:
         return list(_FIXED[name])
     if name in ("random", "accgreedy", "accfilter"):  # the paper's baselines, in the recipe's schedule
         return [f"gradalign.method={name}"]
+    memory = _MEMORY.fullmatch(name)
+    if memory:
+        return ["gradalign.method=gradalign", "gradalign.schedule=memory",
+                f"gradalign.refresh_every={memory.group(1) or MEMORY_REFRESH}"]
     step = _STEP.fullmatch(name)
     if step:
         refresh = [f"gradalign.refresh_every={step.group(1)}"] if step.group(1) else []
         return ["gradalign.method=gradalign", "gradalign.schedule=step", *refresh]
     raise ValueError(f"unknown demo method {name!r}: choose gradalign, gradalign-round, gradalign-step, "
-                     "gradalign-step-r<N> (validation gradient rebuilt every N steps), grpo, dapo, "
+                     "gradalign-step-r<N> (validation gradient rebuilt every N steps), gradalign-memory, "
+                     "gradalign-memory-r<N>, grpo, dapo, "
                      "random, accgreedy, accfilter")
 
 

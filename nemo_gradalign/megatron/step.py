@@ -33,14 +33,21 @@ def shift_labels(tokens: torch.Tensor) -> torch.Tensor:
     return labels
 
 
+def microbatch_rows(rows: int, max_rows: int | None) -> int:
+    """Rows per microbatch when ``rows`` are split by ``split_rows``: at most ``max_rows``, evened
+    out so the microbatches differ as little as possible."""
+    n_mb = 1 if not max_rows or rows <= max_rows else -(-rows // max_rows)
+    return -(-rows // n_mb)
+
+
 def split_rows(tensors: dict[str, torch.Tensor], max_rows: int | None) -> list[dict[str, torch.Tensor]]:
     """Equal-sized microbatches (pipeline p2p needs one shape); padding rows are all zero.
 
     A zero row carries weight 0, so it adds nothing to any loss or gradient.
     """
     rows = next(iter(tensors.values())).shape[0]
-    n_mb = 1 if not max_rows or rows <= max_rows else -(-rows // max_rows)
-    per = -(-rows // n_mb)
+    per = microbatch_rows(rows, max_rows)
+    n_mb = -(-rows // per) if rows else 1
     pad = per * n_mb - rows
     if pad:
         tensors = {k: torch.cat([v, v.new_zeros((pad, *v.shape[1:]))]) for k, v in tensors.items()}

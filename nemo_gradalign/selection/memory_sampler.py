@@ -25,38 +25,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from torch.utils.data import Sampler
 
-from nemo_gradalign.config import ConfigError, format_validation_error
+from nemo_gradalign.config import ConfigError, MemorySamplerConfig, format_validation_error
 from nemo_gradalign.selection.memory import ScoreMemory
-from nemo_gradalign.selection.memory_policy import PolicyKnobs, StepPlan, plan_step
+from nemo_gradalign.selection.memory_policy import StepPlan, plan_step
 
 STATE_VERSION = 1
-
-
-class MemorySamplerConfig(BaseModel):
-    """Knobs of the memory sampler (defaults: see the report / memory_policy.py)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
-    seed: int = Field(0, ge=0)
-    # share of a batch given to unseen problems (1: every problem is seen once before any choice)
-    explore_share: float = Field(1.0, gt=0.0, le=1.0)
-    # skip probability added per consecutive zero-gradient visit, and the most it reaches (< 1:
-    # skipped problems come back); a confidently misaligned problem is skipped with skip_cap
-    zero_skip_step: float = Field(0.5, gt=0.0, le=1.0)
-    skip_cap: float = Field(0.9, ge=0.0, lt=1.0)
-    # misaligned: at least min_scored_visits cosines and mean + confidence_z · se <= 0
-    confidence_z: float = Field(1.645, ge=0.0)
-    min_scored_visits: int = Field(2, ge=1)
-    prior_weight: float = Field(2.0, gt=0.0)  # pseudo-visits of pooled variance in a problem's spread
-    temperature: float = Field(1.0, gt=0.0)  # of the preference, in standard deviations of it
-    optimism: float = Field(0.0, ge=0.0)  # standard errors added to the mean cosine when preferring
-    generation_decay: float = Field(0.5, ge=0.0, le=1.0)  # a cosine's weight per G rebuild since
-
-    def knobs(self) -> PolicyKnobs:
-        return PolicyKnobs(self.explore_share, self.zero_skip_step, self.skip_cap, self.confidence_z,
-                           self.min_scored_visits, self.prior_weight, self.temperature, self.optimism)
+__all__ = ["AlignmentMemorySampler", "MemorySamplerConfig", "batch_problem_ids", "memory_dataloader",
+           "parse_memory_sampler"]
 
 
 def parse_memory_sampler(block: Any, root: str = "gradalign.memory") -> MemorySamplerConfig:

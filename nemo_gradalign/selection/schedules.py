@@ -1,4 +1,4 @@
-"""When to select and what to train on. Both schedules are Stateful (state_dict/load_state_dict),
+"""When to select and what to train on. Every schedule is Stateful (state_dict/load_state_dict),
 so a resumed run continues exactly where it stopped.
 
 - RoundSchedule (the paper's): shuffle the pool once (seeded), cut it into chunks of M; each round
@@ -6,11 +6,18 @@ so a resumed run continues exactly where it stopped.
   B problems a step, reshuffling the kept set each pass (the official code's epochs over it).
 - StepSchedule (online): every step draws q·N candidates from a shuffled pass over the pool,
   scores them once and trains on the top N **reusing their rollouts**.
+- MemorySchedule (GradAlign-memory): every step picks N problems from the score memory *before*
+  rollout (memory_sampler.py), so it generates what plain GRPO generates; the training pass
+  itself scores them (megatron/in_pass.py) and ``record`` remembers the cosines.
 """
 
 from __future__ import annotations
 
 import torch
+
+from nemo_gradalign.config import MemorySamplerConfig
+from nemo_gradalign.selection.memory_policy import StepPlan
+from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler
 
 
 def _permutation(n: int, seed: int) -> list[int]:
@@ -93,3 +100,44 @@ class StepSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self.cursor, self.selected = int(state["cursor"]), list(state["selected"])
+
+
+class MemorySchedule:
+    reuses_selection_rollouts = False
+
+    def __init__(self, pool_size: int, batch_size: int, config: MemorySamplerConfig):
+        if batch_size > pool_size:
+            raise ValueError(f"grpo.num_prompts_per_step={batch_size} exceeds the pool ({pool_size} problems)")
+        self.sampler = AlignmentMemorySampler(pool_size, batch_size, config)
+        self.memory = self.sampler.memory
+        self.generation = -1  # G rebuilds seen, minus one: the memory's generation of G
+        self.reference_step: int | None = None  # the step the current G was built at
+        self.plan: StepPlan | None = None
+
+    def candidates(self, step: int) -> None:
+        return None  # nothing is scored apart from training
+
+    def batch(self, step: int) -> list[int]:
+        """The step's problems, decided now from what the memory holds after step - 1."""
+        if self.sampler.step != step:
+            raise RuntimeError(f"memory schedule asked for step {step}, but its sampler is at step {self.sampler.step}")
+        self.plan = self.sampler.next_step()
+        return self.plan.problem_ids.tolist()
+
+    def note_reference(self, built_at_step: int) -> int:
+        """The generation of G built at ``built_at_step``: a new one each time G is rebuilt."""
+        if built_at_step != self.reference_step:
+            self.generation, self.reference_step = self.generation + 1, built_at_step
+        return self.generation
+
+    def record(self, problem_ids: list[int], step: int, cosine, zero_gradient) -> None:
+        self.memory.record(problem_ids, step, self.generation, cosine, zero_gradient)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "generation": self.generation,
+                "reference_step": self.reference_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.generation, self.reference_step = int(state["generation"]), state["reference_step"]
+        self.plan = None

@@ -41,7 +41,9 @@ class Selector:
         self.divisor = divisor
         self.reference: ReferenceGradient | None = None
 
-    def _validation_reference(self, step: int, metrics: dict) -> ReferenceGradient:
+    def validation_reference(self, step: int, metrics: dict) -> ReferenceGradient:
+        """G for ``step``: the current one, or rebuilt when ``refresh_every`` steps have passed.
+        Adds the rebuild's forward+backward tokens to ``metrics["gradalign/scored_tokens"]``."""
         if self.reference is not None and not self.reference.needs_refresh(step, self.cfg.refresh_every):
             return self.reference
         val = self.validation_rollouts(step)
@@ -74,7 +76,7 @@ class Selector:
             passes = 2 if source == "pool" else 1
             metrics["gradalign/scored_tokens"] += passes * rollout_tokens(candidates, self.run_problem.has_gradient)
         if source == "validation":
-            stats = self.engine.score(candidates, self.run_problem, self._validation_reference(step, metrics))
+            stats = self.engine.score(candidates, self.run_problem, self.validation_reference(step, metrics))
         elif source == "pool" and informative.any():
             pool_reference = self.engine.build_reference(candidates, self.run_problem, step)
             stats = self.engine.score(candidates, self.run_problem, pool_reference)

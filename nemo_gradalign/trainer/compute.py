@@ -8,6 +8,12 @@ training; comparing them at equal steps hides that. The unit is one forward toke
   real generator does not do; the count follows the real generator);
 - a backward costs two forwards (the usual 2N FLOPs forward, 4N backward per token), so a
   forward+backward token costs three;
+- reading alignment from the training pass (megatron/in_pass.py, the memory schedule) costs one
+  forward per trained token: its extra work is each problem's own weight gradient per layer
+  (δᵀx, the flops of the weight-gradient half of a backward, i.e. one forward), plus dots with G
+  that scale with parameters × problems, not tokens (negligible). Counted per token from the
+  step's tokens rather than from a timing, so it holds at any scale; benchmarks/inpass_cost.py
+  times it (≈ 1/(1 + 3μ) of a step by this count: 1.14× at μ = 2);
 - evaluation (held-out accuracy) is measurement, the same for every method: logged, not counted.
 
 Tokens are the real ones (prompt + response, no padding), so the count does not depend on how
@@ -23,12 +29,12 @@ __all__ = ["ComputeMeter", "compute_of", "rollout_tokens"]
 FORWARD = 1.0
 FORWARD_BACKWARD = 3.0  # forward + a backward of two forwards
 
-KINDS = ("generated", "validation_generated", "scored", "trained", "trained_forward", "eval_generated")
+KINDS = ("generated", "validation_generated", "scored", "trained", "trained_forward", "read", "eval_generated")
 
 
 def compute_of(tokens: dict) -> float:
     """Forward token-passes for a tally of tokens by kind (see the module docstring)."""
-    return (FORWARD * (tokens.get("generated", 0) + tokens.get("trained_forward", 0))
+    return (FORWARD * (tokens.get("generated", 0) + tokens.get("trained_forward", 0) + tokens.get("read", 0))
             + FORWARD_BACKWARD * (tokens.get("scored", 0) + tokens.get("trained", 0)))
 
 
@@ -38,7 +44,8 @@ class ComputeMeter:
     ``generated`` includes ``validation_generated`` (the trusted set's rollouts for G); ``scored``
     is selection's forward+backward tokens (candidates and the validation gradient build);
     ``trained`` is the update's forward+backward tokens, counted once per inner epoch (μ);
-    ``trained_forward`` the update's old-log-prob forward.
+    ``trained_forward`` the update's old-log-prob forward; ``read`` the tokens whose alignment was
+    read from the training pass.
     """
 
     def __init__(self):

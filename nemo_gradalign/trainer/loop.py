@@ -16,13 +16,14 @@ from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.megatron.policy import Policy, adam_divisor
 from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
 from nemo_gradalign.rollouts import ProblemRollouts
-from nemo_gradalign.selection.schedules import RoundSchedule, StepSchedule
+from nemo_gradalign.selection.schedules import MemorySchedule, RoundSchedule, StepSchedule
 from nemo_gradalign.selection.selector import Selector
 from nemo_gradalign.trainer import data_fingerprint
 from nemo_gradalign.trainer.checkpoint import CheckpointManager
 from nemo_gradalign.trainer.compute import ComputeMeter, rollout_tokens
 from nemo_gradalign.trainer.config import EmbeddedRecipe
 from nemo_gradalign.trainer.evaluate import evaluate
+from nemo_gradalign.trainer.memory_feedback import MemoryFeedback
 from nemo_gradalign.trainer.metrics import MetricsLog
 from nemo_gradalign.trainer.rollouts import collect_rollouts
 from nemo_gradalign.trainer.sets import build_schedule, build_sets
@@ -58,7 +59,8 @@ class Trainer:
     engine: GradientEngine
     runner: ProblemRunner
     selector: Selector | None
-    schedule: RoundSchedule | StepSchedule
+    schedule: RoundSchedule | StepSchedule | MemorySchedule
+    feedback: MemoryFeedback | None  # the memory schedule's G, reading and record around each update
     checkpointer: CheckpointManager
     metrics: MetricsLog
 
@@ -92,6 +94,8 @@ class Trainer:
         self.last_eval: dict = {}
         self.compute = ComputeMeter()
         self._reusable: dict[int, ProblemRollouts] = {}
+        self.feedback = (MemoryFeedback(self.schedule, self.selector, self.engine, self.compute, self.pool)
+                         if isinstance(self.schedule, MemorySchedule) else None)
 
     # -- components -------------------------------------------------------------------------
     def components(self) -> dict:
@@ -200,6 +204,7 @@ class Trainer:
         if candidates is not None:
             record.update(self._select(step, candidates))
         ids = self.schedule.batch(step)
+        reading = self.feedback.reading(step, record) if self.feedback else None
         if self.schedule.reuses_selection_rollouts:
             batch = [self._reusable[i] for i in ids]
         else:
@@ -209,9 +214,11 @@ class Trainer:
         record["train/reward"] = (sum(float(r.rewards.mean()) for r in batch) / len(batch)) if batch else float("nan")
         if batch:
             lf = self.recipe.loss_fn
-            record.update(grpo_step(self.policy, self.optimizer, batch, self.loss, lf.ratio_clip_min,
-                                    lf.ratio_clip_max, lf.inner_epochs,
-                                    self.recipe.policy.max_rollouts_per_microbatch))
+            out = grpo_step(self.policy, self.optimizer, batch, self.loss, lf.ratio_clip_min, lf.ratio_clip_max,
+                            lf.inner_epochs, self.recipe.policy.max_rollouts_per_microbatch, reading)
+            if reading is not None:
+                record.update(self.feedback.record(step, ids, batch, out.pop("alignment")))
+            record.update(out)
             self.compute.add("trained_forward", rollout_tokens(batch))
             self.compute.add("trained", lf.inner_epochs * rollout_tokens(batch))
         record["seconds"] = time.perf_counter() - t0

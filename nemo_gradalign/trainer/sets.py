@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from nemo_gradalign.config import ConfigError
 from nemo_gradalign.data import regimes
-from nemo_gradalign.selection.schedules import RoundSchedule, StepSchedule
+from nemo_gradalign.megatron.step import microbatch_rows
+from nemo_gradalign.selection.schedules import MemorySchedule, RoundSchedule, StepSchedule
 from nemo_gradalign.trainer.config import EmbeddedRecipe
 
 
@@ -31,12 +32,36 @@ def build_sets(recipe: EmbeddedRecipe) -> regimes.TaskSets:
 def build_schedule(recipe: EmbeddedRecipe, pool_size: int):
     ga, n = recipe.gradalign, recipe.grpo.num_prompts_per_step
     try:
+        if ga.enabled and ga.schedule == "memory":
+            check_in_pass_readable(recipe)
+            return MemorySchedule(pool_size, n, ga.memory)
         if ga.enabled and ga.schedule == "round":
             return RoundSchedule(pool_size, ga.chunk_size, ga.keep_per_round, ga.steps_per_round, n, ga.seed)
         draw = n * ga.selection_ratio if ga.enabled else n
         return StepSchedule(pool_size, draw, n, ga.seed)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def check_in_pass_readable(recipe: EmbeddedRecipe) -> None:
+    """The memory schedule reads alignment from the training pass (megatron/in_pass.py); refuse,
+    with the field, what that pass cannot attribute to single problems, before any rank starts."""
+    model, k = recipe.policy.model, recipe.grpo.num_generations_per_prompt
+    for field, value, why in (("tie_embeddings", model.tie_embeddings, "one parameter fed by two modules"),
+                              ("sequence_parallel", model.sequence_parallel, "layer-norm grads partial over TP"),
+                              ("num_experts", model.num_experts, "tokens permuted across experts")):
+        if value:
+            raise ValueError(f"policy.model.{field}={value!r}: gradalign.schedule=memory reads alignment from the "
+                             f"training pass, which cannot attribute it to problems ({why})")
+    cap = recipe.policy.max_rollouts_per_microbatch
+    rows = recipe.grpo.num_prompts_per_step * k
+    per = microbatch_rows(rows, cap)
+    if per % k:
+        fits = next(microbatch_rows(rows, m) for m in range(cap, 0, -1) if microbatch_rows(rows, m) % k == 0)
+        raise ValueError(f"policy.max_rollouts_per_microbatch={cap} evens the step's {rows} rollouts out to "
+                         f"microbatches of {per}, which split problems of grpo.num_generations_per_prompt={k} "
+                         f"rollouts; gradalign.schedule=memory reads alignment from the training pass and needs "
+                         f"whole problems per microbatch: use e.g. {fits}, or unset it")
 
 
 def preflight(recipe: EmbeddedRecipe) -> dict:

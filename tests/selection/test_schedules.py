@@ -1,10 +1,11 @@
-"""Round and step schedules: what is scored when, what is trained on, and exact resume."""
+"""Round, step and memory schedules: what is scored when, what is trained on, and exact resume."""
 
 from __future__ import annotations
 
 import pytest
 
-from nemo_gradalign.selection.schedules import RoundSchedule, StepSchedule
+from nemo_gradalign.config import MemorySamplerConfig
+from nemo_gradalign.selection.schedules import MemorySchedule, RoundSchedule, StepSchedule
 
 
 def test_round_schedule_cycles_disjoint_chunks_and_trains_T_steps_on_the_kept_set():
@@ -44,3 +45,35 @@ def test_schedule_sizes_are_checked():
         RoundSchedule(10, 64, 16, 4, 16, 0)
     with pytest.raises(ValueError, match="draws 64 problems"):
         StepSchedule(10, 64, 16, 0)
+
+
+def _drive(schedule: MemorySchedule, steps: range, rebuild_every: int) -> list[list[int]]:
+    """Run the schedule as the trainer does: G noted each step (rebuilt every few), a batch, its
+    observations recorded (a fixed cosine per problem; every fifth problem has no gradient)."""
+    batches = []
+    for step in steps:
+        schedule.note_reference(step - step % rebuild_every)
+        ids = schedule.batch(step)
+        cosine = [((i * 37) % 19 - 9) / 10 for i in ids]
+        schedule.record(ids, step, cosine, [i % 5 == 0 for i in ids])
+        batches.append(ids)
+    return batches
+
+
+def test_memory_schedule_counts_G_generations_and_resumes_exactly():
+    config = MemorySamplerConfig(seed=3, explore_share=0.5)
+    whole = MemorySchedule(40, 6, config)
+    straight = _drive(whole, range(20), rebuild_every=3)
+    assert whole.generation == 6 and whole.memory.latest_generation == 6  # G built at 0, 3, ..., 18
+    assert int(whole.memory.visits.sum()) == 20 * 6 and all(len(set(b)) == 6 for b in straight)
+
+    first = MemorySchedule(40, 6, config)
+    head = _drive(first, range(8), rebuild_every=3)
+    second = MemorySchedule(40, 6, config)
+    second.load_state_dict(first.state_dict())
+    assert head + _drive(second, range(8, 20), rebuild_every=3) == straight
+    assert second.generation == 6 and (second.memory.mean == whole.memory.mean).all()
+    with pytest.raises(RuntimeError, match="asked for step 3, but its sampler is at step 20"):
+        second.batch(3)
+    with pytest.raises(ValueError, match=r"grpo.num_prompts_per_step=41 exceeds the pool \(40 problems\)"):
+        MemorySchedule(40, 41, config)

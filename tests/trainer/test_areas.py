@@ -30,6 +30,9 @@ def test_demo_method_names():
     assert method_overrides("grpo") == ["gradalign.enabled=false"] and is_budgeted("grpo")
     assert method_overrides("dapo") == ["gradalign.method=dapo", "gradalign.schedule=step"]
     assert method_overrides("gradalign-step-r4")[-1] == "gradalign.refresh_every=4"
+    assert method_overrides("gradalign-memory") == ["gradalign.method=gradalign", "gradalign.schedule=memory",
+                                                    "gradalign.refresh_every=4"] and not is_budgeted("gradalign-memory")
+    assert method_overrides("gradalign-memory-r2")[-1] == "gradalign.refresh_every=2"
     assert "gradalign.schedule=round" in method_overrides("gradalign") and not is_budgeted("gradalign")
     with pytest.raises(ValueError, match="unknown demo method 'plain'"):
         method_overrides("plain")

@@ -1,0 +1,71 @@
+"""The memory schedule's work around each GRPO update (the trainer side of MemorySchedule).
+
+Before the update: G for the step — the Selector's validation gradient, rebuilt every
+``gradalign.refresh_every`` steps exactly as the other schedules rebuild it — handed to
+``grpo_step`` as the reading. After it: the batch's cosines, read from the update's own
+backward, go into the score memory, and the record says what the step explored, skipped and
+picked. Compute: G's rebuild is counted by the Selector (validation rollouts and their
+forward+backward), the reading as ``read`` tokens (trainer/compute.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nemo_gradalign.engine import GradientEngine
+from nemo_gradalign.megatron.in_pass import AlignmentReading, InPassScores
+from nemo_gradalign.rollouts import ProblemRollouts
+from nemo_gradalign.selection.schedules import MemorySchedule
+from nemo_gradalign.selection.selector import Selector
+from nemo_gradalign.trainer.compute import ComputeMeter, rollout_tokens
+
+TAGS = ("corrupted", "target", "wrong_key")  # the regimes' flags (data/tasks.py)
+
+
+class MemoryFeedback:
+    def __init__(self, schedule: MemorySchedule, selector: Selector, engine: GradientEngine,
+                 compute: ComputeMeter, pool: list):
+        self.schedule, self.selector, self.engine, self.compute, self.pool = schedule, selector, engine, compute, pool
+        self.tags = [t for t in TAGS if any(p.tags.get(t) for p in pool)]
+
+    def reading(self, step: int, record: dict) -> AlignmentReading:
+        """The reading of this step's update, against G as of ``step``."""
+        metrics = {"gradalign/scored_tokens": 0}
+        reference = self.selector.validation_reference(step, metrics)
+        self.compute.add("scored", metrics["gradalign/scored_tokens"])
+        record.update(metrics)
+        record["gradalign/generation"] = self.schedule.note_reference(reference.built_at_step)
+        return AlignmentReading(self.engine, reference)
+
+    def record(self, step: int, ids: list[int], batch: list[ProblemRollouts], scores: InPassScores) -> dict:
+        """Remember the batch's alignment; the step's selection metrics."""
+        if scores.problem_ids != [r.problem_id for r in batch]:
+            raise RuntimeError("in-pass scores are not in the batch's order")
+        cosine, zero = scores.cosine().numpy(), scores.zero_gradient.numpy()
+        self.schedule.record(ids, step, cosine, zero)
+        self.compute.add("read", rollout_tokens(batch))
+        plan, memory = self.schedule.plan, self.schedule.memory
+        preferred = ids[plan.explored:len(ids) - plan.refilled_from_skipped]
+        out = {
+            "gradalign/picked_ids": [self.pool[i].problem_id for i in ids],
+            "gradalign/picked": len(ids),
+            "gradalign/explored": plan.explored,
+            "gradalign/preferred": len(preferred),
+            "gradalign/skipped": int(plan.skipped.size),
+            "gradalign/refilled_from_skipped": plan.refilled_from_skipped,
+            "gradalign/zero_gradient_share": float(zero.mean()) if zero.size else math.nan,
+            "gradalign/mean_cosine": float(cosine[~zero].mean()) if (~zero).any() else math.nan,
+            "gradalign/batch_cosines": [None if z else float(c) for c, z in zip(cosine, zero)],
+            "gradalign/memory_seen": int(np.count_nonzero(memory.visits)),
+            "gradalign/memory_visits": int(memory.visits.sum()),
+        }
+        for tag in self.tags:
+            out[f"gradalign/picked_{tag}_share"] = self._share(tag, ids)
+            out[f"gradalign/preferred_{tag}_share"] = self._share(tag, preferred)
+            out[f"gradalign/skipped_{tag}_share"] = self._share(tag, plan.skipped.tolist())
+        return out
+
+    def _share(self, tag: str, ids) -> float:
+        return sum(bool(self.pool[i].tags.get(tag)) for i in ids) / len(ids) if len(ids) else math.nan
