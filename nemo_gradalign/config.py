@@ -141,10 +141,11 @@ def format_validation_error(err: ValidationError, root: str) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def parse_gradalign(block: Any, root: str = "gradalign") -> GradAlignConfig:
-    """Validate a ``gradalign:`` mapping (plain dict or OmegaConf) into a GradAlignConfig."""
+def parse_block(model: type[BaseModel], block: Any, root: str):
+    """Validate a mapping (plain dict or OmegaConf; None: the defaults) into ``model``; errors name
+    ``root.field`` and the value given."""
     if block is None:
-        return GradAlignConfig()
+        return model()
     if hasattr(block, "_metadata"):  # an OmegaConf node
         from omegaconf import OmegaConf
 
@@ -152,9 +153,14 @@ def parse_gradalign(block: Any, root: str = "gradalign") -> GradAlignConfig:
     if not isinstance(block, dict):
         raise ConfigError(f"{root}: expected a mapping, got {type(block).__name__} {block!r}")
     try:
-        return GradAlignConfig.model_validate(block)
+        return model.model_validate(block)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, root)) from None
+
+
+def parse_gradalign(block: Any, root: str = "gradalign") -> GradAlignConfig:
+    """Validate a ``gradalign:`` mapping into a GradAlignConfig."""
+    return parse_block(GradAlignConfig, block, root)
 
 
 def read_yaml_mapping(path: str | Path, what: str = "recipe") -> dict:

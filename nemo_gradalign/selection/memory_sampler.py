@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 from torch.utils.data import Sampler
 
-from nemo_gradalign.config import ConfigError, MemorySamplerConfig, format_validation_error
+from nemo_gradalign.config import MemorySamplerConfig, parse_block
 from nemo_gradalign.selection.memory import ScoreMemory
 from nemo_gradalign.selection.memory_policy import StepPlan, plan_step
 
@@ -39,14 +38,7 @@ __all__ = ["AlignmentMemorySampler", "MemorySamplerConfig", "batch_problem_ids",
 
 def parse_memory_sampler(block: Any, root: str = "gradalign.memory") -> MemorySamplerConfig:
     """Validate a mapping into a MemorySamplerConfig; errors name ``root.field`` and the value."""
-    if block is None:
-        return MemorySamplerConfig()
-    if not isinstance(block, dict):
-        raise ConfigError(f"{root}: expected a mapping, got {type(block).__name__} {block!r}")
-    try:
-        return MemorySamplerConfig.model_validate(block)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, root)) from None
+    return parse_block(MemorySamplerConfig, block, root)
 
 
 class AlignmentMemorySampler(Sampler[int]):

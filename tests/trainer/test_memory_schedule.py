@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from test_training_runs import killed_and_resumed
 
 from nemo_gradalign.config import ConfigError
 from nemo_gradalign.trainer.config import load_embedded_recipe
@@ -26,7 +25,6 @@ TINY = ["data.lengths=[4]", f"grpo.num_prompts_per_step={N}", f"grpo.num_generat
         "grpo.val_period=2", f"data.pool_size={POOL}", f"data.validation_size={VAL}", "data.eval_size=8",
         "data.warmup_size=300", "gradalign.validation.rollouts_per_problem=4", "checkpointing.enabled=false"]
 MEMORY = ["gradalign.schedule=memory", "gradalign.refresh_every=2"]
-TIMING = {"seconds", "gradalign/seconds", "compute/total_seconds"}
 
 
 def _cmd(log_dir, *extra):
@@ -123,32 +121,11 @@ def test_memory_block_and_method_are_checked_with_their_field():
     assert load_embedded_recipe(RECIPE, [*TINY, *MEMORY, "++gradalign.memory.seed=5"]).gradalign.memory.seed == 5
 
 
-def _records(log_dir):
-    lines = (Path(log_dir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
-
-
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_memory_run(tmp_path):
     run = [*MEMORY, "grpo.max_num_steps=12", "checkpointing.enabled=true", "checkpointing.save_period=2"]
-    straight = tmp_path / "straight"
-    subprocess.run(_cmd(straight, *run), check=True, capture_output=True, timeout=600)
-
-    broken = tmp_path / "broken"
-    proc = subprocess.Popen(_cmd(broken, *run), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (broken / "checkpoints" / "step_6").exists():  # past the first pass over the pool
-        assert proc.poll() is None and time.time() < deadline, "run ended before its checkpoints"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its spawned ranks, mid-run
-    proc.wait()
-    assert not (broken / "checkpoints" / "step_12").exists()
-    killed_at = len(_records(broken))
-
-    resumed = subprocess.run(_cmd(broken, *run, "--resume"), capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = _records(straight), _records(broken)
+    # killed past the first pass over the pool (step 6), when the memory already chooses
+    a, b, killed_at = killed_and_resumed(lambda log_dir: _cmd(log_dir, *run), tmp_path, kill_at=6, last=12)
     assert killed_at < len(a)
     revisits = [r for r in a if r["kind"] == "train" and r["gradalign/explored"] == 0]
     assert len(revisits) == 8  # steps 5-12 pick from the memory alone

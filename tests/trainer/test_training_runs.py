@@ -3,7 +3,6 @@ kill -9, and TP=2 picking what TP=1 picks."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_run_folder import records
 
 RECIPE = str(Path(__file__).parents[2] / "recipes" / "embedded" / "noisy.yaml")
 TINY = ["grpo.num_prompts_per_step=8", "grpo.val_period=4", "data.pool_size=256",
         "data.validation_size=32", "data.eval_size=32", "data.warmup_size=500",
         "gradalign.chunk_size=32", "gradalign.steps_per_round=2", "checkpointing.save_period=2"]
-TIMING = {"seconds", "gradalign/seconds", "compute/total_seconds"}
 
 
 def _cmd(log_dir, *extra):
@@ -25,32 +24,31 @@ def _cmd(log_dir, *extra):
             f"logger.log_dir={log_dir}", *extra]
 
 
-def _records(log_dir):
-    lines = (Path(log_dir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+def killed_and_resumed(cmd, tmp_path, kill_at: int, last: int) -> tuple[list[dict], list[dict], int]:
+    """A run straight through, and the same run SIGKILLed (launcher and ranks) once its step-``kill_at``
+    checkpoint exists, then resumed: (records of the first, of the second, how many at the kill).
+    ``cmd(log_dir)`` is the run's command line."""
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    subprocess.run(cmd(straight), check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen(cmd(broken), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (broken / "checkpoints" / f"step_{kill_at}").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before the checkpoint to kill it at"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its spawned ranks, mid-run
+    proc.wait()
+    assert not (broken / "checkpoints" / f"step_{last}").exists()
+    killed_at = len(records(broken))
+    resumed = subprocess.run([*cmd(broken), "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return records(straight), records(broken), killed_at
 
 
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
-    steps = "grpo.max_num_steps=16"
-    straight = tmp_path / "straight"
-    subprocess.run(_cmd(straight, steps), check=True, capture_output=True, timeout=600)
-
-    broken = tmp_path / "broken"
-    proc = subprocess.Popen(_cmd(broken, steps), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (broken / "checkpoints" / "step_4").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoints"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its spawned ranks, mid-run
-    proc.wait()
-    assert not (broken / "checkpoints" / "step_16").exists()
-    killed_at = len(_records(broken))
-
-    resumed = subprocess.run(_cmd(broken, steps, "--resume"), capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = _records(straight), _records(broken)
+    a, b, killed_at = killed_and_resumed(lambda log_dir: _cmd(log_dir, "grpo.max_num_steps=16"), tmp_path,
+                                         kill_at=4, last=16)
     assert killed_at < len(a)
     picks = [r["gradalign/picked_ids"] for r in a if "gradalign/picked_ids" in r]
     assert len(picks) == 8 and picks == [r["gradalign/picked_ids"] for r in b if "gradalign/picked_ids" in r]
@@ -58,7 +56,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 
 def _first_selection(log_dir):
-    return next(r for r in _records(log_dir) if "gradalign/candidate_scores" in r)
+    return next(r for r in records(log_dir) if "gradalign/candidate_scores" in r)
 
 
 @pytest.mark.slow
