@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import upstream_standin
-from nemo_gradalign.config import ConfigError, apply_overrides
+from nemo_gradalign.config import ConfigError, apply_overrides, parse_gradalign
 from nemo_gradalign.integrations.nemo_rl.entry import (
     UPSTREAM_WORKER_FQN, WORKER_FQN, gradalign_setup, with_default_block)
 from nemo_gradalign.integrations.nemo_rl.validation_loader import WithValidationPrompts
@@ -154,3 +154,43 @@ def test_real_setup_and_loader_signatures():
     params = list(inspect.signature(grpo.setup).parameters)
     assert params[:4] == ["master_config", "tokenizer", "dataset", "val_dataset"]
     assert "worker_extension_cls_fqn" in inspect.signature(RealPolicy).parameters
+
+
+def test_setup_memory_schedule_replaces_the_training_loader(tmp_path):
+    """gradalign.schedule=memory: setup's training loader becomes the memory sampler's (same
+    dataset and batch size, validation prompts marked as before), restored from the latest
+    checkpoint's train_dataloader.pt, and dynamic_sampling records feedback instead of selecting."""
+    import torch
+    from torchdata.stateful_dataloader import StatefulDataLoader as RealLoader
+
+    from nemo_gradalign.integrations.nemo_rl.memory_mode import with_memory_feedback
+    from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler, memory_dataloader
+
+    dataset = [{"idx": i} for i in range(12)]
+    collate = lambda datums: upstream_standin.BatchedDataDict({"idx": [d["idx"] for d in datums]})
+    grpo = make_grpo(tmp_path, True)
+
+    def setup(master_config, tokenizer, train, val_dataset, processor=None, policy_factory=None):
+        policy = policy_factory(cluster="cluster", config={})
+        loader = RealLoader(train, batch_size=3, shuffle=True, collate_fn=collate, drop_last=True, num_workers=1)
+        return (policy, None, "cluster", loader, StatefulDataLoader([{"idx": 0}]), "loss", "logger",
+                CheckpointManager(tmp_path, str(tmp_path / "step_2")), {}, master_config)
+
+    cfg = master_config(enabled=True, schedule="memory")
+    cfg["grpo"].update(batch_multiplier=1, use_dynamic_sampling=False)
+    saved = AlignmentMemorySampler(12, 3, parse_gradalign({"enabled": True, "schedule": "memory"}).memory)
+    before = memory_dataloader(dataset, saved, collate)  # a previous run: two steps, their feedback
+    for step, batch in zip(range(2), before):
+        saved.memory.record(batch["idx"], step, 0, [0.5] * 3, [False] * 3)
+    (tmp_path / "step_2").mkdir()
+    torch.save(before.state_dict(), tmp_path / "step_2" / "train_dataloader.pt")
+    result = gradalign_setup(setup, grpo, {UPSTREAM_WORKER_FQN: "x"}, Policy, collate)(cfg, TOKENIZER, dataset, None)
+    loader = result[3]
+    assert isinstance(loader, WithValidationPrompts) and isinstance(loader.loader, RealLoader)
+    sampler = loader.loader.sampler
+    assert isinstance(sampler, AlignmentMemorySampler) and loader.loader.dataset is dataset and len(loader) == 4
+    batch = next(iter(loader))  # torchdata applies the loaded state when iterated
+    assert sampler.step == 3 and sampler.memory.visits.sum() == 6 and len(batch["idx"]) == 3
+    assert batch["idx"] == list(saved.next_step().problem_ids)  # the previous run's next step
+    assert grpo.dynamic_sampling.__gradalign_original__ is upstream_standin.dynamic_sampling
+    assert grpo.dynamic_sampling.__code__ is with_memory_feedback(None, None).__code__

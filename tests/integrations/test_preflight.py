@@ -30,7 +30,7 @@ SHAPE = {  # upstream's defaults for every key the checks read (grpo_math_1B_meg
                "megatron_cfg": {"enabled": True, "sequence_parallel": False, "context_parallel_size": 1,
                                 "expert_model_parallel_size": 1, "expert_tensor_parallel_size": 1,
                                 "fp8_cfg": {"enabled": False}}},
-    "data": {"use_multiple_dataloader": False}, "env": {}, "data_plane": {"enabled": False},
+    "data": {"use_multiple_dataloader": False, "num_workers": 1}, "env": {}, "data_plane": {"enabled": False},
     "loss_fn": {"reference_policy_kl_penalty": 0.01, "token_level_loss": True, "use_kl_in_reward": False,
                 "positive_example_nll_weight": 0.0},
 }

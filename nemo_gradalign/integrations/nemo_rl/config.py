@@ -94,6 +94,35 @@ def scoring_loss(master_config: Any, cfg: GradAlignConfig) -> dict:
             "temperature": float(lookup(master_config, "policy.generation.temperature", 1.0))}
 
 
+def flag_defaults(master_config: Any, cfg: GradAlignConfig) -> dict[str, Any]:
+    """The recipe values ``gradalign.enabled=true`` alone sets for its schedule, or ConfigError."""
+    if not cfg.enabled:
+        return {}
+    if cfg.schedule == "memory":
+        return memory_defaults(master_config, cfg)
+    return dynamic_sampling_defaults(master_config, cfg)
+
+
+def memory_defaults(master_config: Any, cfg: GradAlignConfig) -> dict[str, Any]:
+    """``gradalign.schedule: memory`` generates what plain GRPO generates: the memory sampler picks
+    N prompts before rollout, so dynamic sampling stays off and the multiplier 1 (both refused
+    otherwise, naming the field). Its loader runs without worker processes (a worker would pick
+    batches ahead of the feedback and checkpoint a stale memory): ``data.num_workers`` becomes 0."""
+    problems = []
+    if lookup(master_config, "grpo.use_dynamic_sampling", False):
+        problems.append("grpo.use_dynamic_sampling=true: gradalign.schedule=memory picks each step's N prompts "
+                        "before rollout (plain GRPO's generation); DAPO's refills would draw loader batches the "
+                        "memory does not follow. Set it to false (the memory already skips zero-gradient prompts)")
+    multiplier = lookup(master_config, "grpo.batch_multiplier", 1)
+    if float(multiplier) != 1.0:
+        problems.append(f"grpo.batch_multiplier={multiplier}: gradalign.schedule=memory draws N prompts a step; "
+                        "set it to 1")
+    if problems:
+        raise ConfigError("unsupported GradAlign configuration:\n  " + "\n  ".join(problems))
+    workers = lookup(master_config, "data.num_workers", 0)
+    return {} if int(workers) == 0 else {"data.num_workers": 0}
+
+
 def dynamic_sampling_defaults(master_config: Any, cfg: GradAlignConfig) -> dict[str, Any]:
     """What ``gradalign.enabled=true`` alone sets: upstream's dynamic_sampling is where GradAlign
     selects, and its loader must draw q·N prompts. Upstream's defaults (off, multiplier 1) become
@@ -147,9 +176,10 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     if cfg.precondition != "none":
         found.append(f"gradalign.precondition={cfg.precondition!r}: the Adam-preconditioned score is "
                      "only in the embedded trainer (the worker's optimizer state is not read yet)")
-    if cfg.schedule != "step":
-        found.append(f"gradalign.schedule={cfg.schedule!r}: inside NeMo RL only the 'step' schedule is "
-                     "supported (select at dynamic_sampling each step)")
+    if cfg.schedule not in ("step", "memory"):
+        found.append(f"gradalign.schedule={cfg.schedule!r}: inside NeMo RL the 'step' (select at "
+                     "dynamic_sampling each step) and 'memory' (the training loader's sampler picks) "
+                     "schedules are supported")
     return found
 
 
@@ -160,14 +190,17 @@ def check_supported(master_config: Any, cfg: GradAlignConfig) -> None:
         return
     problems = _refusals(master_config, cfg)
     unset = {}
-    for check in (scoring_loss, dynamic_sampling_defaults):
+    for check in (scoring_loss, flag_defaults):
         try:
             result = check(master_config, cfg)
         except ConfigError as err:
             problems += [line.strip() for line in str(err).splitlines()[1:] or [str(err)]]
             continue
-        unset = result if check is dynamic_sampling_defaults else unset
-    if unset:
+        unset = result if check is flag_defaults else unset
+    if unset and cfg.schedule == "memory":
+        problems.append(f"data.num_workers={lookup(master_config, 'data.num_workers')}: gradalign.schedule=memory "
+                        "needs 0 (the entry sets it when running the recipe)")
+    elif unset:
         problems.append(f"grpo.use_dynamic_sampling={lookup(master_config, 'grpo.use_dynamic_sampling')} / "
                         f"grpo.batch_multiplier={lookup(master_config, 'grpo.batch_multiplier')}: GradAlign "
                         f"needs dynamic sampling with multiplier gradalign.selection_ratio={cfg.selection_ratio} "

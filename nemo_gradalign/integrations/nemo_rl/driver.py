@@ -36,7 +36,8 @@ def shard_whole_groups(data: dict[str, torch.Tensor], group_size: int, shards: i
 
 
 class GroupScorer:
-    """The hook's ``score_groups``: one score per group of ``repeated_batch``.
+    """The hook's ``score_groups``: one score per group of ``repeated_batch`` (``statistics``:
+    the same worker pass, unranked, for the memory schedule's feedback).
 
     gradalign and dot align with the trusted validation groups that arrive with a batch every
     ``refresh_every`` steps (validation_loader.py); learnalign aligns with the candidates
@@ -71,7 +72,10 @@ class GroupScorer:
         return all(group.get_all_worker_results(group.run_all_workers_single_data(
             "gradalign_load", checkpoint_dir=str(checkpoint_dir), **self.worker_kwargs)))
 
-    def __call__(self, repeated_batch, master_config, validation_batch=None) -> torch.Tensor:
+    def statistics(self, repeated_batch, master_config, validation_batch=None):
+        """(ProblemStats or None, informative, pass rates) of every group of ``repeated_batch``:
+        the workers' dot/‖g‖² against G (rebuilt first when ``validation_batch`` comes), or None
+        for the methods that need no gradient (informative then means: rewards not all equal)."""
         from nemo_gradalign.integrations.nemo_rl.config import lookup
 
         cfg, step = self.cfg, self.step
@@ -80,27 +84,30 @@ class GroupScorer:
         data = self.to_flat(repeated_batch, self.pad_token_id)
         rewards = data["total_reward"].float().reshape(-1, group_size)
         pass_rates = (rewards > 0.5).float().mean(1)
-        stats = None
         source = reference_source(cfg.method)
-        if source is not None:
-            dp = self.policy.sharding_annotations.get_axis_size("data_parallel")
-            shards = shard_whole_groups(data, group_size, dp)
-            self.policy.prepare_for_training()
-            if source == "pool":
-                self._run("gradalign_build_reference", shards, group_size=group_size, step=step)
-            elif validation_batch is not None:
-                val = shard_whole_groups(self.to_flat(validation_batch, self.pad_token_id), group_size, dp)
-                self._run("gradalign_build_reference", val, group_size=group_size, step=step)
-                self.has_reference = True
-            elif not self.has_reference:
-                raise RuntimeError(f"gradalign.method={cfg.method!r} needs the validation prompts' "
-                                   "rollouts before the first selection (validation_loader.py)")
-            parts = self._run("gradalign_score", shards, group_size=group_size)
-            stats = ProblemStats(torch.cat([p["dot"] for p in parts]), torch.cat([p["sqnorm"] for p in parts]),
-                                 torch.cat([p["informative"] for p in parts]))
-            informative = stats.informative
-        else:
-            informative = rewards.std(1) > 0
+        if source is None:
+            return None, rewards.std(1) > 0, pass_rates
+        dp = self.policy.sharding_annotations.get_axis_size("data_parallel")
+        shards = shard_whole_groups(data, group_size, dp)
+        self.policy.prepare_for_training()
+        if source == "pool":
+            self._run("gradalign_build_reference", shards, group_size=group_size, step=step)
+        elif validation_batch is not None:
+            val = shard_whole_groups(self.to_flat(validation_batch, self.pad_token_id), group_size, dp)
+            self._run("gradalign_build_reference", val, group_size=group_size, step=step)
+            self.has_reference = True
+        elif not self.has_reference:
+            raise RuntimeError(f"gradalign.method={cfg.method!r} needs the validation prompts' "
+                               "rollouts before the first selection (validation_loader.py)")
+        parts = self._run("gradalign_score", shards, group_size=group_size)
+        stats = ProblemStats(torch.cat([p["dot"] for p in parts]), torch.cat([p["sqnorm"] for p in parts]),
+                             torch.cat([p["informative"] for p in parts]))
+        return stats, stats.informative, pass_rates
+
+    def __call__(self, repeated_batch, master_config, validation_batch=None) -> torch.Tensor:
+        step = self.step
+        stats, informative, pass_rates = self.statistics(repeated_batch, master_config, validation_batch)
+        cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         return score_problems(cfg.method, pass_rates, informative, stats, gen, cfg.uninformative,
                               cfg.acc_low, cfg.acc_high)

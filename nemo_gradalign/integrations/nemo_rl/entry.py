@@ -11,7 +11,9 @@
    marks every ``refresh_every``-th batch, on which the rollout wrapper also generates the trusted
    validation prompts (in a call of their own), the checkpointer also writes (and on resume reads)
    every worker's validation gradient and the loader's cadence, and the dynamic_sampling hook is
-   installed.
+   installed. ``gradalign.schedule: memory`` (memory_mode.py): the training loader is replaced by
+   the memory sampler's, over the same dataset, and the hook records the trained groups' alignment
+   instead of selecting.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import inspect
 from nemo_gradalign.config import GradAlignConfig
 from nemo_gradalign.integrations.nemo_rl import validation_loader as loader_state
 from nemo_gradalign.integrations.nemo_rl.config import check_supported, lookup, read_gradalign, scoring_loss
+from nemo_gradalign.integrations.nemo_rl import memory_mode
 from nemo_gradalign.integrations.nemo_rl.driver import GroupScorer
 from nemo_gradalign.integrations.nemo_rl.preflight import with_default_block
 from nemo_gradalign.integrations.nemo_rl.selection import install as install_hook
@@ -67,7 +70,11 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         loaders = [i for i, x in enumerate(result) if type(x).__name__ in LOADER_TYPES]
         checkpointer = next(x for x in result if type(x).__name__ == "CheckpointManager")
         scorer = GroupScorer(policy, cfg, tokenizer.pad_token_id, scoring_loss(master_config, cfg))
-        loader, take_validation = None, (lambda: None)
+        loader, take_validation, sampler = None, (lambda: None), None
+        if cfg.schedule == "memory":
+            result[loaders[0]], sampler = memory_mode.memory_training_loader(
+                result[loaders[0]], cfg, collate, checkpointer.get_latest_checkpoint_path(),
+                lookup(master_config, "data"), getattr(grpo_module, "load_dataloader_state", None))
         if cfg.method in ("gradalign", "dot"):
             val_loader = result[loaders[1]] if len(loaders) > 1 else None
             loader = result[loaders[0]] = WithValidationPrompts(result[loaders[0]], cfg.refresh_every)
@@ -77,7 +84,10 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
             install_rollouts(grpo_module, store)
             take_validation = store.take
         _checkpoint_with_gradalign(checkpointer, scorer, loader)
-        install_hook(grpo_module, scorer, take_validation)
+        if sampler is not None:
+            memory_mode.install(grpo_module, memory_mode.MemoryFeedback(sampler, scorer.statistics, take_validation))
+        else:
+            install_hook(grpo_module, scorer, take_validation)
         return tuple(result)
 
     return wrapped

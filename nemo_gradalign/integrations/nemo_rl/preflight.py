@@ -3,7 +3,8 @@
 The entry loads the recipe exactly as ``examples/run_grpo.py`` will (upstream's ``load_config``
 with our default ``gradalign:`` block, its Hydra overrides, interpolations resolved), refuses every
 unsupported combination naming field and value, and returns the overrides that make
-``gradalign.enabled=true`` alone a working configuration (dynamic sampling on, multiplier q).
+``gradalign.enabled=true`` alone a working configuration (step schedule: dynamic sampling on,
+multiplier q; memory schedule: ``data.num_workers=0``, nothing else).
 Only ``nemo_rl.utils.config`` is imported here (not grpo.py, whose imports take ~30 s), so a
 refusal comes back in seconds.
 """
@@ -17,7 +18,11 @@ from typing import Any
 
 from nemo_gradalign.config import ConfigError, GradAlignConfig
 from nemo_gradalign.integrations.nemo_rl.config import (
-    check_supported, dynamic_sampling_defaults, read_gradalign)
+    check_supported, flag_defaults, read_gradalign)
+
+WHY = {"step": "gradalign.selection_ratio={q}: dynamic sampling draws q·N prompts, GradAlign keeps the best N",
+       "memory": "gradalign.schedule=memory: its sampler's loader runs without worker processes, so each "
+                 "batch is picked after the previous step's feedback"}
 
 
 def with_default_block(load_config):
@@ -67,7 +72,7 @@ def preflight(recipe: dict[str, Any]) -> list[str]:
     if not cfg.enabled:
         return []
     try:
-        changes = dynamic_sampling_defaults(recipe, cfg)
+        changes = flag_defaults(recipe, cfg)
     except ConfigError:
         check_supported(recipe, cfg)  # raises with this and every other problem, each named
         raise
@@ -76,6 +81,6 @@ def preflight(recipe: dict[str, Any]) -> list[str]:
     check_supported(recipe, cfg)
     if changes:
         told = " and ".join(f"{k}={str(v).lower()}" for k, v in changes.items())
-        print(f"GradAlign: set {told} (gradalign.selection_ratio={cfg.selection_ratio}: dynamic "
-              "sampling draws q·N prompts, GradAlign keeps the best N)", flush=True)
+        why = WHY[cfg.schedule].format(q=cfg.selection_ratio)
+        print(f"GradAlign: set {told} ({why})", flush=True)
     return [f"++{k}={str(v).lower()}" for k, v in changes.items()]

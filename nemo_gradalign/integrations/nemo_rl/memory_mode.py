@@ -1,0 +1,129 @@
+"""``gradalign.schedule: memory`` in NeMo RL: prompts picked before rollout, plain GRPO's generation.
+
+The training loader ``setup()`` returns is replaced by ``memory_dataloader`` over the same dataset
+(one step's N prompts a batch, ``rl_collate_fn``, no worker processes) with an
+``AlignmentMemorySampler``: grpo_train only iterates it, takes ``len()`` and ``state_dict()``, so
+``train_dataloader.pt`` carries the sampler and its memory, and upstream's ``load_dataloader_state``
+restores them. (On resume, ``setup()`` first loads that state into its own loader too; torchdata
+applies a loaded state only when a loader is iterated, and upstream's never is once replaced.)
+
+Feedback: at grpo_train's ``dynamic_sampling`` call (after rewards, before the update; dynamic
+sampling itself stays off, so upstream returns the batch untouched) the N trained groups are
+scored by the workers against G, as the step schedule scores candidates, and each group's cosine
+(or its zero gradient) is recorded under its dataset ``idx``. That costs one extra forward+backward
+per trained group, until the worker's ``train`` reads the alignment from the update's own pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from nemo_gradalign.config import GradAlignConfig
+from nemo_gradalign.integrations.nemo_rl.config import lookup, read_gradalign
+from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler, memory_dataloader
+
+CHECKPOINT_FILE = "train_dataloader.pt"  # upstream's name (train_dataloader{suffix}.pt, one loader)
+
+
+def memory_training_loader(upstream_loader, cfg: GradAlignConfig, collate, checkpoint_dir=None,
+                           data_config=None, load_state: Callable | None = None):
+    """The loader that replaces ``upstream_loader`` (same dataset, same batch size), restored from
+    ``checkpoint_dir`` by upstream's ``load_dataloader_state`` when one is given."""
+    dataset = upstream_loader.dataset
+    sampler = AlignmentMemorySampler(len(dataset), int(upstream_loader.batch_size), cfg.memory)
+    loader = memory_dataloader(dataset, sampler, collate)
+    if checkpoint_dir is not None and os.path.isfile(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)):
+        if load_state is not None:
+            load_state(loader, str(checkpoint_dir), data_config)
+        else:  # NeMo RL without load_dataloader_state: the file is the loader's state_dict
+            loader.load_state_dict(torch.load(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)))
+    return loader, sampler
+
+
+def group_ids(idx, group_size: int) -> list[int]:
+    """Each group's dataset index from a repeated batch's per-row ``idx`` (rows group-contiguous)."""
+    rows = idx.tolist() if isinstance(idx, torch.Tensor) else [int(i) for i in idx]
+    if len(rows) % group_size:
+        raise ValueError(f"{len(rows)} rows are not whole groups of {group_size}")
+    groups = [rows[g:g + group_size] for g in range(0, len(rows), group_size)]
+    for rows_of_group in groups:
+        if len(set(rows_of_group)) != 1:
+            raise ValueError(f"a group's rows carry different dataset idx {rows_of_group}")
+    return [g[0] for g in groups]
+
+
+class MemoryFeedback:
+    """After each step's rollouts: score the trained groups and record them in the memory.
+
+    ``statistics(batch, master_config, validation_batch)`` is the driver's GroupScorer.statistics
+    (validation_batch: the validation prompts' rollouts on a G-refresh step, else None). The G
+    generation recorded is one more than the memory's latest after each rebuild, so it survives a
+    resume with the memory itself."""
+
+    def __init__(self, sampler: AlignmentMemorySampler, statistics: Callable, take_validation: Callable[[], Any]):
+        self.sampler, self.statistics, self.take_validation = sampler, statistics, take_validation
+
+    def __call__(self, batch, master_config) -> dict[str, float]:
+        t0 = time.perf_counter()
+        group_size = int(lookup(master_config, "grpo.num_generations_per_prompt"))
+        ids = group_ids(batch["idx"], group_size)
+        plan, step = self.sampler.last_plan, self.sampler.step - 1
+        if plan is not None and sorted(ids) != sorted(plan.problem_ids.tolist()):
+            raise RuntimeError(f"the trained groups {sorted(ids)} are not the prompts the memory sampler picked "
+                               f"for step {step} ({sorted(plan.problem_ids.tolist())})")
+        validation = self.take_validation()
+        stats, informative, _ = self.statistics(batch, master_config, validation)
+        memory = self.sampler.memory
+        generation = memory.latest_generation + (1 if validation is not None else 0)
+        if generation < 0:
+            raise RuntimeError("gradalign.schedule=memory: no validation gradient G was built before the first "
+                               "step's feedback")
+        zero = ~informative.cpu().numpy().astype(bool)
+        cosine = stats.cosine().cpu().numpy()
+        memory.record(ids, step, generation, np.where(zero, np.nan, cosine), zero)
+        scored = cosine[~zero]
+        metrics = {"gradalign/seconds": time.perf_counter() - t0, "gradalign/generation": generation,
+                   "gradalign/zero_gradient_share": float(zero.mean()) if zero.size else math.nan,
+                   "gradalign/mean_cosine": float(scored.mean()) if scored.size else math.nan,
+                   "gradalign/memory_seen": int(np.count_nonzero(memory.visits))}
+        if plan is not None:
+            metrics.update({"gradalign/explored": plan.explored, "gradalign/skipped": int(plan.skipped.size),
+                            "gradalign/refilled_from_skipped": plan.refilled_from_skipped})
+        return metrics
+
+
+def with_memory_feedback(original: Callable, feedback: MemoryFeedback) -> Callable:
+    """Wrap upstream's dynamic_sampling: same signature and return; upstream's result unchanged
+    but for the ``gradalign/*`` metrics of the feedback recorded on complete batches."""
+
+    @functools.wraps(original)
+    def dynamic_sampling(repeated_batch, std, baseline, dynamic_sampling_num_gen_batches, master_config,
+                         timer, batch_cache=None):
+        batch, complete, cache, metrics = original(repeated_batch, std, baseline, dynamic_sampling_num_gen_batches,
+                                                   master_config, timer, batch_cache)
+        if complete and read_gradalign(master_config).enabled:
+            metrics = {**(metrics or {}), **feedback(batch, master_config)}
+        return batch, complete, cache, metrics
+
+    dynamic_sampling.__gradalign_original__ = original
+    return dynamic_sampling
+
+
+def install(grpo_module, feedback: MemoryFeedback) -> Callable[[], None]:
+    """Replace ``grpo_module.dynamic_sampling`` (a module global grpo_train calls every step);
+    returns the function that puts upstream's back."""
+    current = grpo_module.dynamic_sampling
+    original = getattr(current, "__gradalign_original__", current)
+    grpo_module.dynamic_sampling = with_memory_feedback(original, feedback)
+
+    def uninstall() -> None:
+        grpo_module.dynamic_sampling = original
+
+    return uninstall
