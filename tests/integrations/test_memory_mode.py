@@ -36,6 +36,13 @@ def test_memory_schedule_keeps_plain_grpo_generation(capsys):
     assert explicit["grpo"]["use_dynamic_sampling"] is False and explicit["grpo"]["batch_multiplier"] == 1
 
 
+def test_memory_seed_follows_gradalign_seed_unless_set():
+    from nemo_gradalign.integrations.nemo_rl.config import read_gradalign
+
+    assert read_gradalign(recipe(*MEMORY, "gradalign.seed=7")).memory.seed == 7
+    assert read_gradalign(recipe(*MEMORY, "gradalign.seed=7", "gradalign.memory.seed=3")).memory.seed == 3
+
+
 @pytest.mark.parametrize("overrides, named", [
     (["grpo.use_dynamic_sampling=true"], ["grpo.use_dynamic_sampling=true"]),
     (["grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=4"],

@@ -22,8 +22,9 @@ RECIPES = sorted((Path(__file__).parents[2] / "recipes" / "nemo_rl").glob("*.yam
 def test_recipe_block_is_valid_and_consistent(path):
     raw = yaml.safe_load(path.read_text())
     cfg = read_gradalign(raw)
-    assert cfg.enabled and raw["grpo"]["batch_multiplier"] == cfg.selection_ratio
-    check_supported(raw, cfg)  # async off, Megatron on, step schedule, q = batch_multiplier
+    multiplier = 1 if cfg.schedule == "memory" else cfg.selection_ratio  # memory: plain GRPO's generation
+    assert cfg.enabled and raw["grpo"]["batch_multiplier"] == multiplier
+    check_supported(raw, cfg)  # async off, Megatron on, a supported schedule and its loader settings
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)

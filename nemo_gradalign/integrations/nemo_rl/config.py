@@ -38,10 +38,14 @@ def lookup(cfg: Any, dotted: str, default: Any = None) -> Any:
 
 
 def read_gradalign(master_config: Any) -> GradAlignConfig:
-    """The validated block; absent means disabled (upstream behaviour unchanged)."""
+    """The validated block; absent means disabled (upstream behaviour unchanged). A null
+    ``memory.seed`` (the entry's default block) follows ``gradalign.seed``."""
     block = section(master_config, "gradalign", None)
     if block is not None and not isinstance(block, dict):
         block = block.model_dump() if hasattr(block, "model_dump") else dict(block)
+    memory = block.get("memory") if isinstance(block, dict) else None
+    if isinstance(memory, dict) and "seed" in memory and memory["seed"] is None:
+        block = {**block, "memory": {k: v for k, v in memory.items() if k != "seed"}}
     return parse_gradalign(block)
 
 

@@ -36,7 +36,9 @@ def with_default_block(load_config):
     def load(config_path):
         cfg = load_config(config_path)
         if "gradalign" not in cfg:
-            cfg["gradalign"] = GradAlignConfig().model_dump(mode="json")
+            block = GradAlignConfig().model_dump(mode="json")
+            block["memory"]["seed"] = None  # null: follows gradalign.seed (config.read_gradalign)
+            cfg["gradalign"] = block
         return cfg
 
     load.__gradalign_default_block__ = True
