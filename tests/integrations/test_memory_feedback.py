@@ -15,7 +15,6 @@ import torch
 
 import upstream_standin
 from helpers import oracle_scores
-from nemo_gradalign.config import parse_gradalign
 from nemo_gradalign.integrations.nemo_rl.driver import GroupScorer
 from nemo_gradalign.integrations.nemo_rl.memory_mode import MemoryFeedback, group_ids, with_memory_feedback
 from nemo_gradalign.megatron import parallel

@@ -22,9 +22,9 @@ import functools
 import inspect
 
 from nemo_gradalign.config import GradAlignConfig
+from nemo_gradalign.integrations.nemo_rl import memory_mode
 from nemo_gradalign.integrations.nemo_rl import validation_loader as loader_state
 from nemo_gradalign.integrations.nemo_rl.config import check_supported, lookup, read_gradalign, scoring_loss
-from nemo_gradalign.integrations.nemo_rl import memory_mode
 from nemo_gradalign.integrations.nemo_rl.driver import GroupScorer
 from nemo_gradalign.integrations.nemo_rl.preflight import with_default_block
 from nemo_gradalign.integrations.nemo_rl.selection import install as install_hook
