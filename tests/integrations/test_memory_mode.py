@@ -18,7 +18,7 @@ from nemo_gradalign.config import ConfigError, parse_gradalign
 from nemo_gradalign.integrations.nemo_rl.memory_mode import memory_training_loader
 from nemo_gradalign.integrations.nemo_rl.preflight import preflight
 from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler
-from test_preflight import recipe
+from test_preflight import _entry, recipe
 
 MEMORY = ("gradalign.enabled=true", "gradalign.schedule=memory")
 
@@ -57,6 +57,13 @@ def test_memory_schedule_refusals_name_the_field(overrides, named):
         preflight(recipe(*MEMORY, *overrides))
     for text in named:
         assert text in str(err.value)
+
+
+def test_real_entry_refuses_memory_with_dynamic_sampling():
+    pytest.importorskip("nemo_rl.utils.config", reason="NeMo RL source not on PYTHONPATH")
+    proc, seconds = _entry(*MEMORY, "grpo.use_dynamic_sampling=true")
+    assert proc.returncode != 0 and "grpo.use_dynamic_sampling=true: gradalign.schedule=memory" in proc.stderr
+    assert "nothing was started" in proc.stderr and seconds < 15, proc.stderr[-2000:]
 
 
 # -- the loader ---------------------------------------------------------------------------------
