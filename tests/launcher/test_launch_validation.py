@@ -64,7 +64,8 @@ def test_nemo_rl_recipes_are_loaded_by_upstream_where_it_is_importable(tmp_path)
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("defaults: parent.yaml\ncluster: {num_nodes: 1, gpus_per_node: 8}\n")
     gpus = tmp_path / "gpus.yaml"
-    gpus.write_text(f"partition: debug\ncontainer_image: img\ngpus_per_node: 8\nlog_dir: {tmp_path / 'logs'}\n")
+    gpus.write_text(f"partition: debug\ncontainer_image: img\ngpus_per_node: 8\nlog_dir: {tmp_path / 'logs'}\n"
+                    f"host_ray_sub: {root}\n")  # the checkout's own ray.sub
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(root)])}
     refused = subprocess.run([sys.executable, "-m", "nemo_gradalign.cli", "launch", str(recipe), "--cluster", str(gpus),
                               "--dry-run"], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
