@@ -160,7 +160,6 @@ def test_matches_upstream_source(float64_default):
     baseline_and_std = _upstream_function(root, "calculate_baseline_and_std_per_prompt", ns)
     estimator = _upstream_function(root, "GRPOAdvantageEstimator", ns)
     gen = torch.Generator().manual_seed(0)
-    cancellations = 0
     for k in (1, 2, 3, 8):
         for rewards in ([torch.rand(k, generator=gen, dtype=torch.float64) for _ in range(5)]
                         + [torch.tensor(r, dtype=torch.float64) for r in HAND if len(r) == k]):
@@ -179,10 +178,11 @@ def test_matches_upstream_source(float64_default):
                 # where the set's rewards are all equal but upstream's one-pass E[x²]−E[x]² left a
                 # rounding residue, upstream divides by it; the definition says std 0, unscaled
                 cancelled = torch.tensor([v == 0 for v in exact.variance]) & (sd > 0) & std
-                cancellations += int(cancelled.sum())
                 assert torch.allclose(ours[cancelled], (rewards - base)[cancelled], rtol=1e-14, atol=0)
                 ours, theirs = ours[~cancelled], theirs[~cancelled]
                 # upstream's count is `.float()`: its Bessel factor n/(n-1) is rounded to float32
                 # (relative 2^-24 on the std); the rest is float64 one-pass on well-spread rewards
                 assert torch.allclose(ours, theirs, rtol=2 ** -23, atol=1e-12), (k, loo, std, ours, theirs)
-    assert cancellations > 0  # [0.2]*7 + [1.5]: upstream blows the 1.5's advantage up
+    # Whether upstream's one-pass variance leaves a residue (e.g. [0.2]*7 + [1.5], where it blows the
+    # 1.5's advantage up) depends on the BLAS kernels' summation order: seen on one machine, not
+    # on another (both AVX-512), so only the cases that do cancel are checked above, never their number.
