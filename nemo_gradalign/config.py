@@ -53,9 +53,9 @@ class MemorySamplerConfig(BaseModel):
     seed: int = Field(0, ge=0)
     # share of a batch given to unseen problems (1: every problem is seen once before any choice)
     explore_share: float = Field(1.0, gt=0.0, le=1.0)
-    # skip probability added per consecutive zero-gradient visit, and the most it reaches (< 1:
-    # skipped problems come back); a confidently misaligned problem is skipped with skip_cap
-    zero_skip_step: float = Field(0.5, gt=0.0, le=1.0)
+    # skip probability added per consecutive zero-gradient visit (0: never skipped for that), and the
+    # most it reaches (< 1: skipped problems come back); a confidently misaligned one gets skip_cap
+    zero_skip_step: float = Field(0.5, ge=0.0, le=1.0)
     skip_cap: float = Field(0.9, ge=0.0, lt=1.0)
     # misaligned: at least min_scored_visits cosines and mean + confidence_z · se <= 0
     confidence_z: float = Field(1.645, ge=0.0)
