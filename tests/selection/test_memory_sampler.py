@@ -151,7 +151,7 @@ def test_skipped_problems_come_back_at_the_designed_rate():
     for name in ("visits", "scored", "last_step", "zero_streak", "generation", "weight", "mean", "m2"):
         getattr(memory, name)[:4 * k] = getattr(small, name)
     memory.latest_generation = 0
-    knobs = MemorySamplerConfig(explore_share=0.05).knobs()
+    knobs = MemorySamplerConfig(explore_share=0.05, zero_skip_step=0.5).knobs()
     batch = 4 * k + 10  # 4k seen + ceil(0.05 · 210) = 11 unseen slots
     drawn = np.zeros(4 * k)
     for step in range(steps):
