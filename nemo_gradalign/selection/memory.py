@@ -6,9 +6,9 @@ One row per dataset index (0..n-1), held in flat numpy arrays: 44 bytes a proble
 A visit either has a gradient (its cosine with the validation gradient G is recorded) or its
 gradient was exactly zero (all rollouts got the same reward; no cosine exists). Cosines are
 summarised by a weighted Welford mean and spread. When G is rebuilt (a new *generation*), older
-cosines were measured against another G and another policy, so they count less: a cosine's weight
+cosines were measured against another G and another policy, so they may count less: a weight
 is ``generation_decay ** (generations since it was measured)``. 1 keeps every visit at full
-weight, 0 forgets everything older than the current G, 0.5 (default) halves per rebuild. Aging
+weight (default), 0 forgets everything older than the current G, 0.5 halves per rebuild. Aging
 is applied lazily: a row's weight and M2 are scaled when it gets a new cosine, and
 ``aged_weight_and_m2`` ages them to the newest generation for decisions.
 """
@@ -38,7 +38,7 @@ _UNSET = {"last_step": -1, "generation": -1}
 
 
 class ScoreMemory:
-    def __init__(self, num_problems: int, generation_decay: float = 0.5):
+    def __init__(self, num_problems: int, generation_decay: float = 1.0):
         if not isinstance(num_problems, int) or num_problems < 1:
             raise ValueError(f"ScoreMemory: num_problems must be a positive int, got {num_problems!r}")
         if not 0.0 <= generation_decay <= 1.0:

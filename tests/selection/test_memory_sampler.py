@@ -121,11 +121,14 @@ def synthetic_memory(groups, rng):
     return memory
 
 
-def test_skip_rates_are_the_designed_ones():
+# groups: misaligned, zero streak 1, zero streak 3, aligned. Misaligned: cap; streak s: min(cap, step·s)
+@pytest.mark.parametrize("zero_skip_step,designed", [(0.5, [0.9, 0.5, 0.9, 0.0]),  # skip_cap 0.9
+                                                     (0.0, [0.9, 0.0, 0.0, 0.0])])  # zero gradients kept
+def test_skip_rates_are_the_designed_ones(zero_skip_step, designed):
     k, steps = 100, 200
     memory = synthetic_memory(k, np.random.default_rng(0))
     assert memory.zero_streak[k] == 1 and memory.zero_streak[2 * k] == 3
-    cfg = MemorySamplerConfig(seed=5)  # skip_cap 0.9, zero_skip_step 0.5
+    cfg = MemorySamplerConfig(seed=5, zero_skip_step=zero_skip_step)
     sampler = AlignmentMemorySampler(4 * k, 40, cfg, memory)
     for _ in range(10):
         sampler.next_step()  # explores all 4k problems
@@ -133,7 +136,6 @@ def test_skip_rates_are_the_designed_ones():
     skips = np.zeros(4 * k)
     for _ in range(steps):
         skips[sampler.next_step().skipped] += 1
-    designed = [0.9, 0.5, min(0.9, 0.5 * 3), 0.0]  # misaligned: cap; streak s: min(cap, 0.5·s)
     for g, p in enumerate(designed):
         rate = skips[g * k:(g + 1) * k].sum() / (k * steps)
         assert abs(rate - p) <= hoeffding(k * steps), (g, rate, p)
@@ -149,7 +151,7 @@ def test_skipped_problems_come_back_at_the_designed_rate():
     for name in ("visits", "scored", "last_step", "zero_streak", "generation", "weight", "mean", "m2"):
         getattr(memory, name)[:4 * k] = getattr(small, name)
     memory.latest_generation = 0
-    knobs = MemorySamplerConfig(explore_share=0.05).knobs()
+    knobs = MemorySamplerConfig(explore_share=0.05, zero_skip_step=0.5).knobs()
     batch = 4 * k + 10  # 4k seen + ceil(0.05 · 210) = 11 unseen slots
     drawn = np.zeros(4 * k)
     for step in range(steps):
