@@ -4,6 +4,8 @@
   default    engine.score with ProblemRunner(model, max_rows=R): what the package does by default
   packed     every problem's gradient read from shared R-row passes (pack_rows=R)
   one/pass   one problem per forward+backward (pack_rows=None)
+  packed-f32 packed, with the per-problem weight products cast to fp32 first (the read before the
+             16-bit tensor-core products of per_problem.wide_product; on a CPU the same as packed)
 
 Per path: min time over repeats (the paths interleaved in each repeat), tokens/s, throughput as a
 fraction of training's, peak GPU memory (max over ranks) and the cosines' max relative difference
@@ -28,7 +30,7 @@ from packed_scoring import LOSS, _train_pass  # noqa: E402  (the same training p
 from scoring import make_problems  # noqa: E402  (the same synthetic rollouts)
 
 from nemo_gradalign.engine import EngineGroups, GradientEngine  # noqa: E402
-from nemo_gradalign.megatron import parallel  # noqa: E402
+from nemo_gradalign.megatron import parallel, per_problem  # noqa: E402
 from nemo_gradalign.megatron.model import ModelSpec, build_gpt  # noqa: E402
 from nemo_gradalign.megatron.step import ProblemRunner  # noqa: E402
 
@@ -63,6 +65,15 @@ def _measure(fn) -> tuple[float, float]:
     return seconds, float(peak)
 
 
+def _cast_first(fn):
+    """Run fn with the per-problem weight products cast to fp32 before the matmul."""
+    wide, per_problem._WIDE_BMM = per_problem._WIDE_BMM, False
+    try:
+        return fn()
+    finally:
+        per_problem._WIDE_BMM = wide
+
+
 def _bench(rank, shape, pp, repeats):
     parallel.init_distributed(parallel.Layout(pp=pp))
     spec, n, prompt, response, rows = SHAPES[shape]
@@ -75,9 +86,11 @@ def _bench(rank, shape, pp, repeats):
                "one/pass": ProblemRunner(model, LOSS, max_rows=rows, pack_rows=None)}
     reference = engine.build_reference(make_problems(4, spec.vocab_size, 2, prompt, response), runners["packed"])
     cosines = {name: engine.score(problems, run, reference).cosine() for name, run in runners.items()}  # warm-up
+    cosines["packed-f32"] = _cast_first(lambda: engine.score(problems, runners["packed"], reference)).cosine()
     _train_pass(model, problems, rows, params)
     paths = {"training": lambda: _train_pass(model, problems, rows, params),
-             **{name: (lambda run=run: engine.score(problems, run, reference)) for name, run in runners.items()}}
+             **{name: (lambda run=run: engine.score(problems, run, reference)) for name, run in runners.items()},
+             "packed-f32": lambda: _cast_first(lambda: engine.score(problems, runners["packed"], reference))}
     results = {name: [] for name in paths}
     for repeat in range(repeats):
         order = list(paths)[repeat % len(paths):] + list(paths)[:repeat % len(paths)]

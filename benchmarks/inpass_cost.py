@@ -7,8 +7,14 @@ ratio of the minima and the median of the per-pair ratios. For scale, the same p
 plain step plus the engine's packed scoring of the same batch (the separate pass in-pass
 reading replaces). The reader's extra work is one per-problem weight gradient per layer in the
 first inner epoch — a weight gradient's flops, so with μ inner epochs about 1/(1 + 3μ) of the
-step's (≈ 1.14× at μ = 2) — plus the reads against G and the regrouping copies. Run:
+step's (≈ 1.14× at μ = 2) — plus the reads against G and the regrouping copies.
+
+``--shape 268M|939M`` runs issue 18's GPU shapes instead (those of benchmarks/gpu_scoring.py: bf16,
+16 layers, 8 rollouts × 1024 tokens, 32 resp. 16 problems in 16- resp. 8-row microbatches, μ as
+given — NeMo RL's recipes take one optimizer step per batch, μ = 1) and prints peak GPU memory;
+``--shape tiny`` is that code at a toy size (a CPU smoke test). Run:
   python benchmarks/inpass_cost.py [--repeats 20] [--problems 16] [--inner-epochs 2]
+  python benchmarks/inpass_cost.py --shape 268M --inner-epochs 1 --repeats 3
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_scoring import SHAPES  # noqa: E402  (issue 19's GPU shapes)
 from scoring import make_problems  # noqa: E402  (same synthetic rollouts as benchmarks/scoring.py)
 
 from nemo_gradalign.engine import EngineGroups, GradientEngine  # noqa: E402
@@ -36,27 +43,53 @@ DEMO = ModelSpec(num_layers=2, hidden_size=64, num_attention_heads=4, vocab_size
 LOSS = LossSettings("mean", True, "token_mean")  # the demo's trainer settings
 
 
-def _run(rank, repeats, problems, inner_epochs):
+def _setup(shape: str, problems: int):
+    """(model spec, trained batch, validation problems, rows per microbatch or None, thread count)."""
+    if shape == "demo":
+        return (DEMO, make_problems(problems, DEMO.vocab_size, 1, 7, 6),
+                make_problems(64, DEMO.vocab_size, 2, 7, 6), None)
+    spec, n, prompt, response, rows = SHAPES[shape]
+    if shape != "tiny":
+        spec = spec.model_copy(update={"dtype": "bfloat16"})
+    return (spec, make_problems(n, spec.vocab_size, 1, prompt, response),
+            make_problems(4, spec.vocab_size, 2, prompt, response), rows)
+
+
+def _timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _peak_gib(fn) -> float:
+    """Peak GPU memory (GiB) of one call; nan without a GPU."""
+    if not torch.cuda.is_available():
+        return float("nan")
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def _run(rank, shape, repeats, problems, inner_epochs):
     torch.set_num_threads(1)
     parallel.init_distributed(parallel.Layout())
-    policy = Policy(DEMO)
-    optimizer = policy.make_optimizer(5e-4)
+    spec, batch, validation, rows = _setup(shape, problems)
+    policy = Policy(spec)
+    optimizer = policy.make_optimizer(5e-4 if shape == "demo" else 1e-6)
     engine = GradientEngine(policy.named_parameters(), EngineGroups.from_megatron())
-    batch = make_problems(problems, DEMO.vocab_size, 1, 7, 6)
-    reference = engine.build_reference(make_problems(64, DEMO.vocab_size, 2, 7, 6),
-                                       ProblemRunner(policy.model, LOSS))
+    packed = ProblemRunner(policy.model, LOSS, max_rows=rows, pack_rows=rows or 128)
+    reference = engine.build_reference(validation, packed)
     reading = AlignmentReading(engine, reference)
-    packed = ProblemRunner(policy.model, LOSS, pack_rows=128)
 
     def step(read):
-        start = time.perf_counter()
-        grpo_step(policy, optimizer, batch, LOSS, 0.2, 0.2, inner_epochs, None, read)
-        return time.perf_counter() - start
+        return _timed(lambda: grpo_step(policy, optimizer, batch, LOSS, 0.2, 0.2, inner_epochs, rows, read))
 
     def step_and_score():
-        start = time.perf_counter()
-        engine.score(batch, packed, reference)
-        return time.perf_counter() - start + step(None)
+        return _timed(lambda: engine.score(batch, packed, reference)) + step(None)
 
     step(None), step(reading), step_and_score()  # warm-up
     plain, read, ratios, separate = [], [], [], []
@@ -67,10 +100,16 @@ def _run(rank, repeats, problems, inner_epochs):
         read.append(times[id(reading)])
         ratios.append(read[-1] / plain[-1])
         separate.append(step_and_score())
-    print(f"grpo_step, {problems} problems x 8 rollouts of 13 tokens, mu={inner_epochs}, demo model "
-          f"(fp32, 1 rank, {torch.get_num_threads()} thread), {repeats} paired repeats:")
-    print(f"  plain step          {min(plain) * 1e3:8.1f} ms (min)   {statistics.median(plain) * 1e3:8.1f} ms (median)")
-    print(f"  with in-pass reads  {min(read) * 1e3:8.1f} ms (min)   {statistics.median(read) * 1e3:8.1f} ms (median)")
+    peaks = [_peak_gib(lambda r=r: step(r)) for r in (None, reading)]
+    tokens = sum(p.tokens.numel() for p in batch)
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} thread"
+    print(f"grpo_step at shape {shape}: {len(batch)} problems x {batch[0].k} rollouts, {tokens} tokens, "
+          f"{spec.num_layers} layers h{spec.hidden_size} {spec.dtype}, mu={inner_epochs}, "
+          f"{rows or 'all'} rows per microbatch, 1 rank ({where}), {repeats} paired repeats:")
+    print(f"  plain step          {min(plain) * 1e3:8.1f} ms (min)   {statistics.median(plain) * 1e3:8.1f} ms (median)"
+          f"   peak {peaks[0]:.2f} GiB")
+    print(f"  with in-pass reads  {min(read) * 1e3:8.1f} ms (min)   {statistics.median(read) * 1e3:8.1f} ms (median)"
+          f"   peak {peaks[1]:.2f} GiB")
     print(f"  step + packed scoring of the batch (separate pass) {min(separate) * 1e3:8.1f} ms (min), "
           f"{min(separate) / min(plain):.3f}x")
     print(f"  ratio of minima {min(read) / min(plain):.3f}x   median of paired ratios "
@@ -82,8 +121,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--problems", type=int, default=16)
     parser.add_argument("--inner-epochs", type=int, default=2)
+    parser.add_argument("--shape", default="demo", choices=["demo", "tiny", "268M", "939M"])
     args = parser.parse_args()
-    parallel.spawn(_run, 1, args.repeats, args.problems, args.inner_epochs)
+    parallel.spawn(_run, 1, args.shape, args.repeats, args.problems, args.inner_epochs)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,21 @@ def unsupported_reason(model) -> str | None:
     return None
 
 
+# torch.bmm(a, b, out_dtype=...): the overload aten::bmm.dtype (PyTorch >= 2.8), run on CUDA only
+_WIDE_BMM = "dtype" in torch.ops.aten.bmm.overloads()
+
+
+def wide_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b (batched) summed in fp32 (``accumulable``'s dtype). Why not cast first: a product of
+    two 16-bit numbers is exact in fp32 either way, but fp32 inputs run the matmul on an H200 at
+    ~1/10 of the 16-bit tensor-core rate — that made the per-problem weight products 2-3x slower
+    than a training pass (issue 19). On CUDA, 16-bit inputs go to the tensor cores with an fp32
+    output and fp32 accumulation (``out_dtype``, PyTorch >= 2.8); elsewhere, cast first."""
+    if _WIDE_BMM and a.is_cuda and a.dtype == b.dtype and a.dtype in (torch.bfloat16, torch.float16):
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return accumulable(a) @ accumulable(b)
+
+
 @dataclass
 class _Pending:
     """What a module's forward left for its backward: its input and the microbatch's rows."""
@@ -155,7 +170,10 @@ class PerProblemPartials:
 
     def _backward(self, kind: str, module, pending: _Pending, grad: torch.Tensor) -> None:
         with torch.no_grad():
-            getattr(self, "_" + kind)(module, pending, accumulable(grad))
+            if kind == "linear":  # its weight products take 16-bit δ and x as they are
+                self._linear(module, pending, grad)
+            else:
+                getattr(self, "_" + kind)(module, pending, accumulable(grad))
 
     # -- per kind: [P, ...] per-problem gradients of each counted parameter ------------------
     def _reference(self, param, dtype: torch.dtype) -> torch.Tensor | None:
@@ -193,15 +211,16 @@ class PerProblemPartials:
     def _linear(self, module, pending: _Pending, grad: torch.Tensor) -> None:
         # [s, b, ·] activations; a bias (added inside or returned apart) shares the output's δ
         rows = pending.rows
-        ref = self._reference(module.weight, grad.dtype)
+        dtype = accumulable(grad[:0]).dtype
+        ref = self._reference(module.weight, dtype)
         if ref is not None:
-            x = rows.group(accumulable(pending.inputs), sequence_first=True)
+            x = rows.group(pending.inputs, sequence_first=True)
             delta = rows.group(grad, sequence_first=True)
             step = max(1, self.CHUNK_ELEMENTS // module.weight.numel())
             for j in range(0, len(rows.problems), step):
-                self._add(rows.acc[j:j + step], delta[j:j + step].transpose(1, 2) @ x[j:j + step], ref)
+                self._add(rows.acc[j:j + step], wide_product(delta[j:j + step].transpose(1, 2), x[j:j + step]), ref)
         if getattr(module, "bias", None) is not None:
-            self._add_later(rows, rows.sum_tokens(grad), self._reference(module.bias, grad.dtype))
+            self._add_later(rows, rows.sum_tokens(accumulable(grad)), self._reference(module.bias, dtype))
 
     def _layernorm(self, module, pending: _Pending, grad: torch.Tensor) -> None:
         rows = pending.rows
