@@ -35,6 +35,7 @@ def borrowed(model):
     training = [(m, m.training) for m in model.modules()]
     flags = [(b, b.is_last_microbatch) for b in _bucket_groups(model)]
     gathered = _gather_params(model)
+    pre_hooks = _pause_forward_pre_hooks(model)
     try:
         for name in HOOKS:
             if hasattr(config, name):
@@ -47,6 +48,8 @@ def borrowed(model):
                 setattr(config, name, value)
         for group, flag in flags:
             group.is_last_microbatch = flag
+        if pre_hooks:
+            model.enable_forward_pre_hook()
         for group, dispatched in gathered:
             group.param_gather_dispatched = dispatched
         for module, mode in training:
@@ -69,6 +72,18 @@ def _gather_params(model) -> list:
     flags = [(g, g.param_gather_dispatched) for g in _bucket_groups(model)]
     model.start_param_sync(force_sync=True)
     return flags
+
+
+def _pause_forward_pre_hooks(model) -> bool:
+    """DDP's forward pre-hooks (``overlap_param_gather``) wait for weight gathers that
+    ``_gather_params`` already completed, and assert that every bucketed weight requires grad —
+    which the packed scoring pass's frozen weights do not (found on an H200 with the distributed
+    optimizer). Off for the scope through DDP's own switch (NeMo RL turns them off the same way
+    around its inference passes), no gather of their own; put back on exit."""
+    if not getattr(model, "remove_forward_pre_hook_handles", None):
+        return False
+    model.disable_forward_pre_hook(param_sync=False)
+    return True
 
 
 def _bucket_groups(model) -> list:

@@ -199,7 +199,10 @@ def test_same_seed_same_batches_on_every_rank_and_process():
                         "from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler, MemorySamplerConfig",
                         inspect.getsource(feedback), inspect.getsource(run_steps),
                         "print(json.dumps(run_steps(AlignmentMemorySampler(97, 12, MemorySamplerConfig(seed=7)), 40)))"])
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONHASHSEED="123")
+    # the repository first, then whatever else this interpreter's packages need (the newest-stack
+    # lane keeps megatron-core's wheels on PYTHONPATH)
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path, PYTHONHASHSEED="123")
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ours
 
