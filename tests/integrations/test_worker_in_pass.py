@@ -168,3 +168,25 @@ def test_what_cannot_be_read_is_refused_with_its_reason(tmp_path):
         "rows": "the rows train() was handed are not the groups the driver armed (upstream sharded the batch "
                 "differently)",
         "unarmed": "no armed train() ran since the last call"}
+
+
+def test_train_override_has_upstreams_exact_signature():
+    """Our ``train`` replaces upstream's on the worker class: same parameters, same defaults
+    (read from the NeMo RL checkout's source; its worker module needs Megatron-Bridge to import)."""
+    import ast
+    import inspect
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("NEMO_RL_ROOT")
+    source = Path(root or "-") / "nemo_rl/models/policy/workers/megatron_policy_worker.py"
+    if not source.is_file():
+        pytest.skip("NEMO_RL_ROOT (a NeMo RL checkout) not set")
+    tree = ast.parse(source.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MegatronPolicyWorkerImpl")
+    train = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "train")
+    names = [a.arg for a in train.args.args]
+    defaults = [ast.literal_eval(d) for d in train.args.defaults]
+    ours = inspect.signature(GradAlignWorkerMixin.train).parameters.values()
+    assert [p.name for p in ours] == names
+    assert [p.default for p in ours if p.default is not inspect.Parameter.empty] == defaults
