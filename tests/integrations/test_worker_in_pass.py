@@ -4,7 +4,8 @@ with upstream's options, megatron's Adam and config hooks, microbatches of conse
 clipped surrogate over global_valid_toks) on a float64 GPT over real gloo ranks.
 
 - ``arm → train → arm → train`` equals ``train → train`` bit for bit (weights and Adam state),
-  with G built by a separate pass before the first step, as the driver does;
+  with G built by a separate pass before the first step, as the driver does (float64 with grads in
+  the params' dtype, float32 with upstream's fp32 grad reduction; overlapped reduce on and off);
 - the first step's per-group dot, ‖g‖² and cosine equal the brute-force oracle (helpers.py,
   one autograd call per rollout, exact-fraction advantages) to 1e-9 relative, gathered over DP
   in rank order; zero-gradient groups are flagged as the oracle finds them;
@@ -29,6 +30,9 @@ POLICY = {"train_global_batch_size": len(POOL) * G, "train_micro_batch_size": 2 
           "generation": {"temperature": LOSS["temperature"]}, "sequence_packing": {"enabled": False},
           "dynamic_batching": {"enabled": False}, "megatron_cfg": {}}
 DDP_OPTIONS = [dict(overlap_grad_reduce=o, grad_reduce_in_fp32=False) for o in (True, False)]
+# the bit-identity check also runs a float32 GPT with upstream's fp32 grad reduction
+FP32_RUNS = [(SPEC64.model_copy(update={"dtype": "float32"}), dict(overlap_grad_reduce=o, grad_reduce_in_fp32=True))
+             for o in (True, False)]
 STEP2 = fixed_k_problems(3, len(POOL))
 CFG_JSON = CFG.model_dump(mode="json")
 
@@ -70,11 +74,11 @@ def _reading_rank(rank, layout, out):
 
     parallel.init_distributed(layout)
     same, first = [], None
-    for options in DDP_OPTIONS:
-        plain = TwinPolicyWorker(options, SPEC64, POLICY)
+    for spec, options in [(SPEC64, o) for o in DDP_OPTIONS] + FP32_RUNS:
+        plain = TwinPolicyWorker(options, spec, POLICY)
         _train(plain, POOL, read=False)
         _train(plain, STEP2, read=False)
-        reading = ReadingWorker(options, SPEC64, POLICY)
+        reading = ReadingWorker(options, spec, POLICY)
         val, _ = _shard(VAL)
         reading.gradalign_build_reference(data=val, group_size=G, step=0, cfg=CFG_JSON, loss=LOSS)
         scores = [_train(reading, POOL, read=True), _train(reading, STEP2, read=True)]
