@@ -134,6 +134,7 @@ def _refusal_rank(rank, out):
     worker.gradalign_build_reference(data=_shard(VAL)[0], step=0, **kw)
     for name, change in (("packing", {"sequence_packing": {"enabled": True}}),
                          ("dynamic", {"dynamic_batching": {"enabled": True}}),
+                         ("virtual", {"megatron_cfg": {"virtual_pipeline_model_parallel_size": 2}}),
                          ("split", {"train_micro_batch_size": G // 2}),
                          ("two_steps", {"train_global_batch_size": len(POOL) * G // 2})):
         worker.cfg = {**POLICY, **change}
@@ -162,6 +163,8 @@ def test_what_cannot_be_read_is_refused_with_its_reason(tmp_path):
         "no_reference": "no validation gradient G has been built yet",
         "packing": "policy.sequence_packing.enabled=true reorders and packs the trained rows",
         "dynamic": "policy.dynamic_batching.enabled=true reorders and packs the trained rows",
+        "virtual": "policy.megatron_cfg.virtual_pipeline_model_parallel_size > 1 interleaves microbatches over "
+                   "chunks",
         "split": "policy.train_micro_batch_size=2 splits groups of grpo.num_generations_per_prompt=4 across "
                  "microbatches (or does not divide the 32 rows of a data-parallel rank); set it to a multiple "
                  "of the group size that divides them",

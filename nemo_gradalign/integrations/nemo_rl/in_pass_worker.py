@@ -18,6 +18,10 @@ the data-parallel group as ``process_global_batch`` does (its ``+ 1e-8`` is belo
 the float32 count for any count ≥ 1, so it rounds away; a sequence-level row's inner mean over
 n_j + 1e-8 tokens is g's 1/n_j to 1e-8 relative, the bound of that case). LossPostProcessor's
 ``· num_microbatches`` cancels megatron's ``/ num_microbatches``; the loss scale must be 1.
+
+ρ = exp(log π − prev_logprobs), with prev_logprobs from upstream's separate logprob pass: 1 up to
+that pass's rounding (exactly 1 with ``loss_fn.force_on_policy_ratio: true``). What is read is the
+gradient the step applies, each token weighted by its ρ: g's to within max |ρ − 1| relative.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ def policy_reason(policy_cfg: dict, rows: int, group_size: int, dp: int) -> str 
     for section in ("sequence_packing", "dynamic_batching"):
         if get(section, "enabled"):
             return f"policy.{section}.enabled=true reorders and packs the trained rows"
+    if (get("megatron_cfg", "virtual_pipeline_model_parallel_size") or 1) > 1:
+        return "policy.megatron_cfg.virtual_pipeline_model_parallel_size > 1 interleaves microbatches over chunks"
     if get("megatron_cfg", "use_fused_linear_logprobs"):
         return "policy.megatron_cfg.use_fused_linear_logprobs=true runs the output layer outside its forward"
     if get("draft", "enabled"):

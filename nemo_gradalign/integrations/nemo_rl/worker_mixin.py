@@ -64,9 +64,10 @@ class GradAlignWorkerMixin:
               check_dim_skip_keys=None):
         """Upstream's train(); armed, inside the per-group reading hooks (never changes the step)."""
         extra = {} if check_dim_skip_keys is None else {"check_dim_skip_keys": check_dim_skip_keys}
-        armed, self._gradalign_armed = getattr(self, "_gradalign_armed", None), None
-        if armed is None or eval_mode:
+        armed = None if eval_mode else getattr(self, "_gradalign_armed", None)
+        if armed is None:  # an eval-mode call leaves the arming for the step's train()
             return super().train(data, loss_fn, eval_mode, gbs, mbs, **extra)
+        self._gradalign_armed = None
         try:
             reading = armed.open(self.model, data, loss_fn, gbs, mbs)
         except UnsupportedLayout as err:
