@@ -143,6 +143,9 @@ def _refusal_rank(rank, out):
     worker.model.module.config.hidden_dropout = 0.1
     found["dropout"] = worker.gradalign_arm_in_pass(data=arm, **kw)
     worker.model.module.config.hidden_dropout = 0.0
+    worker.config.mtp_num_layers = 1
+    found["mtp"] = worker.gradalign_arm_in_pass(data=arm, **kw)
+    worker.config.mtp_num_layers = None
     scale_loss, worker.config.grad_scale_func = worker.config.grad_scale_func, lambda loss: loss * 4.0  # fp16's
     found["loss_scale"] = worker.gradalign_arm_in_pass(data=arm, **kw)
     worker.config.grad_scale_func = scale_loss  # megatron's Adam: a constant 1, read through
@@ -174,6 +177,7 @@ def test_what_cannot_be_read_is_refused_with_its_reason(tmp_path):
         "two_steps": "policy.train_global_batch_size=16 is not the step's 32 rows: train() takes 2 optimizer "
                      "steps and only the first is read at ρ = 1",
         "dropout": "dropout (hidden_dropout=0.1, attention_dropout=0.0): the training pass's gradient is not g_i",
+        "mtp": "mtp_num_layers=1: multi-token prediction adds its loss to the same pass",
         "loss_scale": "a loss scale of 4.0 (config.grad_scale_func) multiplies the training pass's gradients",
         "kl": "loss_fn.reference_policy_kl_penalty=0.01 adds the KL penalty's gradient to every group's gradient",
         "rows": "the rows train() was handed are not the groups the driver armed (upstream sharded the batch "

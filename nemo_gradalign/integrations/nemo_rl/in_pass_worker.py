@@ -67,6 +67,13 @@ def policy_reason(policy_cfg: dict, rows: int, group_size: int, dp: int) -> str 
     return None
 
 
+def mtp_reason(model) -> str | None:
+    from megatron.core.utils import get_model_config
+
+    layers = getattr(get_model_config(model), "mtp_num_layers", None)
+    return f"mtp_num_layers={layers}: multi-token prediction adds its loss to the same pass" if layers else None
+
+
 def _get(cfg, path):
     for key in path:
         cfg = cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
@@ -90,7 +97,7 @@ class ArmedRead:
     @classmethod
     def arm(cls, logic, model, data: dict, group_size: int, policy_cfg: dict, dp: int) -> "ArmedRead":
         """The armed read, or UnsupportedLayout naming what cannot be read (before any pass)."""
-        reason = (layout_reason(model, logic.engine)
+        reason = (layout_reason(model, logic.engine) or mtp_reason(model)
                   or policy_reason(policy_cfg, len(data["input_ids"]), group_size, dp))
         if reason is None and (logic.reference is None or not logic.reference.ready):
             reason = "no validation gradient G has been built yet"
