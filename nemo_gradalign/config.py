@@ -104,6 +104,10 @@ class GradAlignConfig(_Strict):
     # rows per microbatch when many problems share one scoring pass (exact per-problem partials,
     # megatron/per_problem.py); null: one problem per pass. Models it cannot read fall back.
     pack_rows: int | None = Field(128, gt=0)
+    # memory schedule inside NeMo RL: auto reads each trained group's alignment from the worker's
+    # own train() where that is exact (else a separate scoring pass, the reason logged once); off:
+    # always the separate pass
+    in_pass: Literal["auto", "off"] = "auto"
     seed: int = 42
     validation: ValidationSetConfig = ValidationSetConfig()
     memory: MemorySamplerConfig = MemorySamplerConfig()

@@ -87,9 +87,19 @@ def layout_reason(model, engine: GradientEngine) -> str | None:
     if config.hidden_dropout or config.attention_dropout:
         return (f"dropout (hidden_dropout={config.hidden_dropout}, attention_dropout="
                 f"{config.attention_dropout}): the training pass's gradient is not g_i")
-    if getattr(config, "grad_scale_func", None) is not None:
-        return "a loss scale (config.grad_scale_func) multiplies the training pass's gradients"
+    scale = loss_scale(config, next(model.parameters()).device)
+    if scale != 1.0:
+        return f"a loss scale of {scale} (config.grad_scale_func) multiplies the training pass's gradients"
     return None
+
+
+def loss_scale(config, device) -> float:
+    """The factor megatron's schedule multiplies each microbatch's loss by (``grad_scale_func``,
+    the optimizer's ``scale_loss``: a constant 1 for bf16/fp32 optimizers, fp16's dynamic scale)."""
+    scale_func = getattr(config, "grad_scale_func", None)
+    if scale_func is None:
+        return 1.0
+    return float(scale_func(torch.ones((), dtype=torch.float32, device=device)))
 
 
 def microbatch_spans(batch: list[ProblemRollouts], rows: int, n_microbatches: int) -> list[list]:

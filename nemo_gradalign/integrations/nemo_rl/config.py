@@ -98,6 +98,29 @@ def scoring_loss(master_config: Any, cfg: GradAlignConfig) -> dict:
             "temperature": float(lookup(master_config, "policy.generation.temperature", 1.0))}
 
 
+# loss_fn fields of upstream's ClippedPGLossFn whose non-default values change a token's weight
+# away from -A·ρ (ρ = π/π_old = 1 in a step's only pass): in-pass reading is then not g_i
+IN_PASS_LOSS_REFUSALS = (
+    ("reference_policy_kl_penalty", 0, "adds the KL penalty's gradient to every group's gradient"),
+    ("use_importance_sampling_correction", False, "weighs tokens by π_old/π_gen"),
+    ("truncated_importance_sampling_type", None, "weighs or drops tokens by π_old/π_gen"),
+    ("sequence_level_importance_ratios", False, "replaces the token ratio by a sequence one"),
+    ("use_cispo", False, "replaces the clipped surrogate"),
+    ("positive_example_nll_weight", 0, "adds an NLL term"))
+
+
+def in_pass_config_reason(master_config: Any, cfg: GradAlignConfig) -> str | None:
+    """Why the recipe's trained groups cannot be read from the worker's train() (None: the
+    workers check the rest, their layout and batch shapes, when armed)."""
+    if cfg.in_pass == "off":
+        return "gradalign.in_pass=off"
+    for key, default, why in IN_PASS_LOSS_REFUSALS:
+        value = lookup(master_config, f"loss_fn.{key}", default)
+        if value not in (default, None, 0, 0.0, False):
+            return f"loss_fn.{key}={value!r} {why}"
+    return None
+
+
 def flag_defaults(master_config: Any, cfg: GradAlignConfig) -> dict[str, Any]:
     """The recipe values ``gradalign.enabled=true`` alone sets for its schedule, or ConfigError."""
     if not cfg.enabled:

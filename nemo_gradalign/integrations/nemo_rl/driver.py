@@ -52,6 +52,7 @@ class GroupScorer:
         self.to_flat = to_flat
         self.step = 0
         self.has_reference = False  # workers hold a validation gradient (built or restored)
+        self.in_pass_refusal: str | None = None  # why the last arm_in_pass fell back
 
     def _run(self, method: str, shards: list[dict], **common) -> list:
         group = self.policy.worker_group
@@ -72,10 +73,13 @@ class GroupScorer:
         return all(group.get_all_worker_results(group.run_all_workers_single_data(
             "gradalign_load", checkpoint_dir=str(checkpoint_dir), **self.worker_kwargs)))
 
-    def statistics(self, repeated_batch, master_config, validation_batch=None):
+    def statistics(self, repeated_batch, master_config, validation_batch=None, arm_in_pass: bool = False):
         """(ProblemStats or None, informative, pass rates) of every group of ``repeated_batch``:
         the workers' dot/‖g‖² against G (rebuilt first when ``validation_batch`` comes), or None
-        for the methods that need no gradient (informative then means: rewards not all equal)."""
+        for the methods that need no gradient (informative then means: rewards not all equal).
+        ``arm_in_pass``: arm every worker's next train() to read the groups instead (stats and
+        informative None; ``in_pass_scores()`` after train); where any worker cannot
+        (``in_pass_refusal`` says why), all are disarmed and the groups scored now, as without."""
         from nemo_gradalign.integrations.nemo_rl.config import lookup
 
         cfg, step = self.cfg, self.step
@@ -99,10 +103,28 @@ class GroupScorer:
         elif not self.has_reference:
             raise RuntimeError(f"gradalign.method={cfg.method!r} needs the validation prompts' "
                                "rollouts before the first selection (validation_loader.py)")
+        self.in_pass_refusal = None
+        if arm_in_pass:
+            self.in_pass_refusal = next((r for r in self._run("gradalign_arm_in_pass", shards, group_size=group_size)
+                                         if r), None)
+            if self.in_pass_refusal is None:
+                return None, None, pass_rates
+            self._run("gradalign_disarm_in_pass", [{} for _ in shards])
         parts = self._run("gradalign_score", shards, group_size=group_size)
         stats = ProblemStats(torch.cat([p["dot"] for p in parts]), torch.cat([p["sqnorm"] for p in parts]),
                              torch.cat([p["informative"] for p in parts]))
         return stats, stats.informative, pass_rates
+
+    def in_pass_scores(self) -> ProblemStats | str:
+        """What the armed train() read, per group in batch order (DP ranks' groups in rank order,
+        as ``statistics``); or why it could not."""
+        dp = self.policy.sharding_annotations.get_axis_size("data_parallel")
+        parts = self._run("gradalign_in_pass_scores", [{} for _ in range(dp)])
+        reason = next((p["reason"] for p in parts if "reason" in p), None)
+        if reason is not None:
+            return reason
+        return ProblemStats(torch.cat([p["dot"] for p in parts]), torch.cat([p["sqnorm"] for p in parts]),
+                            torch.cat([p["informative"] for p in parts]))
 
     def __call__(self, repeated_batch, master_config, validation_batch=None) -> torch.Tensor:
         step = self.step

@@ -13,7 +13,7 @@
    every worker's validation gradient and the loader's cadence, and the dynamic_sampling hook is
    installed. ``gradalign.schedule: memory`` (memory_mode.py): the training loader is replaced by
    the memory sampler's, over the same dataset, and the hook records the trained groups' alignment
-   instead of selecting.
+   instead of selecting, read from the workers' own train() where that is exact (``gradalign.in_pass``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import inspect
 from nemo_gradalign.config import GradAlignConfig
 from nemo_gradalign.integrations.nemo_rl import memory_mode
 from nemo_gradalign.integrations.nemo_rl import validation_loader as loader_state
-from nemo_gradalign.integrations.nemo_rl.config import check_supported, lookup, read_gradalign, scoring_loss
+from nemo_gradalign.integrations.nemo_rl.config import (check_supported, in_pass_config_reason, lookup,
+                                                        read_gradalign, scoring_loss)
 from nemo_gradalign.integrations.nemo_rl.driver import GroupScorer
 from nemo_gradalign.integrations.nemo_rl.preflight import with_default_block
 from nemo_gradalign.integrations.nemo_rl.selection import install as install_hook
@@ -85,7 +86,12 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
             take_validation = store.take
         _checkpoint_with_gradalign(checkpointer, scorer, loader)
         if sampler is not None:
-            memory_mode.install(grpo_module, memory_mode.MemoryFeedback(sampler, scorer.statistics, take_validation))
+            reason = in_pass_config_reason(master_config, cfg)
+            if reason:
+                print(f"gradalign: in-pass reading off ({reason}): each trained group is scored with a "
+                      "separate backward", flush=True)
+            memory_mode.install(grpo_module, memory_mode.MemoryFeedback(
+                sampler, scorer.statistics, take_validation, in_pass=None if reason else scorer))
         else:
             install_hook(grpo_module, scorer, take_validation)
         return tuple(result)

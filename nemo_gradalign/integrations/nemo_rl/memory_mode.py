@@ -10,8 +10,12 @@ applies a loaded state only when a loader is iterated, and upstream's never is o
 Feedback: at grpo_train's ``dynamic_sampling`` call (after rewards, before the update; dynamic
 sampling itself stays off, so upstream returns the batch untouched) the N trained groups are
 scored by the workers against G, as the step schedule scores candidates, and each group's cosine
-(or its zero gradient) is recorded under its dataset ``idx``. That costs one extra forward+backward
-per trained group, until the worker's ``train`` reads the alignment from the update's own pass.
+(or its zero gradient) is recorded under its dataset ``idx``. With ``gradalign.in_pass: auto``
+(the default) the workers' next ``train()`` is armed instead and reads the groups' alignment from
+the update's own backward (in_pass_worker.py): no extra pass. Those scores are recorded just
+before the sampler decides the next step or saves its state (``FeedbackFirstSampler``), so the
+next pick and every checkpoint see them. Where the workers cannot read exactly, the reason is
+logged once and the groups are scored with a separate backward, as before.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ def memory_training_loader(upstream_loader, cfg: GradAlignConfig, collate, check
     """The loader that replaces ``upstream_loader`` (same dataset, same batch size), restored from
     ``checkpoint_dir`` by upstream's ``load_dataloader_state`` when one is given."""
     dataset = upstream_loader.dataset
-    sampler = AlignmentMemorySampler(len(dataset), int(upstream_loader.batch_size), cfg.memory)
+    sampler = FeedbackFirstSampler(len(dataset), int(upstream_loader.batch_size), cfg.memory)
     loader = memory_dataloader(dataset, sampler, collate)
     if checkpoint_dir is not None and os.path.isfile(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)):
         if load_state is not None:
@@ -45,6 +49,22 @@ def memory_training_loader(upstream_loader, cfg: GradAlignConfig, collate, check
         else:  # NeMo RL without load_dataloader_state: the file is the loader's state_dict
             loader.load_state_dict(torch.load(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)))
     return loader, sampler
+
+
+class FeedbackFirstSampler(AlignmentMemorySampler):
+    """The memory sampler, recording the feedback still waiting (the in-pass scores of the step
+    just trained) before it decides a step or hands out its state."""
+
+    def before_use(self) -> None:
+        """Replaced by MemoryFeedback.flush."""
+
+    def next_step(self):
+        self.before_use()
+        return super().next_step()
+
+    def state_dict(self) -> dict:
+        self.before_use()
+        return super().state_dict()
 
 
 def group_ids(idx, group_size: int) -> list[int]:
@@ -65,13 +85,21 @@ class MemoryFeedback:
     ``statistics(batch, master_config, validation_batch)`` is the driver's GroupScorer.statistics
     (validation_batch: the validation prompts' rollouts on a G-refresh step, else None). The G
     generation recorded is one more than the memory's latest after each rebuild, so it survives a
-    resume with the memory itself."""
+    resume with the memory itself. ``in_pass``: the GroupScorer, when the recipe allows reading
+    the groups from the workers' train() (config.in_pass_config_reason); its scores are recorded
+    by ``flush``, which the sampler calls before it next decides or saves."""
 
-    def __init__(self, sampler: AlignmentMemorySampler, statistics: Callable, take_validation: Callable[[], Any]):
+    def __init__(self, sampler: AlignmentMemorySampler, statistics: Callable, take_validation: Callable[[], Any],
+                 in_pass=None, log: Callable[[str], None] = lambda line: print(line, flush=True)):
         self.sampler, self.statistics, self.take_validation = sampler, statistics, take_validation
+        self.in_pass, self.log, self.logged = in_pass, log, set()
+        self.pending, self.flushed = None, {}
+        if isinstance(sampler, FeedbackFirstSampler):
+            sampler.before_use = self.flush
 
     def __call__(self, batch, master_config) -> dict[str, float]:
         t0 = time.perf_counter()
+        self.flush()
         group_size = int(lookup(master_config, "grpo.num_generations_per_prompt"))
         ids = group_ids(batch["idx"], group_size)
         plan, step = self.sampler.last_plan, self.sampler.step - 1
@@ -79,24 +107,55 @@ class MemoryFeedback:
             raise RuntimeError(f"the trained groups {sorted(ids)} are not the prompts the memory sampler picked "
                                f"for step {step} ({sorted(plan.problem_ids.tolist())})")
         validation = self.take_validation()
-        stats, informative, _ = self.statistics(batch, master_config, validation)
-        memory = self.sampler.memory
-        generation = memory.latest_generation + (1 if validation is not None else 0)
+        generation = self.sampler.memory.latest_generation + (1 if validation is not None else 0)
         if generation < 0:
             raise RuntimeError("gradalign.schedule=memory: no validation gradient G was built before the first "
                                "step's feedback")
-        zero = ~informative.cpu().numpy().astype(bool)
-        cosine = stats.cosine().cpu().numpy()
-        memory.record(ids, step, generation, np.where(zero, np.nan, cosine), zero)
-        scored = cosine[~zero]
-        metrics = {"gradalign/seconds": time.perf_counter() - t0, "gradalign/generation": generation,
-                   "gradalign/zero_gradient_share": float(zero.mean()) if zero.size else math.nan,
-                   "gradalign/mean_cosine": float(scored.mean()) if scored.size else math.nan,
-                   "gradalign/memory_seen": int(np.count_nonzero(memory.visits))}
+        metrics, self.flushed = self.flushed, {}
+        if self.in_pass is not None:
+            stats, informative, _ = self.in_pass.statistics(batch, master_config, validation, arm_in_pass=True)
+            if stats is None:
+                self.pending = (ids, step, generation)
+                return {**metrics, "gradalign/seconds": time.perf_counter() - t0, "gradalign/in_pass": 1.0}
+            self._log_once(f"gradalign: in-pass reading off ({self.in_pass.in_pass_refusal}): each trained "
+                           "group is scored with a separate backward")
+        else:
+            stats, informative, _ = self.statistics(batch, master_config, validation)
+        metrics.update(self._record(ids, step, generation, stats, informative))
+        metrics.update({"gradalign/seconds": time.perf_counter() - t0, "gradalign/in_pass": 0.0})
         if plan is not None:
             metrics.update({"gradalign/explored": plan.explored, "gradalign/skipped": int(plan.skipped.size),
                             "gradalign/refilled_from_skipped": plan.refilled_from_skipped})
         return metrics
+
+    def flush(self) -> None:
+        """Record the armed step's in-pass scores (after its train()); logged and skipped if the
+        workers could not read them."""
+        if self.pending is None:
+            return
+        (ids, step, generation), self.pending = self.pending, None
+        result = self.in_pass.in_pass_scores()
+        if isinstance(result, str):
+            self.log(f"gradalign: step {step}'s in-pass reading failed in train() ({result}); "
+                     "its groups are not recorded")
+            return
+        self.flushed = self._record(ids, step, generation, result, result.informative)
+
+    def _record(self, ids, step, generation, stats, informative) -> dict[str, float]:
+        memory = self.sampler.memory
+        zero = ~informative.cpu().numpy().astype(bool)
+        cosine = stats.cosine().cpu().numpy()
+        memory.record(ids, step, generation, np.where(zero, np.nan, cosine), zero)
+        scored = cosine[~zero]
+        return {"gradalign/generation": generation,
+                "gradalign/zero_gradient_share": float(zero.mean()) if zero.size else math.nan,
+                "gradalign/mean_cosine": float(scored.mean()) if scored.size else math.nan,
+                "gradalign/memory_seen": int(np.count_nonzero(memory.visits))}
+
+    def _log_once(self, line: str) -> None:
+        if line not in self.logged:
+            self.logged.add(line)
+            self.log(line)
 
 
 def with_memory_feedback(original: Callable, feedback: MemoryFeedback) -> Callable:

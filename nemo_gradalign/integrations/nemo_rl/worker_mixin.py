@@ -5,6 +5,10 @@ methods run in CI on our own megatron model and, combined with ``MegatronPolicyW
 ``worker.py``, inside NeMo RL's Ray workers. The driver calls them through
 ``run_all_workers_sharded_data`` (data = this rank's whole groups) and
 ``run_all_workers_single_data`` (checkpoint save/load).
+
+``train`` is upstream's own, unchanged unless the driver armed it (``gradalign_arm_in_pass``):
+then upstream's ``train()`` runs inside our reading hooks and the trained groups' scores wait for
+``gradalign_in_pass_scores`` (in_pass_worker.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import torch
 import torch.distributed as dist
 
 from nemo_gradalign.config import parse_gradalign
+from nemo_gradalign.engine.rules import UnsupportedLayout
+from nemo_gradalign.integrations.nemo_rl.in_pass_worker import ArmedRead
 from nemo_gradalign.integrations.nemo_rl.worker_logic import GradAlignWorkerLogic
 
 STATE_DIR = "gradalign"
@@ -33,6 +39,44 @@ class GradAlignWorkerMixin:
 
     def gradalign_score(self, *, data, group_size: int, cfg: dict, loss: dict) -> dict:
         return self._gradalign_logic(cfg, loss).score(data, group_size)
+
+    def gradalign_arm_in_pass(self, *, data, group_size: int, cfg: dict, loss: dict) -> str | None:
+        """Read the next train() per group of ``data`` (this rank's groups); the reason if it cannot."""
+        from megatron.core import parallel_state
+
+        self._gradalign_armed = self._gradalign_read = None
+        try:
+            self._gradalign_armed = ArmedRead.arm(self._gradalign_logic(cfg, loss), self.model, data, group_size,
+                                                  self.cfg, parallel_state.get_data_parallel_world_size())
+        except UnsupportedLayout as err:
+            return str(err)
+        return None
+
+    def gradalign_disarm_in_pass(self, *, data=None, cfg: dict, loss: dict) -> None:
+        self._gradalign_armed = None
+
+    def gradalign_in_pass_scores(self, *, data=None, cfg: dict, loss: dict) -> dict:
+        """What the last armed train() read: gradalign_score's dict, or {"reason": why not}."""
+        read, self._gradalign_read = getattr(self, "_gradalign_read", None), None
+        return read if read is not None else {"reason": "no armed train() ran since the last call"}
+
+    def train(self, data, loss_fn, eval_mode: bool = False, gbs: int | None = None, mbs: int | None = None,
+              check_dim_skip_keys=None):
+        """Upstream's train(); armed, inside the per-group reading hooks (never changes the step)."""
+        extra = {} if check_dim_skip_keys is None else {"check_dim_skip_keys": check_dim_skip_keys}
+        armed = None if eval_mode else getattr(self, "_gradalign_armed", None)
+        if armed is None:  # an eval-mode call leaves the arming for the step's train()
+            return super().train(data, loss_fn, eval_mode, gbs, mbs, **extra)
+        self._gradalign_armed = None
+        try:
+            reading = armed.open(self.model, data, loss_fn, gbs, mbs)
+        except UnsupportedLayout as err:
+            self._gradalign_read = {"reason": str(err)}
+            return super().train(data, loss_fn, eval_mode, gbs, mbs, **extra)
+        with reading:
+            result = super().train(data, loss_fn, eval_mode, gbs, mbs, **extra)
+        self._gradalign_read = reading.scores()
+        return result
 
     def gradalign_save(self, checkpoint_dir: str, cfg: dict, loss: dict) -> str:
         """Write this rank's validation gradient into NeMo RL's tmp checkpoint directory."""

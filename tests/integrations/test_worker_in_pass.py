@@ -1,0 +1,207 @@
+"""In-pass reading in the GradAlign worker's ``train()``: the worker mixin over a stand-in of NeMo
+RL's Megatron worker whose train() is shaped like upstream's (twin_train.py: megatron-core's DDP
+with upstream's options, megatron's Adam and config hooks, microbatches of consecutive rows, the
+clipped surrogate over global_valid_toks) on a float64 GPT over real gloo ranks.
+
+- ``arm → train → arm → train`` equals ``train → train`` bit for bit (weights and Adam state),
+  with G built by a separate pass before the first step, as the driver does (float64 with grads in
+  the params' dtype, float32 with upstream's fp32 grad reduction; overlapped reduce on and off);
+- the first step's per-group dot, ‖g‖² and cosine equal the brute-force oracle (helpers.py,
+  one autograd call per rollout, exact-fraction advantages) to 1e-9 relative, gathered over DP
+  in rank order; zero-gradient groups are flagged as the oracle finds them;
+- what cannot be read is refused with its one-line reason, and the step trains as without.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import assert_close_rel, oracle_scores
+from nemo_gradalign.integrations.nemo_rl.worker_mixin import GradAlignWorkerMixin
+from nemo_gradalign.megatron import parallel
+from nemo_gradalign.megatron.model import ModelSpec
+from nemo_gradalign.megatron.policy import Policy
+from test_worker_logic import CFG, G, LOSS, ORACLE_LOSS, POOL, VAL, as_nemo_rl_batch, fixed_k_problems
+from twin_train import ClippedPGLoss, TwinPolicyWorker, nemo_rl_advantages
+
+SPEC64 = ModelSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=32, dtype="float64")
+POLICY = {"train_global_batch_size": len(POOL) * G, "train_micro_batch_size": 2 * G,
+          "generation": {"temperature": LOSS["temperature"]}, "sequence_packing": {"enabled": False},
+          "dynamic_batching": {"enabled": False}, "megatron_cfg": {}}
+DDP_OPTIONS = [dict(overlap_grad_reduce=o, grad_reduce_in_fp32=False) for o in (True, False)]
+# the bit-identity check also runs a float32 GPT with upstream's fp32 grad reduction
+FP32_RUNS = [(SPEC64.model_copy(update={"dtype": "float32"}), dict(overlap_grad_reduce=o, grad_reduce_in_fp32=True))
+             for o in (True, False)]
+STEP2 = fixed_k_problems(3, len(POOL))
+CFG_JSON = CFG.model_dump(mode="json")
+
+
+class ReadingWorker(GradAlignWorkerMixin, TwinPolicyWorker):
+    """The GradAlign worker: our mixin over the (stand-in) upstream worker, as worker.py builds it."""
+
+
+def _shard(problems) -> tuple[dict, dict]:
+    """(arm data, train data) of this DP rank: contiguous whole groups of one padded batch, as the
+    driver's shard_whole_groups and upstream's shard_by_batch_size(dp, batch_size=gbs) cut it."""
+    from megatron.core import parallel_state as ps
+
+    flat = as_nemo_rl_batch(problems)
+    rows, dp, d = len(flat["input_ids"]), ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    part = {k: v[d * rows // dp:(d + 1) * rows // dp] for k, v in flat.items()}
+    width = part["input_ids"].shape[1]
+    # masks in float32 as grpo_train's (loss_multiplier): the loss's global_valid_toks + 1e-8 is then
+    # the float32 count itself, as upstream's
+    train = {"input_ids": part["input_ids"], "input_lengths": part["input_lengths"],
+             "token_mask": part["token_mask"].float(), "sample_mask": torch.ones(len(part["input_ids"])),
+             "advantages": nemo_rl_advantages(part["total_reward"], G, width)}
+    return part, train
+
+
+def _train(worker, problems, read: bool) -> dict | None:
+    """One GRPO step as grpo_train runs it: (arm,) prev-logprobs pass (PP=1), train()."""
+    arm, train = _shard(problems)
+    if read:
+        assert worker.gradalign_arm_in_pass(data=arm, group_size=G, cfg=CFG_JSON, loss=LOSS) is None
+    if worker.config.pipeline_model_parallel_size == 1:
+        train["prev_logprobs"] = worker.get_logprobs(train)
+    worker.train(train, ClippedPGLoss())
+    return worker.gradalign_in_pass_scores(cfg=CFG_JSON, loss=LOSS) if read else None
+
+
+def _reading_rank(rank, layout, out):
+    from megatron.core import parallel_state as ps
+
+    parallel.init_distributed(layout)
+    same, first = [], None
+    for spec, options in [(SPEC64, o) for o in DDP_OPTIONS] + FP32_RUNS:
+        plain = TwinPolicyWorker(options, spec, POLICY)
+        _train(plain, POOL, read=False)
+        _train(plain, STEP2, read=False)
+        reading = ReadingWorker(options, spec, POLICY)
+        val, _ = _shard(VAL)
+        reading.gradalign_build_reference(data=val, group_size=G, step=0, cfg=CFG_JSON, loss=LOSS)
+        scores = [_train(reading, POOL, read=True), _train(reading, STEP2, read=True)]
+        assert all("reason" not in s for s in scores), scores
+        first = first or scores[0]
+        same.append(all(torch.equal(a, b) for a, b in zip(plain.state(), reading.state())))
+    gathered = [None] * ps.get_data_parallel_world_size()
+    torch.distributed.all_gather_object(gathered, first, group=ps.get_data_parallel_group())
+    flags = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(flags, same)
+    if rank == 0:
+        torch.save(({k: torch.cat([g[k] for g in gathered]) for k in first}, flags), out)
+
+
+def _oracle_rank(rank, out):
+    parallel.init_distributed(parallel.Layout())
+    torch.save(oracle_scores(Policy(SPEC64).model.module, VAL, POOL, **ORACLE_LOSS), out)
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("oracle") / "oracle.pt"
+    parallel.spawn(_oracle_rank, 1, str(out))
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("layout", [
+    parallel.Layout(dp=2),  # the fast tier's case
+    *(pytest.param(layout, marks=pytest.mark.slow) for layout in (
+        parallel.Layout(tp=2), parallel.Layout(pp=2), parallel.Layout(tp=2, dp=2), parallel.Layout(pp=2, dp=2)))],
+    ids=str)
+def test_train_reads_the_oracles_scores_and_trains_bit_identically(layout, oracle, tmp_path):
+    parallel.spawn(_reading_rank, layout.world_size, layout, str(tmp_path / "read.pt"))
+    got, flags = torch.load(tmp_path / "read.pt")
+    assert all(all(f) for f in flags), f"{layout}: training differs with reading on, per rank {flags}"
+    o_dot, o_sq, o_cos, o_nonzero = oracle
+    assert got["informative"].tolist() == o_nonzero.tolist()
+    assert o_nonzero.any() and not o_nonzero.all()
+    keep = o_nonzero
+    worst = 0.0
+    for name, want in (("dot", o_dot), ("sqnorm", o_sq), ("cosine", o_cos)):
+        worst = max(worst, assert_close_rel(got[name][keep], want[keep], rtol=1e-9))
+        assert torch.all(got[name][~keep] == 0)
+    print(f"{layout}: in-pass (worker train) vs oracle, max relative error {worst:.2e}")
+
+
+def _refusal_rank(rank, out):
+    parallel.init_distributed(parallel.Layout())
+    worker = ReadingWorker(DDP_OPTIONS[1], SPEC64, POLICY)
+    arm, train = _shard(POOL)
+    kw = dict(group_size=G, cfg=CFG_JSON, loss=LOSS)
+    found = {"no_reference": worker.gradalign_arm_in_pass(data=arm, **kw)}
+    worker.gradalign_build_reference(data=_shard(VAL)[0], step=0, **kw)
+    for name, change in (("packing", {"sequence_packing": {"enabled": True}}),
+                         ("dynamic", {"dynamic_batching": {"enabled": True}}),
+                         ("virtual", {"megatron_cfg": {"virtual_pipeline_model_parallel_size": 2}}),
+                         ("split", {"train_micro_batch_size": G // 2}),
+                         ("two_steps", {"train_global_batch_size": len(POOL) * G // 2})):
+        worker.cfg = {**POLICY, **change}
+        found[name] = worker.gradalign_arm_in_pass(data=arm, **kw)
+    worker.cfg = POLICY
+    worker.model.module.config.hidden_dropout = 0.1
+    found["dropout"] = worker.gradalign_arm_in_pass(data=arm, **kw)
+    worker.model.module.config.hidden_dropout = 0.0
+    worker.config.mtp_num_layers = 1
+    found["mtp"] = worker.gradalign_arm_in_pass(data=arm, **kw)
+    worker.config.mtp_num_layers = None
+    scale_loss, worker.config.grad_scale_func = worker.config.grad_scale_func, lambda loss: loss * 4.0  # fp16's
+    found["loss_scale"] = worker.gradalign_arm_in_pass(data=arm, **kw)
+    worker.config.grad_scale_func = scale_loss  # megatron's Adam: a constant 1, read through
+    before = [t.clone() for t in worker.state()]
+    for name, loss, data in (("kl", ClippedPGLoss(reference_policy_kl_penalty=0.01), train),
+                             ("rows", ClippedPGLoss(), _shard(STEP2)[1])):
+        assert worker.gradalign_arm_in_pass(data=arm, **kw) is None
+        data = {**data, "prev_logprobs": worker.get_logprobs(data)}
+        worker.train(data, loss)
+        found[name] = worker.gradalign_in_pass_scores(cfg=CFG_JSON, loss=LOSS).get("reason")
+    found["trained"] = not all(torch.equal(a, b) for a, b in zip(before, worker.state()))
+    found["unarmed"] = worker.gradalign_in_pass_scores(cfg=CFG_JSON, loss=LOSS).get("reason")
+    torch.save(found, out)
+
+
+def test_what_cannot_be_read_is_refused_with_its_reason(tmp_path):
+    parallel.spawn(_refusal_rank, 1, str(tmp_path / "refusals.pt"))
+    found = torch.load(tmp_path / "refusals.pt")
+    assert found.pop("trained")  # refused reads still train
+    assert found == {
+        "no_reference": "no validation gradient G has been built yet",
+        "packing": "policy.sequence_packing.enabled=true reorders and packs the trained rows",
+        "dynamic": "policy.dynamic_batching.enabled=true reorders and packs the trained rows",
+        "virtual": "policy.megatron_cfg.virtual_pipeline_model_parallel_size > 1 interleaves microbatches over "
+                   "chunks",
+        "split": "policy.train_micro_batch_size=2 splits groups of grpo.num_generations_per_prompt=4 across "
+                 "microbatches (or does not divide the 32 rows of a data-parallel rank); set it to a multiple "
+                 "of the group size that divides them",
+        "two_steps": "policy.train_global_batch_size=16 is not the step's 32 rows: train() takes 2 optimizer "
+                     "steps and only the first is read at ρ = 1",
+        "dropout": "dropout (hidden_dropout=0.1, attention_dropout=0.0): the training pass's gradient is not g_i",
+        "mtp": "mtp_num_layers=1: multi-token prediction adds its loss to the same pass",
+        "loss_scale": "a loss scale of 4.0 (config.grad_scale_func) multiplies the training pass's gradients",
+        "kl": "loss_fn.reference_policy_kl_penalty=0.01 adds the KL penalty's gradient to every group's gradient",
+        "rows": "the rows train() was handed are not the groups the driver armed (upstream sharded the batch "
+                "differently)",
+        "unarmed": "no armed train() ran since the last call"}
+
+
+def test_train_override_has_upstreams_exact_signature():
+    """Our ``train`` replaces upstream's on the worker class: same parameters, same defaults
+    (read from the NeMo RL checkout's source; its worker module needs Megatron-Bridge to import)."""
+    import ast
+    import inspect
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("NEMO_RL_ROOT")
+    source = Path(root or "-") / "nemo_rl/models/policy/workers/megatron_policy_worker.py"
+    if not source.is_file():
+        pytest.skip("NEMO_RL_ROOT (a NeMo RL checkout) not set")
+    tree = ast.parse(source.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MegatronPolicyWorkerImpl")
+    train = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "train")
+    names = [a.arg for a in train.args.args]
+    defaults = [ast.literal_eval(d) for d in train.args.defaults]
+    ours = inspect.signature(GradAlignWorkerMixin.train).parameters.values()
+    assert [p.name for p in ours] == names
+    assert [p.default for p in ours if p.default is not inspect.Parameter.empty] == defaults
