@@ -99,6 +99,9 @@ class GradAlignConfig(_Strict):
     advantage: AdvantageConfig = AdvantageConfig()
     # None: the trainer's own (NeMo RL: loss_fn.token_level_loss; the embedded trainer: token_mean)
     aggregation: Literal["token_mean", "sequence_mean"] | None = None
+    # G = Σ g_v over validation problems (sum), or weighted as the trainer's loss over the set as
+    # one batch weighs them (trainer: by tokens under token_mean, by rollouts under sequence_mean)
+    reference_weighting: Literal["sum", "trainer"] = "sum"
     reference_dtype: Literal["float32", "bfloat16", "float64"] = "float32"
     max_rollouts_per_microbatch: int | None = Field(None, gt=0)
     # rows per microbatch when many problems share one scoring pass (exact per-problem partials,

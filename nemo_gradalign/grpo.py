@@ -13,6 +13,18 @@ from typing import Literal
 import torch
 
 Aggregation = Literal["token_mean", "sequence_mean"]
+# a problem's gradient weighted by its share of a batch loss: token_mean over a batch gives problem
+# i the share N_i / N (its tokens), sequence_mean k_i / K (its rollouts) — used for G only
+BatchShare = Literal["token_sum", "sequence_sum"]
+
+
+def reference_aggregation(aggregation: Aggregation, weighting: str) -> Aggregation | BatchShare:
+    """The aggregation G's validation problems run with: the scorer's (``sum``: G = Σ g_v), or
+    each g_v times its share of a batch loss (``trainer``), as the trainer's loss over the
+    validation set as one batch weighs it."""
+    if weighting == "sum":
+        return aggregation
+    return {"token_mean": "token_sum", "sequence_mean": "sequence_sum"}[aggregation]
 
 
 def response_mask(prompt_len: int, response_lens: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -35,7 +47,8 @@ def surrogate_weights(
 
     Linear in log π, so any split of the rollouts into microbatches sums to the exact loss.
     token_mean: -A_j / (response tokens of the whole group) — the official code and NeMo RL's
-    default. sequence_mean: -A_j / (k · response tokens of rollout j).
+    default. sequence_mean: -A_j / (k · response tokens of rollout j). token_sum / sequence_sum:
+    the same times the problem's tokens / rollouts (its weight in a batch loss, up to 1/N or 1/K).
     """
     mask = mask.to(torch.float64)
     adv = advantages.to(torch.float64).unsqueeze(1)
@@ -44,6 +57,10 @@ def surrogate_weights(
     if aggregation == "sequence_mean":
         per_seq = mask.sum(1, keepdim=True).clamp_min(1) * mask.shape[0]
         return -adv * mask / per_seq
+    if aggregation == "token_sum":
+        return -adv * mask
+    if aggregation == "sequence_sum":
+        return -adv * mask / mask.sum(1, keepdim=True).clamp_min(1)
     raise ValueError(f"aggregation must be 'token_mean' or 'sequence_mean', got {aggregation!r}")
 
 

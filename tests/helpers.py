@@ -112,15 +112,22 @@ def oracle_gradient(model, problem: ProblemRollouts, aggregation="token_mean", b
     return -(adv.unsqueeze(1) * h).sum(0), float((adv.abs() * h.norm(dim=1)).sum())
 
 
-def oracle_scores(model, val, pool, **loss):
+def oracle_scores(model, val, pool, reference_weighting="sum", **loss):
     """(dot with Ĝ, ‖g‖², cosine, has_gradient) per pool problem, by hand; a g_i below 1e-12 of
-    its own scale counts as zero (float64 rounding is ~1e-16 of it)."""
+    its own scale counts as zero (float64 rounding is ~1e-16 of it). ``reference_weighting``
+    "trainer": G = Σ_v s_v g_v with s_v problem v's response tokens (token_mean) or rollouts
+    (sequence_mean) — its weight in one loss over the whole validation batch."""
     def gradient(p):
         g, scale = oracle_gradient(model, p, **loss)
         nonzero = bool(g.norm() > 1e-12 * scale)
         return (g if nonzero else torch.zeros_like(g)), nonzero
 
-    big_g = sum(gradient(p)[0] for p in val)
+    def share(p):
+        if reference_weighting == "sum":
+            return 1.0
+        return float(p.response_lens.sum()) if loss.get("aggregation", "token_mean") == "token_mean" else p.k
+
+    big_g = sum(share(p) * gradient(p)[0] for p in val)
     unit = big_g / big_g.norm()
     dots, sqs, coss, nonzero = [], [], [], []
     for p in pool:

@@ -34,9 +34,13 @@ class Selection:
 
 class Selector:
     def __init__(self, cfg: GradAlignConfig, engine: GradientEngine | None, run_problem,
-                 validation_rollouts: Callable[[int], list[ProblemRollouts]], divisor=None):
-        """``divisor``: param -> √v̂ + ε (gradalign.precondition=adam), applied to G."""
+                 validation_rollouts: Callable[[int], list[ProblemRollouts]], divisor=None,
+                 reference_run_problem=None):
+        """``divisor``: param -> √v̂ + ε (gradalign.precondition=adam), applied to G.
+        ``reference_run_problem``: runs validation problems for G (default ``run_problem``;
+        gradalign.reference_weighting=trainer weighs each by its share of a batch loss)."""
         self.cfg, self.engine, self.run_problem = cfg, engine, run_problem
+        self.reference_run_problem = reference_run_problem or run_problem
         self.validation_rollouts = validation_rollouts
         self.divisor = divisor
         self.reference: ReferenceGradient | None = None
@@ -51,9 +55,9 @@ class Selector:
         metrics["gradalign/scored_tokens"] += rollout_tokens(val, self.run_problem.has_gradient)
         try:
             if self.reference is None:
-                self.reference = self.engine.build_reference(val, self.run_problem, step, self.divisor)
+                self.reference = self.engine.build_reference(val, self.reference_run_problem, step, self.divisor)
             else:
-                self.engine.refresh(self.reference, val, self.run_problem, step, self.divisor)
+                self.engine.refresh(self.reference, val, self.reference_run_problem, step, self.divisor)
         except EmptyReferenceGradient:
             if self.reference is None or not self.reference.ready:
                 raise

@@ -6,11 +6,13 @@ property of each component (state_dict/load_state_dict), not a special code path
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import nullcontext
 
 import torch
 
+from nemo_gradalign import grpo
 from nemo_gradalign.data import regimes
 from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.megatron.policy import Policy, adam_divisor
@@ -83,7 +85,10 @@ class Trainer:
                                      ga.reference_dtype)
         self.runner = ProblemRunner(self.policy.model, score_loss, ga.max_rollouts_per_microbatch, ga.pack_rows)
         divisor = adam_divisor(self.optimizer) if ga.precondition == "adam" else None
-        self.selector = (Selector(ga, self.engine, self.runner, self._validation_rollouts, divisor)
+        reference_loss = dataclasses.replace(
+            score_loss, aggregation=grpo.reference_aggregation(score_loss.aggregation, ga.reference_weighting))
+        reference_runner = ProblemRunner(self.policy.model, reference_loss, ga.max_rollouts_per_microbatch, ga.pack_rows)
+        self.selector = (Selector(ga, self.engine, self.runner, self._validation_rollouts, divisor, reference_runner)
                          if ga.enabled else None)
         self.schedule = build_schedule(recipe, len(self.sets.pool))
         ck = recipe.checkpointing
