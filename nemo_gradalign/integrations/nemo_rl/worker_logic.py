@@ -9,8 +9,11 @@ runs with ``split_problems=False``: scores stay local, the validation gradient i
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
+from nemo_gradalign import grpo
 from nemo_gradalign.config import GradAlignConfig
 from nemo_gradalign.engine import EngineGroups, GradientEngine, ReferenceGradient
 from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
@@ -54,6 +57,9 @@ class GradAlignWorkerLogic:
         self.engine = GradientEngine(named, groups or EngineGroups.from_megatron(), cfg.reference_dtype,
                                      split_problems=False)
         self.runner = ProblemRunner(model, loss, cfg.max_rollouts_per_microbatch, cfg.pack_rows)
+        reference_loss = dataclasses.replace(  # gradalign.reference_weighting: how G weighs its problems
+            loss, aggregation=grpo.reference_aggregation(loss.aggregation, cfg.reference_weighting))
+        self.reference_runner = ProblemRunner(model, reference_loss, cfg.max_rollouts_per_microbatch, cfg.pack_rows)
         self.reference: ReferenceGradient | None = None
 
     def build_reference(self, data: dict, group_size: int, step: int) -> dict:
@@ -61,9 +67,9 @@ class GradAlignWorkerLogic:
         groups = groups_from_batch(data["input_ids"], data["input_lengths"], data["token_mask"],
                                    data["total_reward"], group_size)
         if self.reference is None:
-            self.reference = self.engine.build_reference(groups, self.runner, step)
+            self.reference = self.engine.build_reference(groups, self.reference_runner, step)
         else:
-            self.engine.refresh(self.reference, groups, self.runner, step)
+            self.engine.refresh(self.reference, groups, self.reference_runner, step)
         return {"gradalign/reference_norm": self.reference.norm, "gradalign/reference_step": step}
 
     def needs_refresh(self, step: int) -> bool:
