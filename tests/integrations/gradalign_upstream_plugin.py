@@ -41,7 +41,7 @@ def _score(batch, master_config, validation=None):
 
 
 def _enable(master_config) -> None:
-    block = {"enabled": True}
+    block = {"enabled": True, "schedule": "step"}  # the hook under test: dynamic_sampling
     if isinstance(master_config, dict):
         master_config["gradalign"] = block
     else:

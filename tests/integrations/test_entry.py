@@ -121,7 +121,7 @@ def test_setup_flag_on_wires_everything(tmp_path, with_factory):
     collate = lambda datums: upstream_standin.BatchedDataDict({"idx": [d["idx"] for d in datums]})
     setup = gradalign_setup(grpo.setup, grpo, registry, Policy, collate)
     policy, *_, loader, _val, _loss, _log, checkpointer, _state, _cfg = setup(
-        master_config(enabled=True), TOKENIZER, None, None)
+        master_config(enabled=True, schedule="step"), TOKENIZER, None, None)
     assert registry[WORKER_FQN] == "mcore-exe"  # same environment as upstream's Megatron worker
     assert policy.worker_extension_cls_fqn == WORKER_FQN
     assert isinstance(loader, WithValidationPrompts)

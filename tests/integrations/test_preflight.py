@@ -54,22 +54,34 @@ def recipe(*overrides: str) -> dict:
     return OmegaConf.to_container(apply_overrides(cfg, list(overrides)), resolve=True)
 
 
-def test_the_flag_alone_sets_dynamic_sampling_and_the_multiplier(capsys):
+def test_the_flag_alone_runs_the_memory_schedule(capsys):
+    """The flag's default has plain GRPO's generation: no dynamic sampling, multiplier 1."""
     cfg = recipe("gradalign.enabled=true")
+    extra = preflight(cfg)
+    assert extra == ["++data.num_workers=0"]
+    assert cfg["data"]["num_workers"] == 0 and not cfg["grpo"]["use_dynamic_sampling"]
+    assert cfg["grpo"]["batch_multiplier"] == 1
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "data.num_workers=0 (gradalign.schedule=memory" in printed[0]
+    assert preflight(recipe()) == []  # flag off: upstream's recipe untouched
+
+
+def test_the_step_schedule_sets_dynamic_sampling_and_the_multiplier(capsys):
+    cfg = recipe("gradalign.enabled=true", "gradalign.schedule=step")
     extra = preflight(cfg)
     assert extra == ["++grpo.use_dynamic_sampling=true", "++grpo.batch_multiplier=4"]
     assert cfg["grpo"]["use_dynamic_sampling"] is True and cfg["grpo"]["batch_multiplier"] == 4
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and "grpo.use_dynamic_sampling=true and grpo.batch_multiplier=4" in printed[0]
-    assert preflight(recipe("gradalign.enabled=true", "grpo.use_dynamic_sampling=true",
+    assert preflight(recipe("gradalign.enabled=true", "gradalign.schedule=step", "grpo.use_dynamic_sampling=true",
                             "grpo.batch_multiplier=4")) == []  # already consistent: nothing set
-    assert preflight(recipe()) == []  # flag off: upstream's recipe untouched
 
 
 @pytest.mark.parametrize("overrides, named", [
-    (["grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=3"],
+    (["gradalign.schedule=step", "grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=3"],
      ["grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=3", "gradalign.selection_ratio=4"]),
-    (["grpo.batch_multiplier=2"], ["grpo.batch_multiplier=2", "gradalign.selection_ratio=4"]),
+    (["gradalign.schedule=step", "grpo.batch_multiplier=2"], ["grpo.batch_multiplier=2", "gradalign.selection_ratio=4"]),
+    (["grpo.batch_multiplier=2"], ["grpo.batch_multiplier=2", "gradalign.schedule=memory"]),
     (["policy.megatron_cfg.expert_model_parallel_size=2"], ["policy.megatron_cfg.expert_model_parallel_size=2"]),
     (["policy.megatron_cfg.expert_tensor_parallel_size=2"], ["policy.megatron_cfg.expert_tensor_parallel_size=2"]),
     (["policy.megatron_cfg.fp8_cfg.enabled=true"], ["policy.megatron_cfg.fp8_cfg.enabled=True"]),
@@ -104,8 +116,7 @@ def test_refused_at_config_time_naming_field_and_value(overrides, named):
 def test_layouts_scored_exactly_are_accepted(layout):
     """Context and sequence parallelism are scored exactly (tests/engine/test_oracle.py): the
     recipe runs as it is, with only the flag's two settings added."""
-    assert preflight(recipe("gradalign.enabled=true", *layout)) == [
-        "++grpo.use_dynamic_sampling=true", "++grpo.batch_multiplier=4"]
+    assert preflight(recipe("gradalign.enabled=true", *layout)) == ["++data.num_workers=0"]
 
 
 def test_scored_aggregation_follows_the_trainers_loss():

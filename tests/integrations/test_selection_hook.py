@@ -95,14 +95,18 @@ def test_config_shapes_and_unsupported_combinations():
         grpo: dict
 
     assert read_gradalign({"gradalign": {"enabled": True}}).enabled  # v0.6: plain dict
+    # the flag alone: the schedule with plain GRPO's generation; a scoring method: the step schedule
+    assert read_gradalign({"gradalign": {"enabled": True}}).schedule == "memory"
+    assert read_gradalign({"gradalign": {"enabled": True, "schedule": "step"}}).schedule == "step"
     assert read_gradalign(Master(grpo={}, gradalign={"enabled": True, "method": "dot"})).method == "dot"
+    assert read_gradalign(Master(grpo={}, gradalign={"enabled": True, "method": "dot"})).schedule == "step"
     assert not read_gradalign(Master(grpo={})).enabled  # absent = upstream behaviour
     with pytest.raises(ConfigError, match="gradalign.method"):
         read_gradalign({"gradalign": {"enabled": True, "method": "cosine"}})
     bad = {"grpo": {"async_grpo": {"enabled": True}, "batch_multiplier": 1},
            "policy": {"megatron_cfg": {"enabled": False}}}
     with pytest.raises(ConfigError) as err:
-        check_supported(bad, read_gradalign({"gradalign": {"enabled": True}}))
+        check_supported(bad, read_gradalign({"gradalign": {"enabled": True, "schedule": "step"}}))
     text = str(err.value)
     assert "grpo.async_grpo.enabled=True" in text and "policy.megatron_cfg.enabled=False" in text
     assert "grpo.batch_multiplier=1: GradAlign needs dynamic sampling" in text

@@ -62,7 +62,7 @@ def test_nodes_are_forwarded_when_the_recipe_leaves_them_to_its_parent(tmp_path)
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("defaults: /opt/nemo-rl/examples/configs/grpo_math_1B_megatron.yaml\n"
                       "policy: {megatron_cfg: {enabled: true, tensor_model_parallel_size: 4, sequence_parallel: false}}\n"
-                      "gradalign: {enabled: true, selection_ratio: 4}\n"
+                      "gradalign: {enabled: true, schedule: step, selection_ratio: 4}\n"
                       "grpo: {use_dynamic_sampling: true, batch_multiplier: 4}\n")
     gpus = profile(tmp_path, container_image="img", host_ray_sub=RAY_SUB, gpus_per_node=2)
     bad = launch(tmp_path, str(recipe), "--cluster", gpus, "--dry-run")

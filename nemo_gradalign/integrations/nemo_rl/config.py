@@ -37,12 +37,21 @@ def lookup(cfg: Any, dotted: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
+# The flag's schedule inside NeMo RL when the recipe names none: the one with plain GRPO's generation
+# (the sampler picks N prompts before rollout; `step` generates q·N and keeps N)
+DEFAULT_SCHEDULE = "memory"
+
+
 def read_gradalign(master_config: Any) -> GradAlignConfig:
     """The validated block; absent means disabled (upstream behaviour unchanged). A null
-    ``memory.seed`` (the entry's default block) follows ``gradalign.seed``."""
+    ``memory.seed`` (the entry's default block) follows ``gradalign.seed``; an unset or null
+    ``schedule`` means DEFAULT_SCHEDULE for the ``gradalign`` method (other methods score
+    candidates: ``step``)."""
     block = section(master_config, "gradalign", None)
     if block is not None and not isinstance(block, dict):
         block = block.model_dump() if hasattr(block, "model_dump") else dict(block)
+    if isinstance(block, dict) and block.get("schedule") is None:  # unset, or null in the entry's block
+        block = {**block, "schedule": DEFAULT_SCHEDULE if block.get("method", "gradalign") == "gradalign" else "step"}
     memory = block.get("memory") if isinstance(block, dict) else None
     if isinstance(memory, dict) and "seed" in memory and memory["seed"] is None:
         block = {**block, "memory": {k: v for k, v in memory.items() if k != "seed"}}

@@ -38,6 +38,7 @@ def with_default_block(load_config):
         if "gradalign" not in cfg:
             block = GradAlignConfig().model_dump(mode="json")
             block["memory"]["seed"] = None  # null: follows gradalign.seed (config.read_gradalign)
+            block["schedule"] = None  # null: config.DEFAULT_SCHEDULE for the gradalign method
             cfg["gradalign"] = block
         return cfg
 
