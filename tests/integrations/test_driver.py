@@ -86,3 +86,38 @@ def test_whole_groups_per_data_parallel_rank():
     shards = shard_whole_groups(data, G, 2)
     assert [len(s["x"]) for s in shards] == [2 * G, 3 * G]  # rounding keeps groups whole
     assert torch.equal(torch.cat([s["x"] for s in shards]), data["x"])
+
+
+class SizedWorker(LocalWorker):
+    """A worker whose recipe trains microbatches of 2 rows (``policy.train_micro_batch_size``)."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.cfg = {"train_micro_batch_size": 2}
+
+
+def _sized_rank(rank, out):
+    parallel.init_distributed(parallel.Layout())
+    policy = Policy(SPEC)
+    worker = SizedWorker(policy.model)
+    rows = []
+    handle = policy.model.module.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    data = as_nemo_rl_batch(POOL)
+    kwargs = dict(group_size=G, cfg=CFG.model_dump(mode="json"), loss=LOSS)
+    worker.gradalign_build_reference(data=data, step=0, **kwargs)
+    scores = worker.gradalign_score(data=data, **kwargs)
+    handle.remove()
+    oracle = oracle_scores(policy.model.module, POOL, POOL, **ORACLE_LOSS)
+    torch.save(dict(rows=rows, cosine=scores["cosine"], oracle=oracle), out)
+
+
+def test_scoring_microbatches_are_never_larger_than_the_recipes(tmp_path):
+    """gradalign.max_rollouts_per_microbatch unset: the worker scores in microbatches of the recipe's
+    train_micro_batch_size (here 2 rows, a group of G = 4 split in two), with the same exact scores."""
+    parallel.spawn(_sized_rank, 1, str(tmp_path / "s.pt"))
+    res = torch.load(tmp_path / "s.pt")
+    assert res["rows"] and max(res["rows"]) <= 2, res["rows"]
+    cosine, informative = res["oracle"][2], res["oracle"][3]
+    for got, want, inf in zip(res["cosine"].tolist(), cosine.tolist(), informative.tolist()):
+        if inf:
+            assert abs(got - want) <= 1e-9 * max(abs(want), 1e-4)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from nemo_gradalign.config import parse_gradalign
+from nemo_gradalign.config import GradAlignConfig, parse_gradalign
 from nemo_gradalign.engine.rules import UnsupportedLayout
 from nemo_gradalign.integrations.nemo_rl.in_pass_worker import ArmedRead
 from nemo_gradalign.integrations.nemo_rl.worker_logic import GradAlignWorkerLogic
@@ -26,12 +26,25 @@ from nemo_gradalign.integrations.nemo_rl.worker_logic import GradAlignWorkerLogi
 STATE_DIR = "gradalign"
 
 
+def scoring_rows(cfg: GradAlignConfig, worker) -> GradAlignConfig:
+    """``gradalign.max_rollouts_per_microbatch`` unset: the host's own ``policy.train_micro_batch_size``,
+    so a scoring microbatch (one group, or several packed) is never larger than the training
+    microbatches the user sized the GPUs for. Without that cap a group of 16 rollouts, or 128 packed
+    rows, would run as one microbatch: its activations and fp32 logits (rows × length × vocab) can
+    be tens of times a training microbatch's."""
+    host = getattr(worker, "cfg", None)
+    rows = host.get("train_micro_batch_size") if isinstance(host, dict) else None
+    if cfg.max_rollouts_per_microbatch is not None or not rows:
+        return cfg
+    return cfg.model_copy(update={"max_rollouts_per_microbatch": int(rows)})
+
+
 class GradAlignWorkerMixin:
     def _gradalign_logic(self, cfg: dict, loss: dict) -> GradAlignWorkerLogic:
         """Built at the first call with the driver's settings (the recipe's loss, config.scoring_loss)."""
         logic = getattr(self, "_gradalign", None)
         if logic is None:
-            logic = self._gradalign = GradAlignWorkerLogic(self.model, parse_gradalign(cfg), loss)
+            logic = self._gradalign = GradAlignWorkerLogic(self.model, scoring_rows(parse_gradalign(cfg), self), loss)
         return logic
 
     def gradalign_build_reference(self, *, data, group_size: int, step: int, cfg: dict, loss: dict) -> dict:
