@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--regime", default="noisy", choices=["noisy", "noisy_flip", "imbalance", "imbalance_length",
                                                          "low_utility", "low_utility_shuffled"])
     demo.add_argument("--methods", default="gradalign,grpo,dapo",
-                      help="gradalign (the default schedule), gradalign-round, gradalign-step[-r<N>], "
+                      help="gradalign (= gradalign-memory, the schedule that won at equal compute on the tuning seeds), gradalign-round, gradalign-step[-r<N>], "
                       "gradalign-memory[-r<N>], grpo, dapo, random, accgreedy, accfilter")
     demo.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     demo.add_argument("--workers", type=_positive, default=2, help="runs in parallel (one per core)")
