@@ -131,7 +131,23 @@ def table(out: Path, setting: str, regime: str, methods, seeds) -> str | None:
                                  fmt([c["generated_tokens"] / 1e6 for c in row], 2),
                                  fmt([c["final_acc"] for c in row]),
                                  fmt([after_first_pass(c, steps_per_pass) for c in row]), *aucs]) + " |")
+    lines += [verdict(cells, r, [m for m in have if is_budgeted(m)]) for r in refs]
     return "\n".join(lines)
+
+
+def verdict(cells: dict, ref: str, baselines: list[str]) -> str:
+    """At ``ref``'s compute: the method with the highest mean area, and ref minus each baseline."""
+    def areas(m):
+        by_seed = {c["seed"]: c for c in cells[m]}
+        return [mean_area(by_seed[c["seed"]]["compute_curve"], c["compute"]) if c["seed"] in by_seed
+                else math.nan for c in cells[ref]]
+
+    mine = areas(ref)
+    every = {m: areas(m) for m in [ref, *baselines]}
+    means = {m: statistics.fmean(a) for m, a in every.items() if not any(math.isnan(x) for x in a)}
+    diffs = [f"{b} {fmt([x - y for x, y in zip(mine, every[b])])}" for b in baselines]
+    best = max(means, key=means.get) if means else "–"
+    return f"\nAt {ref}'s compute: highest mean AUC {best}; {ref} minus " + ", ".join(diffs) + "."
 
 
 def main() -> None:
