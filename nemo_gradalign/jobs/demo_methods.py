@@ -1,9 +1,9 @@
 """The demo's methods as recipe overrides, and which of them are budgeted baselines.
 
 A selection method (GradAlign and the paper's baselines) runs its steps; a budgeted baseline
-(plain GRPO, DAPO dynamic sampling, and the controls below) answers the user's question — same compute, better model? —
-so it runs until its compute reaches the most any selection run of the same seed spent, and is
-read both at that run's step count and at its compute.
+(plain GRPO, DAPO dynamic sampling, and the controls below) answers the user's question — same
+compute, better model? — so it runs until its compute reaches the most any selection run of the
+same seed spent, and is read both at that run's step count and at its compute.
 """
 
 from __future__ import annotations
