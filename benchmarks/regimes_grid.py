@@ -17,7 +17,7 @@ compute exceeds it reads NaN ("–").
 Printed per setting and regime, markdown: steps, compute, generated tokens, final accuracy, the
 flagged share of the picks after the first pass (steps > pool / N; noisy, wrong-key or rare-target
 problems), and the accuracy area (mean accuracy over [0, C]) at each selection method's compute C,
-mean ± sd over seeds and per seed.
+mean ± sd over seeds and per seed. A table holds the seeds whose every method has run.
 """
 
 from __future__ import annotations
@@ -105,15 +105,13 @@ def per_seed(values: list[float]) -> str:
 
 
 def table(out: Path, setting: str, regime: str, methods, seeds) -> str | None:
-    cells = {m: [json.loads(p.read_text()) for s in seeds if (p := cell_path(out, setting, regime, m, s)).is_file()]
-             for m in methods}
-    refs = [m for m in methods if not is_budgeted(m) and cells[m]]
-    have = [m for m in methods if cells[m]]
-    if not refs:
+    done = [s for s in seeds if all(cell_path(out, setting, regime, m, s).is_file() for m in methods)]
+    if not done:  # only seeds whose every method has run: a partial seed would skew the means
         return None
+    cells = {m: [json.loads(cell_path(out, setting, regime, m, s).read_text()) for s in done] for m in methods}
+    refs, have = [m for m in methods if not is_budgeted(m)], list(methods)
     pool_size = load_embedded_recipe(recipe_path(regime), SETTINGS[setting]).data.pool_size
     steps_per_pass = pool_size // 16
-    done = sorted({c["seed"] for c in cells[refs[0]]})
     lines = [f"\n### {regime}, {setting} (pool {pool_size}, {steps_per_pass} steps a pass), seeds {done}\n",
              "| method | steps | compute (M) | generated tokens (M) | final acc | "
              f"{FLAG.get(regime, 'noisy')} picked after pass 1 | "
