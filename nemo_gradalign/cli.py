@@ -95,8 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--regime", default="noisy", choices=["noisy", "noisy_flip", "imbalance", "imbalance_length",
                                                          "low_utility", "low_utility_shuffled"])
     demo.add_argument("--methods", default="gradalign,grpo,dapo",
-                      help="gradalign (= gradalign-memory, the schedule that won at equal compute on the tuning seeds), gradalign-round, gradalign-step[-r<N>], "
-                      "gradalign-memory[-r<N>], grpo, dapo, random, accgreedy, accfilter")
+                      help="gradalign (= gradalign-memory, the schedule that won at equal compute on the tuning "
+                      "seeds), gradalign-round, gradalign-step[-r<N>], gradalign-memory[-r<N>], grpo, dapo, random, "
+                      "accgreedy, accfilter; controls run to the same compute as grpo and dapo: greso, "
+                      "grpo-trusted, grpo-pooltrusted")
     demo.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     demo.add_argument("--workers", type=_positive, default=2, help="runs in parallel (one per core)")
     demo.add_argument("--out-dir", default="runs/demo")

@@ -1,9 +1,9 @@
 """The demo's methods as recipe overrides, and which of them are budgeted baselines.
 
 A selection method (GradAlign and the paper's baselines) runs its steps; a budgeted baseline
-(plain GRPO, DAPO dynamic sampling) answers the user's question — same compute, better model? —
-so it runs until its compute reaches the most any selection run of the same seed spent, and is
-read both at that run's step count and at its compute.
+(plain GRPO, DAPO dynamic sampling, and the controls below) answers the user's question — same
+compute, better model? — so it runs until its compute reaches the most any selection run of the
+same seed spent, and is read both at that run's step count and at its compute.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import re
 # the step schedule with G rebuilt every step (0.516 ± 0.023, which costs 2.3x the memory's compute
 # for its 160 steps) and beats the round schedule (0.480 ± 0.032); it generates what plain GRPO does.
 DEFAULT_GRADALIGN = "gradalign-memory"
-BUDGETED = ("grpo", "dapo")
+# the controls (issue 18) are budgeted too: at equal compute, does alignment add anything beyond
+# the trusted data (grpo-trusted, grpo-pooltrusted), or beyond GRESO's zero-variance skip (greso)?
+BUDGETED = ("grpo", "dapo", "greso", "grpo-trusted", "grpo-pooltrusted")
 # steps a budgeted baseline may take, as a multiple of the longest selection run's steps
 STEP_ALLOWANCE = 40
 
@@ -23,6 +25,11 @@ _FIXED = {
     "gradalign-round": ["gradalign.method=gradalign", "gradalign.schedule=round"],
     "grpo": ["gradalign.enabled=false"],
     "dapo": ["gradalign.method=dapo", "gradalign.schedule=step"],
+    # GRESO's skip as the memory sampler's first default had it (+0.5 skip probability per
+    # consecutive zero-variance visit, capped at 0.9); no G, so no preference and no skip by alignment
+    "greso": ["gradalign.enabled=false", "+grpo.sampler=greso", "+gradalign.memory.zero_skip_step=0.5"],
+    "grpo-trusted": ["gradalign.enabled=false", "+grpo.train_on=trusted"],
+    "grpo-pooltrusted": ["gradalign.enabled=false", "+grpo.train_on=pool+trusted"],
 }
 _STEP = re.compile(r"gradalign-step(?:-r(\d+))?")
 _MEMORY = re.compile(r"gradalign-memory(?:-r(\d+))?")
@@ -49,7 +56,7 @@ def method_overrides(name: str) -> list[str]:
         return ["gradalign.method=gradalign", "gradalign.schedule=step", *refresh]
     raise ValueError(f"unknown demo method {name!r}: choose gradalign, gradalign-round, gradalign-step, "
                      "gradalign-step-r<N> (validation gradient rebuilt every N steps), gradalign-memory, "
-                     "gradalign-memory-r<N>, grpo, dapo, "
+                     "gradalign-memory-r<N>, grpo, dapo, greso, grpo-trusted, grpo-pooltrusted, "
                      "random, accgreedy, accfilter")
 
 

@@ -58,11 +58,8 @@ class ScoreMemory:
         ``problem_ids[k]``, ignored (may be NaN) where ``zero_gradient[k]``; ``generation`` counts
         G rebuilds (0, 1, 2, ...), never decreasing."""
         ids, cos, zero = self._validated(problem_ids, step, generation, cosine, zero_gradient)
-        self.visits[ids] += 1
-        self.last_step[ids] = step
-        self.zero_streak[ids[zero]] += 1
+        self._count_visits(ids, step, zero)
         hit = ids[~zero]
-        self.zero_streak[hit] = 0
         self.scored[hit] += 1
         age = np.where(self.generation[hit] >= 0, generation - self.generation[hit], 0)
         fade = self.generation_decay ** age.astype(np.float64)
@@ -73,6 +70,21 @@ class ScoreMemory:
         self.mean[hit], self.weight[hit] = mean, weight
         self.generation[hit] = generation
         self.latest_generation = max(self.latest_generation, generation)
+
+    def record_visits(self, problem_ids: Sequence[int] | np.ndarray, step: int,
+                      zero_gradient: Sequence[bool] | np.ndarray) -> None:
+        """Visits with no cosine (no validation gradient): only the visit counts and zero-gradient
+        streaks move, which is all a GRESO-like zero-variance skip reads."""
+        ids = np.asarray(problem_ids)
+        ids, _, zero = self._validated(ids, step, max(self.latest_generation, 0), np.zeros(ids.shape),
+                                       zero_gradient)
+        self._count_visits(ids, step, zero)
+
+    def _count_visits(self, ids: np.ndarray, step: int, zero: np.ndarray) -> None:
+        self.visits[ids] += 1
+        self.last_step[ids] = step
+        self.zero_streak[ids[zero]] += 1
+        self.zero_streak[ids[~zero]] = 0
 
     def _validated(self, problem_ids, step, generation, cosine, zero_gradient):
         ids = np.asarray(problem_ids)

@@ -8,7 +8,8 @@ so a resumed run continues exactly where it stopped.
   scores them once and trains on the top N **reusing their rollouts**.
 - MemorySchedule (GradAlign-memory): every step picks N problems from the score memory *before*
   rollout (memory_sampler.py), so it generates what plain GRPO generates; the training pass
-  itself scores them (megatron/in_pass.py) and ``record`` remembers the cosines.
+  itself scores them (megatron/in_pass.py) and ``record`` remembers the cosines. Without G
+  (the GRESO-like control) ``record_visits`` keeps only the zero-gradient streaks it skips by.
 """
 
 from __future__ import annotations
@@ -132,6 +133,10 @@ class MemorySchedule:
 
     def record(self, problem_ids: list[int], step: int, cosine, zero_gradient) -> None:
         self.memory.record(problem_ids, step, self.generation, cosine, zero_gradient)
+
+    def record_visits(self, problem_ids: list[int], step: int, zero_gradient) -> None:
+        """Visits without cosines (no G: the GRESO-like control, ``grpo.sampler=greso``)."""
+        self.memory.record_visits(problem_ids, step, zero_gradient)
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "generation": self.generation,

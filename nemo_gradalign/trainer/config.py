@@ -28,6 +28,11 @@ class GRPOConfig(_Strict):
     val_period: int = Field(20, gt=0, description="evaluate every n steps (and at 0 and the end)")
     val_generations: int = Field(2, gt=0, description="samples per evaluation problem")
     seed: int = 0
+    # Controls for GradAlign (issue 18): what plain GRPO trains on, and how it draws. trusted: the
+    # trusted validation set as GradAlign sees it (after gradalign.validation.max_problems);
+    # greso: the memory sampler with only GRESO's zero-variance skip (gradalign.memory's knobs), no G
+    train_on: Literal["pool", "trusted", "pool+trusted"] = "pool"
+    sampler: Literal["shuffle", "greso"] = "shuffle"
 
 
 class LossConfig(_Strict):
@@ -108,6 +113,12 @@ class EmbeddedRecipe(_Strict):
         if metric != "val:accuracy" and not metric.startswith("val:accuracy/"):
             raise ValueError(f"checkpointing.metric_name={metric!r} is not an evaluation metric (val:accuracy, "
                              "val:accuracy/<op> or val:accuracy/len<n>); keep_top_k would rank nothing")
+        if self.grpo.sampler == "greso" and self.gradalign.enabled:
+            raise ValueError("grpo.sampler='greso' is plain GRPO with a zero-variance skip and no validation "
+                             "gradient: set gradalign.enabled=false (or grpo.sampler=shuffle)")
+        if self.grpo.sampler == "greso" and self.gradalign.memory.zero_skip_step == 0:
+            raise ValueError("grpo.sampler='greso' with gradalign.memory.zero_skip_step=0 never skips: set it "
+                             "above 0 (e.g. 0.5)")
         if self.gradalign.validation.dataset and d.validation_source:
             raise ValueError("gradalign.validation.dataset and data.validation_source both name the "
                              "validation set; set one")

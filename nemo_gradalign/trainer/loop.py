@@ -25,7 +25,7 @@ from nemo_gradalign.trainer.checkpoint import CheckpointManager
 from nemo_gradalign.trainer.compute import ComputeMeter, rollout_tokens
 from nemo_gradalign.trainer.config import EmbeddedRecipe
 from nemo_gradalign.trainer.evaluate import evaluate
-from nemo_gradalign.trainer.memory_feedback import MemoryFeedback
+from nemo_gradalign.trainer.memory_feedback import MemoryFeedback, memory_feedback
 from nemo_gradalign.trainer.metrics import MetricsLog
 from nemo_gradalign.trainer.rollouts import collect_rollouts
 from nemo_gradalign.trainer.sets import build_schedule, build_sets
@@ -99,8 +99,7 @@ class Trainer:
         self.last_eval: dict = {}
         self.compute = ComputeMeter()
         self._reusable: dict[int, ProblemRollouts] = {}
-        self.feedback = (MemoryFeedback(self.schedule, self.selector, self.engine, self.compute, self.pool)
-                         if isinstance(self.schedule, MemorySchedule) else None)
+        self.feedback = memory_feedback(self.schedule, self.selector, self.engine, self.compute, self.pool, self.loss)
 
     # -- components -------------------------------------------------------------------------
     def components(self) -> dict:
@@ -221,8 +220,8 @@ class Trainer:
             lf = self.recipe.loss_fn
             out = grpo_step(self.policy, self.optimizer, batch, self.loss, lf.ratio_clip_min, lf.ratio_clip_max,
                             lf.inner_epochs, self.recipe.policy.max_rollouts_per_microbatch, reading)
-            if reading is not None:
-                record.update(self.feedback.record(step, ids, batch, out.pop("alignment")))
+            if self.feedback is not None:
+                record.update(self.feedback.record(step, ids, batch, out.pop("alignment", None)))
             record.update(out)
             self.compute.add("trained_forward", rollout_tokens(batch))
             self.compute.add("trained", lf.inner_epochs * rollout_tokens(batch))

@@ -5,7 +5,8 @@ Before the update: G for the step — the Selector's validation gradient, rebuil
 ``grpo_step`` as the reading. After it: the batch's cosines, read from the update's own
 backward, go into the score memory, and the record says what the step explored, skipped and
 picked. Compute: G's rebuild is counted by the Selector (validation rollouts and their
-forward+backward), the reading as ``read`` tokens (trainer/compute.py).
+forward+backward), the reading as ``read`` tokens (trainer/compute.py). ZeroVarianceFeedback is
+the GRESO-like control's side: streaks of zero reward variance only, no G, no reading.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class MemoryFeedback:
         cosine, zero = scores.cosine().numpy(), scores.zero_gradient.numpy()
         self.schedule.record(ids, step, cosine, zero)
         self.compute.add("read", rollout_tokens(batch))
+        return self._step_record(ids, cosine, zero)
+
+    def _step_record(self, ids: list[int], cosine: np.ndarray, zero: np.ndarray) -> dict:
         plan, memory = self.schedule.plan, self.schedule.memory
         preferred = ids[plan.explored:len(ids) - plan.refilled_from_skipped]
         out = {
@@ -57,7 +61,8 @@ class MemoryFeedback:
             "gradalign/refilled_from_skipped": plan.refilled_from_skipped,
             "gradalign/zero_gradient_share": float(zero.mean()) if zero.size else math.nan,
             "gradalign/mean_cosine": float(cosine[~zero].mean()) if (~zero).any() else math.nan,
-            "gradalign/batch_cosines": [None if z else float(c) for c, z in zip(cosine, zero)],
+            "gradalign/batch_cosines": [None if z or math.isnan(c) else float(c) for c, z in zip(cosine, zero)],
+            "gradalign/batch_zero_gradient": zero.tolist(),
             "gradalign/memory_seen": int(np.count_nonzero(memory.visits)),
             "gradalign/memory_visits": int(memory.visits.sum()),
         }
@@ -69,3 +74,33 @@ class MemoryFeedback:
 
     def _share(self, tag: str, ids) -> float:
         return sum(bool(self.pool[i].tags.get(tag)) for i in ids) / len(ids) if len(ids) else math.nan
+
+
+class ZeroVarianceFeedback(MemoryFeedback):
+    """The GRESO-like control (``grpo.sampler=greso``): no G is built and nothing is read from the
+    update (no compute charged for either); a problem's zero-gradient streak comes from its
+    rollouts' rewards (no reward variance: zero advantages, a zero gradient)."""
+
+    def __init__(self, schedule: MemorySchedule, has_gradient, compute: ComputeMeter, pool: list):
+        super().__init__(schedule, None, None, compute, pool)
+        self.has_gradient = has_gradient
+
+    def reading(self, step: int, record: dict) -> None:
+        return None
+
+    def record(self, step: int, ids: list[int], batch: list[ProblemRollouts], scores: None = None) -> dict:
+        zero = np.array([not self.has_gradient(r) for r in batch], dtype=bool)
+        self.schedule.record_visits(ids, step, zero)
+        return self._step_record(ids, np.full(zero.shape, np.nan), zero)
+
+
+def memory_feedback(schedule, selector: Selector | None, engine: GradientEngine, compute: ComputeMeter, pool: list,
+                    loss) -> MemoryFeedback | None:
+    """The feedback a schedule needs: none (round, step), G and its reading (GradAlign-memory), or
+    zero-variance streaks judged with the training loss's advantages (the GRESO-like control)."""
+    if not isinstance(schedule, MemorySchedule):
+        return None
+    if selector is None:
+        return ZeroVarianceFeedback(schedule, lambda r: r.has_gradient(loss.baseline, loss.normalize_std), compute,
+                                    pool)
+    return MemoryFeedback(schedule, selector, engine, compute, pool)

@@ -14,7 +14,8 @@ from nemo_gradalign.trainer.config import EmbeddedRecipe
 
 
 def build_sets(recipe: EmbeddedRecipe) -> regimes.TaskSets:
-    """The regime's sets; ``gradalign.validation.dataset`` / ``max_problems`` shape the trusted set."""
+    """The regime's sets; ``gradalign.validation.dataset`` / ``max_problems`` shape the trusted set,
+    ``grpo.train_on`` what the training pool holds."""
     from nemo_gradalign.data.store import load_problems
 
     sets = regimes.build(recipe.data)
@@ -26,6 +27,9 @@ def build_sets(recipe: EmbeddedRecipe) -> regimes.TaskSets:
             raise ConfigError(f"gradalign.validation.dataset: {err}") from None
     if v.max_problems is not None:
         sets.validation = sets.validation[: v.max_problems]
+    train_on = recipe.grpo.train_on  # controls: the trusted set alone, or added to the pool
+    if train_on != "pool":
+        sets.pool = [*(sets.pool if train_on == "pool+trusted" else []), *sets.validation]
     return sets
 
 
@@ -34,6 +38,8 @@ def build_schedule(recipe: EmbeddedRecipe, pool_size: int):
     try:
         if ga.enabled and ga.schedule == "memory":
             check_in_pass_readable(recipe)
+            return MemorySchedule(pool_size, n, ga.memory)
+        if recipe.grpo.sampler == "greso":  # plain GRPO through the memory sampler, no G
             return MemorySchedule(pool_size, n, ga.memory)
         if ga.enabled and ga.schedule == "round":
             return RoundSchedule(pool_size, ga.chunk_size, ga.keep_per_round, ga.steps_per_round, n, ga.seed)

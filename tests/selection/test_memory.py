@@ -164,3 +164,20 @@ def test_memory_for_a_million_problems_is_bounded():
     assert memory.nbytes == 44 * n
     state = memory.state_dict()
     assert sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor)) == 44 * n
+
+
+def test_visits_without_cosines_move_only_counts_and_zero_streaks():
+    memory = ScoreMemory(3)
+    memory.record([0, 1, 2], 0, 0, [0.5, math.nan, 0.1], [False, True, False])
+    before = {name: getattr(memory, name).copy() for name in ("scored", "weight", "mean", "m2", "generation")}
+    memory.record_visits([1, 2], 1, [True, True])
+    assert memory.visits.tolist() == [1, 2, 2] and memory.zero_streak.tolist() == [0, 2, 1]
+    assert memory.last_step.tolist() == [0, 1, 1]
+    memory.record_visits(np.array([1]), 2, np.array([False]))
+    assert memory.zero_streak.tolist() == [0, 0, 1] and memory.visits.tolist() == [1, 3, 2]
+    for name, value in before.items():
+        assert np.array_equal(getattr(memory, name), value), name
+    with pytest.raises(ValueError, match=r"problem id 3 is outside this dataset's 0..2"):
+        memory.record_visits([3], 3, [True])
+    with pytest.raises(ValueError, match=r"step 1 is earlier than a recorded visit"):
+        memory.record_visits([1], 1, [True])
