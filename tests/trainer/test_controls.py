@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from helpers import problem_from_responses
