@@ -17,7 +17,7 @@ from helpers import edge_case_problems, oracle_scores, random_problems  # noqa: 
 from nemo_gradalign.engine import EngineGroups, GradientEngine  # noqa: E402
 from nemo_gradalign.megatron import parallel  # noqa: E402
 from nemo_gradalign.megatron.model import ModelSpec, build_gpt  # noqa: E402
-from nemo_gradalign.megatron.step import LossSettings, ProblemRunner  # noqa: E402
+from nemo_gradalign.megatron.problem_runner import LossSettings, ProblemRunner  # noqa: E402
 
 
 def _to_device(problems, device):

@@ -32,7 +32,7 @@ from scoring import make_problems  # noqa: E402  (the same synthetic rollouts)
 from nemo_gradalign.engine import EngineGroups, GradientEngine  # noqa: E402
 from nemo_gradalign.megatron import parallel, per_problem  # noqa: E402
 from nemo_gradalign.megatron.model import ModelSpec, build_gpt  # noqa: E402
-from nemo_gradalign.megatron.step import ProblemRunner  # noqa: E402
+from nemo_gradalign.megatron.problem_runner import ProblemRunner  # noqa: E402
 
 _GPT = dict(num_layers=16, num_attention_heads=16, vocab_size=32000, max_sequence_length=1024, dtype="bfloat16")
 SHAPES = {  # name -> (model, problems, prompt tokens, response tokens, rows per microbatch)

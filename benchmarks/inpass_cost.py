@@ -36,7 +36,7 @@ from nemo_gradalign.megatron import parallel  # noqa: E402
 from nemo_gradalign.megatron.in_pass import AlignmentReading  # noqa: E402
 from nemo_gradalign.megatron.model import ModelSpec  # noqa: E402
 from nemo_gradalign.megatron.policy import Policy  # noqa: E402
-from nemo_gradalign.megatron.step import LossSettings, ProblemRunner  # noqa: E402
+from nemo_gradalign.megatron.problem_runner import LossSettings, ProblemRunner  # noqa: E402
 from nemo_gradalign.trainer.update import grpo_step  # noqa: E402
 
 DEMO = ModelSpec(num_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=32, max_sequence_length=14)

@@ -32,9 +32,10 @@ from nemo_gradalign.engine import EngineGroups, GradientEngine  # noqa: E402
 from nemo_gradalign.engine.grads import zero_grads  # noqa: E402
 from nemo_gradalign.megatron import parallel  # noqa: E402
 from nemo_gradalign.megatron.model import ModelSpec, build_gpt  # noqa: E402
-from nemo_gradalign.megatron.step import (  # noqa: E402
-    LossSettings, ProblemRunner, packed_microbatches, run_microbatches, weighted_logprob_loss,
+from nemo_gradalign.megatron.problem_runner import (  # noqa: E402
+    LossSettings, ProblemRunner, packed_microbatches, weighted_logprob_loss,
 )
+from nemo_gradalign.megatron.step import run_microbatches  # noqa: E402
 
 DEMO = ModelSpec(num_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=32, max_sequence_length=14)
 PP_MODEL = ModelSpec(num_layers=4, hidden_size=128, num_attention_heads=4, vocab_size=128, max_sequence_length=64)

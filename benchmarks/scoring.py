@@ -28,9 +28,10 @@ from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.engine.grads import local_grad, zero_grads
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.model import ModelSpec, build_gpt
-from nemo_gradalign.megatron.step import (
-    LossSettings, ProblemRunner, problem_microbatches, run_microbatches, weighted_logprob_loss,
+from nemo_gradalign.megatron.problem_runner import (
+    LossSettings, ProblemRunner, problem_microbatches, weighted_logprob_loss,
 )
+from nemo_gradalign.megatron.step import run_microbatches
 from nemo_gradalign.rollouts import ProblemRollouts
 
 # size -> (model, problems in the pool, prompt tokens, response tokens); L is for a GPU

@@ -20,7 +20,7 @@ from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.model import ModelSpec
 from nemo_gradalign.megatron.policy import Policy
-from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
+from nemo_gradalign.megatron.problem_runner import LossSettings, ProblemRunner
 from nemo_gradalign.selection.scores import METHODS, reference_source, score_problems, top_indices
 from nemo_gradalign.trainer.rollouts import collect_rollouts
 from nemo_gradalign.trainer.warmup import supervised_warmup

@@ -1,6 +1,6 @@
 """Which rows of a packed microbatch belong to which problem, and that microbatch's partials.
 
-Whole problems are packed as consecutive rows of a microbatch (``step.packed_microbatches``);
+Whole problems are packed as consecutive rows of a microbatch (``problem_runner.packed_microbatches``);
 megatron's activations are [s, b, d], so a problem's tokens are a slice of b at every position s.
 """
 

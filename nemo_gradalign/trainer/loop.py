@@ -16,7 +16,7 @@ from nemo_gradalign import grpo
 from nemo_gradalign.data import regimes
 from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.megatron.policy import Policy, adam_divisor
-from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
+from nemo_gradalign.megatron.problem_runner import LossSettings, ProblemRunner
 from nemo_gradalign.rollouts import ProblemRollouts
 from nemo_gradalign.selection.schedules import MemorySchedule, RoundSchedule, StepSchedule
 from nemo_gradalign.selection.selector import Selector

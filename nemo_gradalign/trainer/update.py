@@ -9,7 +9,8 @@ import torch
 from nemo_gradalign import advantages, grpo
 from nemo_gradalign.megatron.in_pass import AlignmentReading
 from nemo_gradalign.megatron.policy import Policy
-from nemo_gradalign.megatron.step import LossSettings, run_microbatches, shift_labels, split_rows
+from nemo_gradalign.megatron.problem_runner import LossSettings
+from nemo_gradalign.megatron.step import run_microbatches, shift_labels, split_rows
 from nemo_gradalign.rollouts import ProblemRollouts
 
 

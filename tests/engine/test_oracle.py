@@ -15,7 +15,7 @@ from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.model import ModelSpec, build_gpt
 from nemo_gradalign.megatron.per_problem import PerProblemPartials
-from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
+from nemo_gradalign.megatron.problem_runner import LossSettings, ProblemRunner
 
 SPEC64 = ModelSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=32, dtype="float64")
 VAL = random_problems(100, 6)

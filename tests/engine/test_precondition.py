@@ -14,7 +14,7 @@ from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.model import ModelSpec
 from nemo_gradalign.megatron.policy import Policy, adam_divisor
-from nemo_gradalign.megatron.step import ProblemRunner
+from nemo_gradalign.megatron.problem_runner import ProblemRunner
 
 VAL, TRAIN = random_problems(11, 5), random_problems(12, 4)
 U = 2.0 ** -24

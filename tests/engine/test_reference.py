@@ -9,7 +9,7 @@ from helpers import random_problems
 from nemo_gradalign.engine import EmptyReferenceGradient, EngineGroups, GradientEngine, UnsupportedLayout
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.model import ModelSpec, build_gpt
-from nemo_gradalign.megatron.step import ProblemRunner
+from nemo_gradalign.megatron.problem_runner import ProblemRunner
 
 SPEC = ModelSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=32)
 VAL, POOL = random_problems(7, 5), random_problems(8, 8)
@@ -167,7 +167,7 @@ def test_packing_respects_the_microbatch_memory_limit():
 
 
 def _packing_limit_rank(rank):
-    from nemo_gradalign.megatron.step import LossSettings
+    from nemo_gradalign.megatron.problem_runner import LossSettings
 
     parallel.init_distributed(parallel.Layout())
     model = build_gpt(SPEC)

@@ -14,7 +14,7 @@ from nemo_gradalign import grpo
 from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.model import ModelSpec, build_gpt
-from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
+from nemo_gradalign.megatron.problem_runner import LossSettings, ProblemRunner
 
 SPEC64 = ModelSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=32, dtype="float64")
 VAL, POOL = random_problems(41, 6), random_problems(42, 5)  # unequal rollout counts and lengths

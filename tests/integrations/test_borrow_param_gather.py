@@ -16,7 +16,8 @@ from helpers import random_problems
 from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.model import ModelSpec, build_gpt
-from nemo_gradalign.megatron.step import LossSettings, ProblemRunner, causal_mask
+from nemo_gradalign.megatron.problem_runner import LossSettings, ProblemRunner
+from nemo_gradalign.megatron.step import causal_mask
 
 SPEC = ModelSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=32)
 

@@ -28,7 +28,8 @@ from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.megatron import cpu_shim, parallel
 from nemo_gradalign.megatron.context_parallel import slice_for_this_cp_rank
 from nemo_gradalign.megatron.model import ModelSpec, build_gpt
-from nemo_gradalign.megatron.step import LossSettings, ProblemRunner, causal_mask
+from nemo_gradalign.megatron.problem_runner import LossSettings, ProblemRunner
+from nemo_gradalign.megatron.step import causal_mask
 
 SPEC = ModelSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=32)
 DDP_CONFIGS = [dict(overlap_grad_reduce=o, grad_reduce_in_fp32=f) for o in (True, False) for f in (True, False)]

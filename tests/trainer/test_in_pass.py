@@ -21,7 +21,7 @@ from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.in_pass import AlignmentReading
 from nemo_gradalign.megatron.model import ModelSpec, build_gpt
 from nemo_gradalign.megatron.policy import Policy
-from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
+from nemo_gradalign.megatron.problem_runner import LossSettings, ProblemRunner
 from nemo_gradalign.trainer.update import grpo_step
 
 SPEC64 = ModelSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=32, dtype="float64")

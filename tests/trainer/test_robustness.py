@@ -14,7 +14,7 @@ from nemo_gradalign.engine import EmptyReferenceGradient, EngineGroups, Gradient
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.model import ModelSpec
 from nemo_gradalign.megatron.policy import Policy
-from nemo_gradalign.megatron.step import ProblemRunner
+from nemo_gradalign.megatron.problem_runner import ProblemRunner
 from nemo_gradalign.selection.selector import Selector
 from nemo_gradalign.trainer.rollouts import collect_rollouts
 

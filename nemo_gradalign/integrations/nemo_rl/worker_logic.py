@@ -16,7 +16,7 @@ import torch
 from nemo_gradalign import grpo
 from nemo_gradalign.config import GradAlignConfig
 from nemo_gradalign.engine import EngineGroups, GradientEngine, ReferenceGradient
-from nemo_gradalign.megatron.step import LossSettings, ProblemRunner
+from nemo_gradalign.megatron.problem_runner import LossSettings, ProblemRunner
 from nemo_gradalign.rollouts import ProblemRollouts
 
 
