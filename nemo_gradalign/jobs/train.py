@@ -37,7 +37,7 @@ def main(recipe: EmbeddedRecipe, resume: bool, ranks: int | None, overwrite: boo
     import os
 
     from nemo_gradalign.trainer.run_folder import RunFolder
-    from nemo_gradalign.trainer.sets import preflight
+    from nemo_gradalign.trainer.sets import checked_data
 
     m = recipe.policy.megatron_cfg
     launched = parallel.launched_world_size()
@@ -48,7 +48,8 @@ def main(recipe: EmbeddedRecipe, resume: bool, ranks: int | None, overwrite: boo
     if launched is not None and os.environ.get("RANK") != "0":
         parallel.run_on_ranks(run_rank, world, recipe, resume, world)
         return
-    data = preflight(recipe)  # before the folder is touched: bad data never costs an old run
+    data, new_schedule = checked_data(recipe)  # before the folder is touched: bad data never costs an old run
     folder = RunFolder.of(recipe)
-    with folder.claim(recipe.model_dump(mode="json"), world, resume, overwrite, data, allow_data_change):
+    with folder.claim(recipe.model_dump(mode="json"), world, resume, overwrite, data, allow_data_change,
+                      new_schedule):
         parallel.run_on_ranks(run_rank, world, recipe, resume, world, held=tuple(folder.held))

@@ -136,9 +136,11 @@ class ScoreMemory:
             state[name] = torch.from_numpy(getattr(self, name).copy())
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, source: np.ndarray | None = None) -> None:
         """Restore in place (holders of this object keep seeing the live memory). Everything is
-        checked before anything is changed."""
+        checked before anything is changed: a damaged or impossible state is refused naming the
+        field. ``source[row]``: the saved row of this row's problem, -1 for one the state never
+        knew (problem_keys.Remap); None: the same rows in the same order."""
         if not isinstance(state, dict):
             raise ValueError(f"ScoreMemory state must be a dict, got {type(state).__name__}")
         for key in ("version", "num_problems", "latest_generation", *FIELDS):
@@ -147,21 +149,63 @@ class ScoreMemory:
         if state["version"] != STATE_VERSION:
             raise ValueError(f"ScoreMemory state: version {state['version']!r} is not supported "
                              f"(this code reads version {STATE_VERSION})")
-        if state["num_problems"] != self.num_problems:
-            raise ValueError(f"ScoreMemory state: num_problems={state['num_problems']!r}, but this dataset has "
+        saved_n = state["num_problems"]
+        if not isinstance(saved_n, int) or saved_n < 1:
+            raise ValueError(f"ScoreMemory state: num_problems={saved_n!r} must be a positive int")
+        if source is None and saved_n != self.num_problems:
+            raise ValueError(f"ScoreMemory state: num_problems={saved_n!r}, but this dataset has "
                              f"{self.num_problems} problems (was the checkpoint saved for another dataset?)")
         arrays = {}
         for name, dtype in FIELDS.items():
             value = state[name]
             array = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-            if array.shape != (self.num_problems,) or array.dtype != dtype:
+            if array.shape != (saved_n,) or array.dtype != dtype:
                 raise ValueError(f"ScoreMemory state: field {name!r} is {array.dtype} of shape {array.shape}, "
-                                 f"expected {dtype} of shape ({self.num_problems},)")
+                                 f"expected {dtype} of shape ({saved_n},)")
             arrays[name] = array
         generation = state["latest_generation"]
-        if not isinstance(generation, int) or generation < int(arrays["generation"].max()):
+        if not isinstance(generation, int) or generation < max(-1, int(arrays["generation"].max())):
             raise ValueError(f"ScoreMemory state: latest_generation={generation!r} is below a row's generation "
                              f"({int(arrays['generation'].max())})")
+        check_consistent(arrays, generation)
+        if source is not None:
+            arrays = {name: np.where(source >= 0, array[np.maximum(source, 0)], _UNSET.get(name, 0)).astype(array.dtype)
+                      for name, array in arrays.items()}
         for name, array in arrays.items():
             getattr(self, name)[:] = array
         self.latest_generation = generation
+
+
+_EPS = np.finfo(np.float64).eps
+
+
+def check_consistent(a: dict[str, np.ndarray], latest_generation: int) -> None:
+    """What every memory ``record`` can produce, and nothing else; ValueError naming the field,
+    the row and the value otherwise. Float bounds: a weighted mean of cosines in [-1-s, 1+s]
+    (s = COSINE_SLACK) stays within it up to 4ε per update; W = Σ faded weights + 1 lies in
+    [1, scored] exactly (a product with a fade ≤ 1 and a sum of integers' floats never round past
+    them); M2 = Σ w (x - m)² ≥ 0 up to 16ε per update, and ≤ W·(1+s)² (a variance on [-1-s, 1+s])."""
+    visits, scored, weight, mean, m2 = a["visits"], a["scored"], a["weight"], a["mean"], a["m2"]
+    never = scored == 0
+    with np.errstate(invalid="ignore", over="ignore"):
+        rules = [
+            ("visits", visits < 0, "a visit count below 0"),
+            ("scored", (scored < 0) | (scored > visits), "cosine visits outside 0..visits"),
+            ("zero_streak", (a["zero_streak"] < 0) | (a["zero_streak"] > visits), "a streak outside 0..visits"),
+            ("last_step", (a["last_step"] < -1) | ((a["last_step"] == -1) != (visits == 0)),
+             "last_step must be -1 exactly where visits is 0"),
+            ("generation", (a["generation"] < -1) | ((a["generation"] == -1) != never),
+             "generation must be -1 exactly where scored is 0"),
+            *((name, ~np.isfinite(a[name]), "not finite") for name in ("weight", "mean", "m2")),
+            *((name, never & (a[name] != 0), "nonzero for a problem with no cosine") for name in ("weight", "mean", "m2")),
+            ("weight", ~never & ((weight < 1) | (weight > scored)), "outside [1, scored]"),
+            ("mean", np.abs(mean) > 1 + COSINE_SLACK + 4 * _EPS * scored, "not a mean of cosines"),
+            ("m2", (m2 < -16 * _EPS * scored) | (m2 > weight * (1 + COSINE_SLACK) ** 2 * (1 + 16 * _EPS * scored)),
+             "not a spread of cosines"),
+        ]
+    for name, bad, why in rules:
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"ScoreMemory state: {name}[{row}]={a[name][row].item()!r} is impossible ({why}; "
+                             f"visits={int(visits[row])}, scored={int(scored[row])}); {int(bad.sum())} row(s) "
+                             f"like it")

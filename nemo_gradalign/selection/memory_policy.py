@@ -46,21 +46,24 @@ class StepPlan:
     refilled_from_skipped: int
 
 
-def pooled_variance(memory: ScoreMemory, weight: np.ndarray, m2: np.ndarray) -> float:
-    """σ²: within-problem cosine variance pooled over problems; NaN when nothing estimates it."""
+def pooled_variance(memory: ScoreMemory, weight: np.ndarray, m2: np.ndarray, rows: np.ndarray) -> float:
+    """σ²: within-problem cosine variance pooled over problems; NaN when nothing estimates it.
+    Summed over ``rows`` (every problem with a cosine among them), in their order: the sums'
+    rounding then follows the problems, not where a dataset puts them."""
+    weight, m2 = weight[rows], m2[rows]
     repeat = np.maximum(weight - 1.0, 0.0)
     if repeat.sum() > 0:
         return float(m2.sum() / repeat.sum())
-    means = memory.mean[weight > 0]
+    means = memory.mean[rows][weight > 0]
     return float(means.var(ddof=1)) if means.size >= 2 else math.nan
 
 
-def alignment_bounds(memory: ScoreMemory, prior_weight: float) -> tuple[np.ndarray, np.ndarray]:
+def alignment_bounds(memory: ScoreMemory, prior_weight: float, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean cosine, standard error) per problem, as of the newest G generation: both NaN where
     no cosine still weighs (never scored, or forgotten with generation_decay 0); se NaN where σ²
-    is unknown."""
+    is unknown. ``seen``: the explored problems in exploration order (all that can have cosines)."""
     weight, m2 = memory.aged_weight_and_m2()
-    sigma2 = pooled_variance(memory, weight, m2)
+    sigma2 = pooled_variance(memory, weight, m2, seen)
     own = (m2 + prior_weight * sigma2) / (np.maximum(weight - 1.0, 0.0) + prior_weight)
     with np.errstate(divide="ignore", invalid="ignore"):
         se = np.where(weight > 0, np.sqrt(own / np.where(weight > 0, weight, 1.0)), np.nan)
@@ -102,7 +105,7 @@ def plan_step(memory: ScoreMemory, knobs: PolicyKnobs, order: np.ndarray, cursor
     the unseen ones, in the order they will be explored."""
     seen, unseen = order[:cursor], order[cursor:]
     explore = min(unseen.size, math.ceil(knobs.explore_share * batch_size))
-    mean, se = alignment_bounds(memory, knobs.prior_weight)
+    mean, se = alignment_bounds(memory, knobs.prior_weight, seen)
     skipped_mask = rng.random(seen.size) < skip_probability(memory, knobs, mean, se)[seen]
     candidates, skipped = seen[~skipped_mask], seen[skipped_mask]
     want = min(batch_size - explore, candidates.size)

@@ -11,8 +11,12 @@ never within one).
 
 Deterministic: step s draws from ``numpy.random.Generator(PCG64(SeedSequence([seed, s])))``
 and the exploration order from ``[seed]``; no global RNG, so every rank and a resumed run pick
-the same. torchdata's StatefulDataLoader saves ``state_dict()`` (position, exploration cursor,
-and the memory) with the loader's and restores it through ``load_state_dict``. Build the loader
+the same. Problems are known by identity (``keys``, selection/problem_keys.py), never by row
+number: the exploration order permutes the problems sorted by key, and every decision reads them
+in that order, so a reordered dataset picks the same problems (at their new rows). torchdata's
+StatefulDataLoader saves ``state_dict()`` (position, exploration order and cursor, keys and the
+memory) with the loader's and restores it through ``load_state_dict``; a state saved for other
+rows is carried over by key (``last_remap`` says how many problems were kept, new, dropped). Build the loader
 with ``num_workers=0``: with worker processes torchdata asks for indices ahead of training and
 snapshots the sampler then, so batches would be decided before the feedback of the steps just
 before them and a checkpoint's memory would miss the latest feedback.
@@ -28,10 +32,12 @@ import torch
 from torch.utils.data import Sampler
 
 from nemo_gradalign.config import MemorySamplerConfig, parse_block
+from nemo_gradalign.selection import problem_keys
 from nemo_gradalign.selection.memory import ScoreMemory
 from nemo_gradalign.selection.memory_policy import StepPlan, plan_step
+from nemo_gradalign.selection.problem_keys import Remap
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: rows by number, no keys or order saved (still read when the rows are unchanged)
 __all__ = ["AlignmentMemorySampler", "MemorySamplerConfig", "batch_problem_ids", "memory_dataloader",
            "parse_memory_sampler"]
 
@@ -43,7 +49,8 @@ def parse_memory_sampler(block: Any, root: str = "gradalign.memory") -> MemorySa
 
 class AlignmentMemorySampler(Sampler[int]):
     def __init__(self, num_problems: int, batch_size: int, config: MemorySamplerConfig | None = None,
-                 memory: ScoreMemory | None = None):
+                 memory: ScoreMemory | None = None, keys: np.ndarray | None = None):
+        """``keys``: each row's identity (problem_keys.keys_of); None: the row number is the identity."""
         self.config = config or MemorySamplerConfig()
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"AlignmentMemorySampler: batch_size must be a positive int, got {batch_size!r}")
@@ -59,12 +66,22 @@ class AlignmentMemorySampler(Sampler[int]):
         self.num_problems, self.batch_size = num_problems, batch_size
         self.steps_per_epoch = num_problems // batch_size
         self.memory = memory or ScoreMemory(num_problems, self.config.generation_decay)
-        self._order = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.config.seed]))) \
-            .permutation(num_problems).astype(np.int32)
+        self.keys = problem_keys.row_keys(num_problems) if keys is None else np.asarray(keys, dtype=np.uint64)
+        if self.keys.shape != (num_problems,) or np.unique(self.keys).size != num_problems:
+            raise ValueError(f"AlignmentMemorySampler: keys must be {num_problems} distinct problem keys")
+        self._order = self._fresh_order(self.keys)
         self.epoch = 0          # epochs completed before the current one
         self.position = 0       # steps of the current epoch already decided
         self.explore_cursor = 0  # problems of the exploration order handed out so far
         self.last_plan: StepPlan | None = None
+        self.last_remap: Remap | None = None  # how the last loaded state's problems met this dataset's
+
+    def _fresh_order(self, keys: np.ndarray) -> np.ndarray:
+        """The exploration order of these problems: a seeded permutation of them sorted by key."""
+        by_key = np.argsort(keys, kind="stable")
+        permutation = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.config.seed]))) \
+            .permutation(keys.size)
+        return by_key[permutation].astype(np.int32)
 
     @property
     def step(self) -> int:
@@ -95,36 +112,82 @@ class AlignmentMemorySampler(Sampler[int]):
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "seed": self.config.seed, "num_problems": self.num_problems,
                 "batch_size": self.batch_size, "epoch": self.epoch, "position": self.position,
-                "explore_cursor": self.explore_cursor, "memory": self.memory.state_dict()}
+                "explore_cursor": self.explore_cursor, "keys": problem_keys.as_tensor_payload(self.keys),
+                "order": torch.from_numpy(self._order.copy()), "memory": self.memory.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore; a saved state from another seed, dataset size or batch size is refused (it
-        would silently continue a different sequence of steps)."""
-        if not isinstance(state, dict):
-            raise ValueError(f"AlignmentMemorySampler state must be a dict, got {type(state).__name__}")
-        for key in ("version", "seed", "num_problems", "batch_size", "epoch", "position", "explore_cursor", "memory"):
-            if key not in state:
-                raise ValueError(f"AlignmentMemorySampler state: missing field {key!r}")
-        if state["version"] != STATE_VERSION:
-            raise ValueError(f"AlignmentMemorySampler state: version {state['version']!r} is not supported "
-                             f"(this code reads version {STATE_VERSION})")
-        for key, now in (("seed", self.config.seed), ("num_problems", self.num_problems),
-                         ("batch_size", self.batch_size)):
-            if state[key] != now:
-                raise ValueError(f"AlignmentMemorySampler state: {key}={state[key]!r} was saved, this run has "
-                                 f"{key}={now!r}")
-        if not isinstance(state["position"], int) or state["position"] < 0:
-            raise ValueError(f"AlignmentMemorySampler state: position={state['position']!r} must be a "
-                             f"non-negative int")
-        if not 0 <= state["explore_cursor"] <= self.num_problems:
-            raise ValueError(f"AlignmentMemorySampler state: explore_cursor={state['explore_cursor']!r} is outside "
-                             f"0..{self.num_problems}")
-        if not isinstance(state["epoch"], int) or state["epoch"] < 0:
-            raise ValueError(f"AlignmentMemorySampler state: epoch={state['epoch']!r} must be a non-negative int")
-        self.memory.load_state_dict(state["memory"])
-        self.epoch, self.position = state["epoch"], state["position"]
-        self.explore_cursor = state["explore_cursor"]
-        self.last_plan = None
+        """Restore, carrying the saved problems over to this dataset's rows by key; a state from
+        another seed or batch size, or a damaged one, is refused naming the field (it would
+        silently continue a different sequence of steps)."""
+        saved = checked_state(state, self.config.seed, self.batch_size)
+        keys = saved["keys"] if saved["keys"] is not None else self.keys if saved["num_problems"] == self.num_problems \
+            else None
+        if keys is None:
+            raise ValueError(f"AlignmentMemorySampler state: num_problems={saved['num_problems']} was saved by a "
+                             f"version that knew problems by row number only, this run has {self.num_problems}")
+        remap = Remap.between(keys, self.keys)
+        order = saved["order"] if saved["order"] is not None else self._fresh_order(problem_keys.row_keys(keys.size))
+        explored = order[:saved["explore_cursor"]]
+        visits = saved["memory"]["visits"]
+        visits = visits.numpy() if isinstance(visits, torch.Tensor) else np.asarray(visits)
+        step = saved["epoch"] * (saved["num_problems"] // self.batch_size) + saved["position"]
+        if visits.shape == keys.shape and visits.size and (visits.max() > step or np.delete(visits, explored).any()):
+            raise ValueError(f"AlignmentMemorySampler state: the memory counts visits that the sampler never "
+                             f"handed out (up to {int(visits.max())} visits in {step} steps, or a visited problem "
+                             f"outside the {explored.size} explored)")
+        self.memory.load_state_dict(saved["memory"], None if remap.identical else remap.source)
+        if remap.identical:
+            self._order = order.astype(np.int32)
+        else:  # the explored problems that stayed, in their order, then the rest as a fresh run would
+            where = np.full(keys.size, -1, dtype=np.int64)
+            where[remap.source[remap.source >= 0]] = np.flatnonzero(remap.source >= 0)
+            kept = where[explored]
+            kept = kept[kept >= 0]
+            fresh = self._fresh_order(self.keys)
+            self._order = np.concatenate([kept, fresh[~np.isin(fresh, kept)]]).astype(np.int32)
+            explored = kept
+        self.epoch, self.position = divmod(step, self.steps_per_epoch) if not remap.identical else \
+            (saved["epoch"], saved["position"])
+        self.explore_cursor = int(explored.size)
+        self.last_remap, self.last_plan = remap, None
+
+
+def checked_state(state, seed: int, batch_size: int) -> dict:
+    """A sampler state's fields, checked: present, typed and in range (keys and order as arrays,
+    None in a version-1 state)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"AlignmentMemorySampler state must be a dict, got {type(state).__name__}")
+    version = state.get("version")
+    if version not in (1, STATE_VERSION):
+        raise ValueError(f"AlignmentMemorySampler state: version {version!r} is not supported "
+                         f"(this code reads versions 1 and {STATE_VERSION})")
+    fields = ("seed", "num_problems", "batch_size", "epoch", "position", "explore_cursor", "memory")
+    for key in fields + (("keys", "order") if version == STATE_VERSION else ()):
+        if key not in state:
+            raise ValueError(f"AlignmentMemorySampler state: missing field {key!r}")
+    for key, now in (("seed", seed), ("batch_size", batch_size)):
+        if state[key] != now:
+            raise ValueError(f"AlignmentMemorySampler state: {key}={state[key]!r} was saved, this run has "
+                             f"{key}={now!r}")
+    n = state["num_problems"]
+    if not isinstance(n, int) or n < batch_size:
+        raise ValueError(f"AlignmentMemorySampler state: num_problems={n!r} must be an int >= batch_size")
+    for key, top in (("epoch", None), ("position", None), ("explore_cursor", n)):
+        value = state[key]
+        if not isinstance(value, int) or value < 0 or (top is not None and value > top):
+            raise ValueError(f"AlignmentMemorySampler state: {key}={value!r} must be an int in "
+                             f"0..{'' if top is None else top}")
+    out = {**state, "keys": None, "order": None}
+    if version == STATE_VERSION:
+        out["keys"] = problem_keys.from_tensor_payload(state["keys"], "AlignmentMemorySampler state: keys")
+        order = state["order"].numpy() if isinstance(state["order"], torch.Tensor) else np.asarray(state["order"])
+        if order.shape != (n,) or not np.issubdtype(order.dtype, np.integer) or \
+                not np.array_equal(np.sort(order), np.arange(n)):
+            raise ValueError(f"AlignmentMemorySampler state: order is not a permutation of the {n} problems")
+        if out["keys"].size != n:
+            raise ValueError(f"AlignmentMemorySampler state: {out['keys'].size} keys for num_problems={n}")
+        out["order"] = order.astype(np.int64)
+    return out
 
 
 def memory_dataloader(dataset, sampler: AlignmentMemorySampler, collate_fn=None):

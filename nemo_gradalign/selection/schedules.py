@@ -106,10 +106,11 @@ class StepSchedule:
 class MemorySchedule:
     reuses_selection_rollouts = False
 
-    def __init__(self, pool_size: int, batch_size: int, config: MemorySamplerConfig):
+    def __init__(self, pool_size: int, batch_size: int, config: MemorySamplerConfig, keys=None):
+        """``keys``: the pool's problem identities (problem_keys.keys_of), which the memory follows."""
         if batch_size > pool_size:
             raise ValueError(f"grpo.num_prompts_per_step={batch_size} exceeds the pool ({pool_size} problems)")
-        self.sampler = AlignmentMemorySampler(pool_size, batch_size, config)
+        self.sampler = AlignmentMemorySampler(pool_size, batch_size, config, keys=keys)
         self.memory = self.sampler.memory
         self.generation = -1  # G rebuilds seen, minus one: the memory's generation of G
         self.reference_step: int | None = None  # the step the current G was built at
@@ -143,6 +144,19 @@ class MemorySchedule:
                 "reference_step": self.reference_step}
 
     def load_state_dict(self, state: dict) -> None:
+        """Checked like the sampler's state: G's generation and step must be ones this run could reach."""
+        if not isinstance(state, dict) or not {"sampler", "generation", "reference_step"} <= state.keys():
+            raise ValueError("MemorySchedule state: expected fields sampler, generation, reference_step")
+        generation, reference = state["generation"], state["reference_step"]
+        if not isinstance(generation, int) or generation < -1:
+            raise ValueError(f"MemorySchedule state: generation={generation!r} must be an int >= -1")
+        if reference is not None and (not isinstance(reference, int) or reference < 0):
+            raise ValueError(f"MemorySchedule state: reference_step={reference!r} must be null or an int >= 0")
+        memory_generation = state["sampler"].get("memory", {}).get("latest_generation") \
+            if isinstance(state["sampler"], dict) and isinstance(state["sampler"].get("memory"), dict) else None
+        if isinstance(memory_generation, int) and memory_generation > generation:
+            raise ValueError(f"MemorySchedule state: generation={generation} is below the memory's latest "
+                             f"generation {memory_generation}")
         self.sampler.load_state_dict(state["sampler"])
-        self.generation, self.reference_step = int(state["generation"]), state["reference_step"]
+        self.generation, self.reference_step = generation, reference
         self.plan = None

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from nemo_gradalign.trainer.checkpoint_files import load_component
+
 _STEP = re.compile(r"^step_(\d+)$")
 
 
@@ -96,7 +98,7 @@ class CheckpointManager:
             if not file.is_file():
                 raise FileNotFoundError(f"checkpoint {path} has no {name}/rank_{_rank()}.pt "
                                         "(was it written with a different number of ranks?)")
-            component.load_state_dict(torch.load(file, weights_only=False))
+            load_component(file, component)
         return json.loads((Path(path) / "training_info.json").read_text())
 
     def _prune(self) -> None:

@@ -35,8 +35,9 @@ def fingerprints(recipe, sets) -> dict[str, dict]:
     return out
 
 
-def changes(saved: dict, now: dict) -> list[str]:
-    """One line per set whose content differs, naming its file (or that it is generated)."""
+def changes(saved: dict, now: dict, notes: dict[str, str] | None = None) -> list[str]:
+    """One line per set whose content differs, naming its file (or that it is generated), ending
+    with ``notes[set]`` where given."""
     lines = []
     for name, new in now.items():
         old = saved.get(name)
@@ -45,5 +46,5 @@ def changes(saved: dict, now: dict) -> list[str]:
         where = f"{new['field']}={new['source']}" if new["source"] else f"{name} set (generated from data.*)"
         lines.append(f"{where}: its content changed ({old.get('problems')} problems, sha256 "
                      f"{str(old.get('sha256'))[:12]} in the checkpoint; {new['problems']} problems, sha256 "
-                     f"{new['sha256'][:12]} now)")
+                     f"{new['sha256'][:12]} now){(notes or {}).get(name, '')}")
     return lines

@@ -90,7 +90,7 @@ class Trainer:
         reference_runner = ProblemRunner(self.policy.model, reference_loss, ga.max_rollouts_per_microbatch, ga.pack_rows)
         self.selector = (Selector(ga, self.engine, self.runner, self._validation_rollouts, divisor, reference_runner)
                          if ga.enabled else None)
-        self.schedule = build_schedule(recipe, len(self.sets.pool))
+        self.schedule = build_schedule(recipe, self.sets.pool)
         ck = recipe.checkpointing
         self.checkpointer = CheckpointManager(ck.checkpoint_dir, ck.keep_top_k, ck.metric_name)
         self.metrics = MetricsLog(recipe.logger.log_dir, enabled=rank == 0)

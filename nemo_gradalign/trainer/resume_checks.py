@@ -18,16 +18,17 @@ from nemo_gradalign.trainer.checkpoint import read_info
 from nemo_gradalign.trainer.metrics import read_lines
 
 
-def check_data(checkpoint: Path, now: dict | None, allow_change: bool) -> list[str]:
+def check_data(checkpoint: Path, now: dict | None, allow_change: bool, notes: dict[str, str] | None = None
+               ) -> list[str]:
     """Refuse (ConfigError) when a data set's content differs from the checkpoint's, unless allowed;
-    returns warnings."""
+    returns warnings, one line per changed set, ending with ``notes[set]`` where given."""
     if now is None:
         return []
     file = checkpoint / data_fingerprint.FILE
     if not file.is_file():
         return [f"{checkpoint} has no {data_fingerprint.FILE} (written before data fingerprints): "
                 "the data cannot be compared with it"]
-    changed = data_fingerprint.changes(json.loads(file.read_text()), now)
+    changed = data_fingerprint.changes(json.loads(file.read_text()), now, notes or {})
     if changed and not allow_change:
         raise ConfigError(f"--resume: the data differs from the data {checkpoint} was trained on: "
                           + "; ".join(changed) + ". Restore it, or pass --allow-data-change to continue on "

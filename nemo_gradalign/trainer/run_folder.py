@@ -27,6 +27,7 @@ from nemo_gradalign.megatron.parallel import HeldFile
 from nemo_gradalign.paths import check_writable_folder, make_folder
 from nemo_gradalign.trainer import data_fingerprint
 from nemo_gradalign.trainer.checkpoint import CheckpointManager, read_info
+from nemo_gradalign.trainer.checkpoint_files import check_resumable
 from nemo_gradalign.trainer.folder_nesting import nesting_problems
 from nemo_gradalign.trainer.resume_checks import check_data, check_metrics
 
@@ -87,9 +88,11 @@ class RunFolder:
         return held
 
     def check(self, recipe: dict, world: int, resume: bool, overwrite: bool, data: dict | None = None,
-              allow_data_change: bool = False, warn: bool = True) -> Path | None:
+              allow_data_change: bool = False, new_schedule=None, warn: bool = True) -> Path | None:
         """Read-only: the checkpoint to resume from, None for a fresh run, or a RunFolderError.
-        ``data``: the sets' fingerprints now (trainer/data_fingerprint.py), compared on resume."""
+        ``data``: the sets' fingerprints now (trainer/data_fingerprint.py), compared on resume;
+        ``new_schedule``: makes the schedule the checkpoint's state is test-loaded into
+        (trainer/checkpoint_files.py; None: files are not read before the ranks load them)."""
         if resume and overwrite:
             raise RunFolderError("--resume and --overwrite contradict each other; choose one")
         for field, path in self.fields.items():
@@ -99,7 +102,7 @@ class RunFolder:
             raise RunFolderError(f"{nested[0]}: two runs in one folder mix their files; choose a folder "
                                  "outside any other run's")
         if resume:
-            latest, warnings = self._resumable(recipe, world, data, allow_data_change)
+            latest, warnings = self._resumable(recipe, world, data, allow_data_change, new_schedule)
             for line in warnings if warn else []:
                 print(f"warning: {line}", file=sys.stderr)
             return latest
@@ -110,8 +113,8 @@ class RunFolder:
                 "--resume, replace it with --overwrite, or choose another logger.log_dir")
         return None
 
-    def _resumable(self, recipe: dict, world: int, data: dict | None, allow_data_change: bool
-                   ) -> tuple[Path, list[str]]:
+    def _resumable(self, recipe: dict, world: int, data: dict | None, allow_data_change: bool,
+                   new_schedule=None) -> tuple[Path, list[str]]:
         latest = self.checkpoints.latest()
         if latest is None:
             what = "; ".join(self._held()) or "nothing"
@@ -138,7 +141,13 @@ class RunFolder:
             raise RunFolderError(f"--resume: {latest} was written by {saved_world} ranks, this run has "
                                  f"{world}; resume with the same TP x PP x DP (--ranks, srun tasks)")
         warnings = check_metrics(self.metrics, latest)
-        return latest, warnings + check_data(latest, data, allow_data_change)
+        remap = check_resumable([p for _, p in self.checkpoints.checkpoints()], new_schedule) if new_schedule else None
+        moved = remap is not None and not remap.identical
+        note = {"pool": f"; the score memory follows problems by content: {remap.summary()}"} if moved else {}
+        changed = check_data(latest, data, allow_data_change, note)
+        if moved and not any(note["pool"] in line for line in changed):
+            changed.append(f"the score memory's problems moved{note['pool']}")
+        return latest, warnings + changed
 
     def clear(self) -> None:
         """--overwrite: remove the other run's metrics and checkpoints (nothing else in the folder)."""
@@ -150,15 +159,15 @@ class RunFolder:
 
     @contextmanager
     def claim(self, recipe: dict, world: int, resume: bool, overwrite: bool, data: dict | None = None,
-              allow_data_change: bool = False):
+              allow_data_change: bool = False, new_schedule=None):
         """Check (a refused run writes nothing), lock, check again under the lock, clear on
         --overwrite; the lock is held until the block ends and the last process holding
         ``self.held`` (the spawned ranks) has died."""
-        self.check(recipe, world, resume, overwrite, data, allow_data_change, warn=False)
+        self.check(recipe, world, resume, overwrite, data, allow_data_change, new_schedule, warn=False)
         with ExitStack() as stack:
             folders = {Path(path).resolve(): field for field, path in self.fields.items()}
             self.held = [HeldFile(stack.enter_context(_lock(folder, field))) for folder, field in folders.items()]
-            latest = self.check(recipe, world, resume, overwrite, data, allow_data_change)
+            latest = self.check(recipe, world, resume, overwrite, data, allow_data_change, new_schedule)
             if overwrite:
                 self.clear()
             yield latest

@@ -6,9 +6,13 @@ set or a pool too small for the schedule fails with the numbers before warm-up, 
 
 from __future__ import annotations
 
+import json
+from typing import Callable
+
 from nemo_gradalign.config import ConfigError
-from nemo_gradalign.data import regimes
+from nemo_gradalign.data import regimes, tasks
 from nemo_gradalign.megatron.step import microbatch_rows
+from nemo_gradalign.selection import problem_keys
 from nemo_gradalign.selection.schedules import MemorySchedule, RoundSchedule, StepSchedule
 from nemo_gradalign.trainer.config import EmbeddedRecipe
 
@@ -33,20 +37,27 @@ def build_sets(recipe: EmbeddedRecipe) -> regimes.TaskSets:
     return sets
 
 
-def build_schedule(recipe: EmbeddedRecipe, pool_size: int):
-    ga, n = recipe.gradalign, recipe.grpo.num_prompts_per_step
+def build_schedule(recipe: EmbeddedRecipe, pool: list[tasks.Problem]):
+    ga, n, pool_size = recipe.gradalign, recipe.grpo.num_prompts_per_step, len(pool)
     try:
-        if ga.enabled and ga.schedule == "memory":
+        memory = ga.enabled and ga.schedule == "memory"
+        if memory:
             check_in_pass_readable(recipe)
-            return MemorySchedule(pool_size, n, ga.memory)
-        if recipe.grpo.sampler == "greso":  # plain GRPO through the memory sampler, no G
-            return MemorySchedule(pool_size, n, ga.memory)
+        if memory or recipe.grpo.sampler == "greso":  # greso: plain GRPO through the memory sampler, no G
+            return MemorySchedule(pool_size, n, ga.memory, keys=problem_keys.keys_of(map(identity, pool)))
         if ga.enabled and ga.schedule == "round":
             return RoundSchedule(pool_size, ga.chunk_size, ga.keep_per_round, ga.steps_per_round, n, ga.seed)
         draw = n * ga.selection_ratio if ga.enabled else n
         return StepSchedule(pool_size, draw, n, ga.seed)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def identity(problem: tasks.Problem) -> bytes:
+    """What makes a problem itself, for the score memory: what it asks, the key it is checked
+    against and its tags; not ``problem_id``, which defaults to the row number."""
+    return json.dumps([problem.op, list(problem.digits), problem.key, sorted(problem.tags.items())],
+                      separators=(",", ":"), default=str).encode()
 
 
 def check_in_pass_readable(recipe: EmbeddedRecipe) -> None:
@@ -73,8 +84,14 @@ def check_in_pass_readable(recipe: EmbeddedRecipe) -> None:
 def preflight(recipe: EmbeddedRecipe) -> dict:
     """Everything about the data that can fail, without a model: run before spawning ranks.
     Returns the sets' content fingerprints, which a resume compares with its checkpoint's."""
+    return checked_data(recipe)[0]
+
+
+def checked_data(recipe: EmbeddedRecipe) -> tuple[dict, Callable[[], object]]:
+    """``preflight``'s fingerprints, and a maker of fresh schedules over the pool (a resume loads
+    the checkpoint's schedule state into one before any rank starts: checkpoint_files.py)."""
     from nemo_gradalign.trainer.data_fingerprint import fingerprints
 
     sets = build_sets(recipe)
-    build_schedule(recipe, len(sets.pool))
-    return fingerprints(recipe, sets)
+    build_schedule(recipe, sets.pool)
+    return fingerprints(recipe, sets), lambda: build_schedule(recipe, sets.pool)

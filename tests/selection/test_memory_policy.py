@@ -25,7 +25,7 @@ def test_upper_bound_matches_hand_computation():
         stats[i] = (big_w, mean, math.fsum(b * (a - mean) ** 2 for a, b in zip(x, w)))
     sigma2 = math.fsum(m2 for _, _, m2 in stats.values()) / math.fsum(max(w - 1, 0) for w, _, _ in stats.values())
     k0 = 2.0
-    mean, se = alignment_bounds(memory, k0)
+    mean, se = alignment_bounds(memory, k0, np.arange(memory.num_problems))
     for i, (big_w, m, m2) in stats.items():
         s2 = (m2 + k0 * sigma2) / (max(big_w - 1, 0) + k0)
         assert abs(mean[i] - m) <= 16 * EPS
@@ -37,11 +37,11 @@ def test_confident_skip_needs_a_spread_estimate():
     memory.record([0], 0, 0, [-0.9], [False])
     memory.record([0], 1, 0, [-0.9], [False])  # two identical visits: M2 = 0, pooled σ² = 0
     knobs = MemorySamplerConfig().knobs()
-    mean, se = alignment_bounds(memory, knobs.prior_weight)
+    mean, se = alignment_bounds(memory, knobs.prior_weight, np.arange(memory.num_problems))
     assert skip_probability(memory, knobs, mean, se)[0] == knobs.skip_cap  # UCB = −0.9 + 0 ≤ 0
     single = ScoreMemory(2)
     single.record([0], 0, 0, [-0.9], [False])  # one problem, one visit: σ² unknown
-    mean, se = alignment_bounds(single, knobs.prior_weight)
+    mean, se = alignment_bounds(single, knobs.prior_weight, np.arange(single.num_problems))
     assert math.isnan(se[0]) and skip_probability(single, knobs, mean, se)[0] == 0.0
 
 
@@ -50,7 +50,7 @@ def test_forgotten_cosines_do_not_judge():
     for step in range(3):
         memory.record([0, 1], step, 0, [-0.8, 0.3], [False, False])
     memory.record([2], 3, 1, [0.1], [False])  # G rebuilt: generation 1
-    mean, se = alignment_bounds(memory, 2.0)
+    mean, se = alignment_bounds(memory, 2.0, np.arange(memory.num_problems))
     assert math.isnan(mean[0]) and math.isnan(mean[1]) and mean[2] == 0.1
     knobs = MemorySamplerConfig(generation_decay=0.0).knobs()
     assert skip_probability(memory, knobs, mean, se)[0] == 0.0
@@ -64,7 +64,7 @@ def test_preference_is_standardised_and_scale_free():
         memory = ScoreMemory(21)
         memory.record(np.arange(20), 0, 0, cos * scale, np.zeros(20, bool))
         knobs = MemorySamplerConfig().knobs()
-        mean, se = alignment_bounds(memory, knobs.prior_weight)
+        mean, se = alignment_bounds(memory, knobs.prior_weight, np.arange(memory.num_problems))
         zs.append(preference(memory, knobs, mean, se, np.arange(21)))
     expected = np.append(cos, cos.mean())  # problem 20, never scored, sits at the average
     expected = (expected - expected.mean()) / expected.std()

@@ -59,7 +59,7 @@ def test_greso_is_the_memory_sampler_with_a_zero_variance_skip():
     recipe, sets = _sets("greso")
     assert not recipe.gradalign.enabled and recipe.grpo.sampler == "greso"
     assert recipe.gradalign.memory.zero_skip_step == 0.5
-    assert isinstance(build_schedule(recipe, len(sets.pool)), MemorySchedule)
+    assert isinstance(build_schedule(recipe, sets.pool), MemorySchedule)
 
 
 @pytest.mark.parametrize("overrides, message", [
