@@ -97,6 +97,8 @@ class RunFolder:
             raise RunFolderError("--resume and --overwrite contradict each other; choose one")
         for field, path in self.fields.items():
             check_writable_folder(path, field)
+        if resume and self.checkpoints.latest() is None:  # first: a mistyped folder is not another run's
+            raise self._nothing_to_resume()
         nested = nesting_problems(self.fields)
         if nested:
             raise RunFolderError(f"{nested[0]}: two runs in one folder mix their files; choose a folder "
@@ -116,11 +118,6 @@ class RunFolder:
     def _resumable(self, recipe: dict, world: int, data: dict | None, allow_data_change: bool,
                    new_schedule=None) -> tuple[Path, list[str]]:
         latest = self.checkpoints.latest()
-        if latest is None:
-            what = "; ".join(self._held()) or "nothing"
-            raise RunFolderError(f"--resume: nothing to resume: {self.checkpoints.root} holds no complete "
-                                 f"checkpoint (found: {what}). Start without --resume (with --overwrite "
-                                 "if the folder holds an earlier attempt)")
         config = latest / "config.yaml"
         saved = yaml.safe_load(config.read_text()) if config.is_file() else None
         if not isinstance(saved, dict):
@@ -148,6 +145,17 @@ class RunFolder:
         if moved and not any(note["pool"] in line for line in changed):
             changed.append(f"the score memory's problems moved{note['pool']}")
         return latest, warnings + changed
+
+    def _nothing_to_resume(self) -> RunFolderError:
+        what = "; ".join(self._held()) or "nothing"
+        elsewhere = [p for p in sorted(self.log_dir.glob("*")) + sorted(self.log_dir.glob("*/*"))
+                     if p.is_dir() and p.resolve() != self.checkpoints.root.resolve()
+                     and CheckpointManager(str(p), 1, "").latest() is not None] if self.log_dir.is_dir() else []
+        hint = (f"; but {elsewhere[0]} in logger.log_dir holds checkpoints: is checkpointing.checkpoint_dir="
+                f"{self.fields['checkpointing.checkpoint_dir']} mistyped?" if elsewhere else "")
+        return RunFolderError(f"--resume: nothing to resume: checkpointing.checkpoint_dir {self.checkpoints.root} "
+                              f"holds no complete checkpoint (found: {what}){hint}. Start without --resume (with "
+                              "--overwrite if the folder holds an earlier attempt)")
 
     def clear(self) -> None:
         """--overwrite: remove the other run's metrics and checkpoints (nothing else in the folder)."""
