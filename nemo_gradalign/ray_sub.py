@@ -24,7 +24,11 @@ def host_ray_sub(setting: str | None) -> Path:
     if not path.is_file():
         raise ConfigError(f"{field}: no file {path}; name NeMo RL's ray.sub on this host (or the NeMo RL "
                           "checkout holding it), or launch from that checkout")
-    text = path.read_text(errors="replace")
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as err:
+        raise ConfigError(f"{field}: cannot read {path} ({err.strerror or err}); make it readable by this user, "
+                          "or name another copy of NeMo RL's ray.sub") from None
     missing = [marker for marker in RAY_SUB_MARKERS if marker not in text]
     if missing:
         raise ConfigError(f"{field}: {path} is not NeMo RL's ray.sub (it lacks the line {missing[0]!r})")

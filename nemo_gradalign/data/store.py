@@ -46,10 +46,21 @@ def _checked(problems: list[Problem], source: str) -> list[Problem]:
     return problems
 
 
+def utf8_text(path: Path) -> str:
+    """The file's text; not UTF-8, a ValueError naming the file, the line and the byte offset."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = len((raw[:err.start].decode("utf-8") + "x").splitlines())  # as read_jsonl numbers lines
+        raise ValueError(f"{path} line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at byte offset "
+                         f"{err.start}: {err.reason})") from None
+
+
 def read_jsonl(path: Path) -> list[Problem]:
     """JSON lines read as written, so every value keeps its JSON type and errors name the line."""
     problems = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+    for line_no, line in enumerate(utf8_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -80,6 +91,8 @@ def load_problems(source: str, split: str = "train") -> list[Problem]:
     elif path.suffix in (".json", ".parquet") and path.is_file():
         if path.stat().st_size == 0:
             raise ValueError(f"{source}: no records (the file is empty)")
+        if path.suffix == ".json":
+            utf8_text(path)  # datasets' own error names neither the file nor the line
         ds = datasets.load_dataset(path.suffix.lstrip("."), data_files=str(path),
                                    split="train")
     elif path.exists() or path.suffix or _looks_local(source):

@@ -3,6 +3,8 @@ name the file, the row (and line) and the field; nothing is silently coerced."""
 
 from __future__ import annotations
 
+import re
+
 import datasets
 import pytest
 
@@ -56,3 +58,14 @@ def test_parquet_columns_are_checked_too(tmp_path):
     datasets.Dataset.from_dict({"op": ["sort"], "digits": ["42"], "target": ["yes"]}).to_parquet(tmp_path / "q.parquet")
     with pytest.raises(ValueError, match=r"q.parquet row 0: field target: Input should be a valid boolean"):
         store.load_problems(str(tmp_path / "q.parquet"))
+
+
+@pytest.mark.parametrize("name, text", [
+    ("pool.jsonl", '{"op": "sort", "digits": "0123"}\n{"op": "sorté", "digits": "456"}\n'),
+    ("pool.json", '[{"op": "sort", "digits": "0123"},\n {"op": "sorté", "digits": "456"}]\n')])
+def test_a_file_that_is_not_utf8_names_file_line_and_byte_offset(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1"))  # as a spreadsheet export might write it
+    offset = text.index("é")  # Latin-1: one byte per character
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} line 2: not UTF-8 text \(byte 0xe9 at byte offset {offset}: "):
+        store.load_problems(str(path))

@@ -42,6 +42,23 @@ def test_overrides_reach_the_rank_command_exactly(tmp_path):
     assert re.search(r"^srun --kill-on-bad-exit=1 bash -c '.*exec \"\$@\"' rank \"\$\{TRAIN\[@\]\}\"$", script, re.M)
 
 
+def test_control_characters_reach_the_rank_command_quoted_or_are_refused_naming_them(tmp_path):
+    quoted = "logger.log_dir='runs/a b\r\nc\td\x1b é $HOME \"q\"'"  # Hydra takes them inside quotes
+    proc = subprocess.run([sys.executable, "-m", "nemo_gradalign.cli", "launch", NOISY, "--cluster", profile(tmp_path),
+                           "--dry-run", *SMALL, quoted], capture_output=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    script = proc.stdout.decode()  # read as bytes: text mode turns \r\n into \n
+    assert "\r" not in script  # sbatch refuses a script holding \r\n
+    array = script[script.index("TRAIN=("):script.index("\n)\n") + 3]
+    argv = subprocess.run(["bash", "-c", array + 'printf "%s\\0" "${TRAIN[@]}"'], capture_output=True,
+                          check=True).stdout.decode().split("\0")[:-1]
+    assert argv[-1] == quoted
+    refused = launch(tmp_path, NOISY, "--cluster", profile(tmp_path), "--dry-run", *SMALL, "logger.log_dir=runs/x a\nb")
+    assert refused.returncode == 2 and refused.stderr == (
+        "error: override 'logger.log_dir=runs/x a\\nb': character 24 is \\n (U+000A), which Hydra's override "
+        "syntax takes only inside a quoted value (key='...'); quote the value or remove it\n")
+
+
 @pytest.mark.slow
 def test_two_node_recipe_gets_two_nodes_and_nemo_rl_is_told(tmp_path):
     gpus = profile(tmp_path, container_image="img", host_ray_sub=RAY_SUB, gpus_per_node=8)

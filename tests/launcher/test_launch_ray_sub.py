@@ -37,9 +37,11 @@ def write_profile(tmp_path: Path, **fields) -> str:
     return str(path)
 
 
-def launch(run: Path, recipe: Path, cluster: str, *args: str, env: dict | None = None):
-    return subprocess.run([sys.executable, "-m", "nemo_gradalign.cli", "launch", str(recipe), "--cluster", cluster,
-                           "--time", "5:00", *args], capture_output=True, text=True, timeout=120, cwd=run, env=env)
+def launch(run: Path, recipe: Path, cluster: str, *args: str, env: dict | None = None, runner=()):
+    """``runner``: a command to run the launch under (setpriv dropping root's file-permission override)."""
+    return subprocess.run([*runner, sys.executable, "-m", "nemo_gradalign.cli", "launch", str(recipe), "--cluster",
+                           cluster, "--time", "5:00", *args], capture_output=True, text=True, timeout=120, cwd=run,
+                          env=env)
 
 
 def in_container(path: str, mounts: list[str]) -> tuple[str, str] | None:
@@ -109,7 +111,7 @@ def test_nemo_rl_recipe_runs_through_ray_sub_interface_on_slurm(slurm, tmp_path)
     submit_and_check(tmp_path, INTERFACE_RAY_SUB)
 
 
-def refusal(tmp_path: Path, recipe: Path, *args: str, **fields) -> subprocess.CompletedProcess:
+def refusal(tmp_path: Path, recipe: Path, *args: str, runner=(), **fields) -> subprocess.CompletedProcess:
     """A launch that must stop before the queue: an `sbatch` first on PATH records any call."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -117,7 +119,7 @@ def refusal(tmp_path: Path, recipe: Path, *args: str, **fields) -> subprocess.Co
     (bin_dir / "sbatch").chmod(0o755)
     fields = {"container_image": "img", "gpus_per_node": 8, **fields}
     proc = launch(tmp_path, recipe, write_profile(tmp_path, **fields), *args,
-                  env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+                  env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, runner=runner)
     assert proc.returncode == 2 and not (tmp_path / "sbatch-ran").exists(), proc.stderr
     return proc
 
@@ -130,6 +132,39 @@ def test_missing_or_foreign_host_ray_sub_is_refused_before_the_queue(tmp_path):
     (tmp_path / "mine.sub").write_text("#!/bin/bash\nsrun hostname\n")
     proc = refusal(tmp_path, RECIPE, host_ray_sub=str(tmp_path / "mine.sub"))
     assert f"cluster.host_ray_sub: {tmp_path}/mine.sub is not NeMo RL's ray.sub (it lacks the line " in proc.stderr
+
+
+def test_unreadable_host_ray_sub_is_one_line_naming_field_and_file(tmp_path):
+    ray_sub = tmp_path / "ray.sub"
+    shutil.copy(INTERFACE_RAY_SUB, ray_sub)
+    ray_sub.chmod(0)
+    runner = []
+    if os.geteuid() == 0:  # root reads a mode-000 file: run the launch without that privilege
+        runner = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                  "--inh-caps=-dac_override,-dac_read_search"]
+        if shutil.which("setpriv") is None or subprocess.run([*runner, "test", "-r", str(ray_sub)]).returncode != 1:
+            pytest.skip("running as root, and setpriv cannot drop root's permission to read a mode-000 file")
+    proc = refusal(tmp_path, RECIPE, host_ray_sub=str(ray_sub), runner=runner)
+    assert proc.stderr == (f"error: cluster.host_ray_sub: cannot read {ray_sub} (Permission denied); make it "
+                           "readable by this user, or name another copy of NeMo RL's ray.sub\n")
+
+
+def test_overrides_reach_the_job_byte_identical_or_are_refused_naming_the_character(tmp_path):
+    plain = ["logger.wandb.name=run a b's \"q\" $HOME é 日本", "logger.log_dir=runs/a b's $HOME é"]
+    fields = dict(container_image="img", gpus_per_node=8, host_ray_sub=str(INTERFACE_RAY_SUB))
+    proc = launch(tmp_path, RECIPE, write_profile(tmp_path, **fields), "--dry-run", *plain)
+    assert proc.returncode == 0, proc.stderr
+    command = next(shlex.split(line)[1].split("=", 1)[1] for line in proc.stdout.splitlines()
+                   if line.startswith("export COMMAND="))
+    ran = subprocess.run(["bash", "-c", 'cd() { :; }; python() { printf "%s\\0" "$@"; }; ' + command],
+                         capture_output=True, text=True, check=True)  # as ray.sub runs it: bash -c "$COMMAND"
+    argv = ran.stdout.split("\0")[:-1]
+    assert plain[0] in argv and f"logger.log_dir={tmp_path}/runs/a b's $HOME é" in argv  # relative: in the run folder
+    for char, shown, code in (("\n", "\\n", "000A"), ("\t", "\\t", "0009"), ("\u2028", "\\u2028", "2028")):
+        proc = refusal(tmp_path, RECIPE, f"logger.log_dir=runs/x a{char}b", **fields)
+        assert proc.stderr == (f"error: override 'logger.log_dir=runs/x a{shown}b': character 24 is {shown} (U+{code}), "
+                               "which would not reach NeMo RL's job unchanged (its overrides are re-parsed on the "
+                               "way); remove it\n")
 
 
 def test_recipe_outside_every_container_mount_is_refused_before_the_queue(tmp_path):

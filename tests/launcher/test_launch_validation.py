@@ -22,6 +22,8 @@ def _cases(tmp_path):
     Path(gpus).write_text(f"partition: debug\ncontainer_image: img\ngpus_per_node: 8\nlog_dir: {tmp_path / 'logs'}\n")
     unwritable = str(tmp_path / "unwritable.yaml")
     Path(unwritable).write_text(f"partition: debug\nlog_dir: {a_file}/logs\n")
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"op": "sort", "digits": "0123"}\n{"op": "sorté", "digits": "456"}\n'.encode("latin-1"))
     return [
         ([NOISY, "--cluster", ok, *TINY, "policy.megatron_cfg.tensor_model_parallel_size=3"],
          "policy.model.num_attention_heads=4 and policy.model.vocab_size=32 must be divisible by TP=3"),
@@ -33,6 +35,8 @@ def _cases(tmp_path):
          "policy.megatron_cfg.tensor_model_parallel_size: Input should be a valid integer"),
         ([NOISY, "--cluster", ok, *TINY, f"++data.pool_source={tmp_path}/nope.jsonl"],
          f"data.pool_source: cannot read problems from '{tmp_path}/nope.jsonl': no such file"),
+        ([NOISY, "--cluster", ok, *TINY, f"++data.pool_source={latin1}"],
+         f"data.pool_source: {latin1} line 2: not UTF-8 text (byte 0xe9 at byte offset 45: invalid continuation byte)"),
     ]
 
 
