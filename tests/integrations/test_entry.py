@@ -166,7 +166,9 @@ def test_setup_memory_schedule_replaces_the_training_loader(tmp_path):
     from nemo_gradalign.integrations.nemo_rl.memory_mode import with_memory_feedback
     from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler, memory_dataloader
 
-    dataset = [{"idx": i} for i in range(12)]
+    from nemo_gradalign.integrations.nemo_rl.sampler_state import dataset_keys
+
+    dataset = [{"idx": i, "prompt": f"p{i}"} for i in range(12)]
     collate = lambda datums: upstream_standin.BatchedDataDict({"idx": [d["idx"] for d in datums]})
     grpo = make_grpo(tmp_path, True)
 
@@ -178,7 +180,10 @@ def test_setup_memory_schedule_replaces_the_training_loader(tmp_path):
 
     cfg = master_config(enabled=True, schedule="memory")
     cfg["grpo"].update(batch_multiplier=1, use_dynamic_sampling=False)
-    saved = AlignmentMemorySampler(12, 3, parse_gradalign({"enabled": True, "schedule": "memory"}).memory)
+    cfg["checkpointing"] = {"enabled": True, "checkpoint_dir": str(tmp_path)}  # where the stand-in's manager looks
+    cfg["grpo"]["num_prompts_per_step"] = 3  # the stand-in setup's loader batch
+    saved = AlignmentMemorySampler(12, 3, parse_gradalign({"enabled": True, "schedule": "memory"}).memory,
+                                   keys=dataset_keys(dataset))  # the rows known by content, as the entry knows them
     before = memory_dataloader(dataset, saved, collate)  # a previous run: two steps, their feedback
     for step, batch in zip(range(2), before):
         saved.memory.record(batch["idx"], step, 0, [0.5] * 3, [False] * 3)
@@ -194,3 +199,14 @@ def test_setup_memory_schedule_replaces_the_training_loader(tmp_path):
     assert batch["idx"] == list(saved.next_step().problem_ids)  # the previous run's next step
     assert grpo.dynamic_sampling.__gradalign_original__ is upstream_standin.dynamic_sampling
     assert grpo.dynamic_sampling.__code__ is with_memory_feedback(None, None).__code__
+
+    # a hand-edited memory (issue 28) is refused before upstream's setup() starts anything
+    file = tmp_path / "step_2" / "train_dataloader.pt"
+    state = torch.load(file, weights_only=False)
+    state["_sampler_iter_state"]["sampler_state"]["memory"]["mean"][int(batch["idx"][0])] = float("nan")
+    torch.save(state, file)
+    called = []
+    with pytest.raises(ConfigError, match=rf"{file}: ScoreMemory state: mean\[\d+\]=nan is impossible"):
+        gradalign_setup(lambda *a, **k: called.append(1), grpo, {UPSTREAM_WORKER_FQN: "x"}, Policy, collate)(
+            cfg, TOKENIZER, dataset, None)
+    assert called == []

@@ -22,7 +22,7 @@ import functools
 import inspect
 
 from nemo_gradalign.config import GradAlignConfig
-from nemo_gradalign.integrations.nemo_rl import memory_mode
+from nemo_gradalign.integrations.nemo_rl import memory_mode, sampler_state
 from nemo_gradalign.integrations.nemo_rl import validation_loader as loader_state
 from nemo_gradalign.integrations.nemo_rl.config import (check_supported, in_pass_config_reason, lookup,
                                                         read_gradalign, scoring_loss)
@@ -57,6 +57,8 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         if not cfg.enabled:
             return setup(master_config, tokenizer, dataset, val_dataset, *args, **kwargs)
         check_supported(master_config, cfg)
+        # before setup() starts anything: the rows' identities, and the memory a resume would load
+        keys = sampler_state.checked_keys(master_config, cfg, dataset) if cfg.schedule == "memory" else None
         registry[WORKER_FQN] = registry[UPSTREAM_WORKER_FQN]
         factory = functools.partial(policy_cls, worker_extension_cls_fqn=WORKER_FQN)
         if takes_factory:
@@ -75,7 +77,7 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         if cfg.schedule == "memory":
             result[loaders[0]], sampler = memory_mode.memory_training_loader(
                 result[loaders[0]], cfg, collate, checkpointer.get_latest_checkpoint_path(),
-                lookup(master_config, "data"), getattr(grpo_module, "load_dataloader_state", None))
+                lookup(master_config, "data"), getattr(grpo_module, "load_dataloader_state", None), keys)
         if cfg.method in ("gradalign", "dot"):
             val_loader = result[loaders[1]] if len(loaders) > 1 else None
             loader = result[loaders[0]] = WithValidationPrompts(result[loaders[0]], cfg.refresh_every)

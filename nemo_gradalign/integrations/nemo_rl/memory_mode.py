@@ -31,17 +31,19 @@ import torch
 
 from nemo_gradalign.config import GradAlignConfig
 from nemo_gradalign.integrations.nemo_rl.config import lookup, read_gradalign
+from nemo_gradalign.integrations.nemo_rl.sampler_state import CHECKPOINT_FILE, dataset_keys
 from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler, memory_dataloader
 
-CHECKPOINT_FILE = "train_dataloader.pt"  # upstream's name (train_dataloader{suffix}.pt, one loader)
 
 
 def memory_training_loader(upstream_loader, cfg: GradAlignConfig, collate, checkpoint_dir=None,
-                           data_config=None, load_state: Callable | None = None):
+                           data_config=None, load_state: Callable | None = None, keys=None):
     """The loader that replaces ``upstream_loader`` (same dataset, same batch size), restored from
-    ``checkpoint_dir`` by upstream's ``load_dataloader_state`` when one is given."""
+    ``checkpoint_dir`` by upstream's ``load_dataloader_state`` when one is given. ``keys``: the
+    rows' identities (sampler_state.dataset_keys; computed here when not given)."""
     dataset = upstream_loader.dataset
-    sampler = FeedbackFirstSampler(len(dataset), int(upstream_loader.batch_size), cfg.memory)
+    keys = dataset_keys(dataset) if keys is None else keys
+    sampler = FeedbackFirstSampler(len(dataset), int(upstream_loader.batch_size), cfg.memory, keys=keys)
     loader = memory_dataloader(dataset, sampler, collate)
     if checkpoint_dir is not None and os.path.isfile(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)):
         if load_state is not None:
