@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from nemo_gradalign.config import MemorySamplerConfig
+from nemo_gradalign.selection import problem_keys
 from nemo_gradalign.selection.memory_policy import StepPlan
 from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler
 
@@ -27,13 +28,16 @@ def _permutation(n: int, seed: int) -> list[int]:
 
 class RoundSchedule:
     def __init__(self, pool_size: int, chunk_size: int, keep: int, steps_per_round: int,
-                 batch_size: int, seed: int):
+                 batch_size: int, seed: int, keys=None):
+        """``keys``: the pool's problem identities; the kept set is saved by them, so a resume on a
+        changed pool trains the kept problems that stayed, wherever they moved (None: row numbers)."""
         if chunk_size > pool_size:
             raise ValueError(f"gradalign.chunk_size={chunk_size} exceeds the pool ({pool_size} problems)")
         self.order = _permutation(pool_size, seed)
         self.chunk_size, self.keep, self.steps_per_round = chunk_size, keep, steps_per_round
         self.batch_size, self.seed = batch_size, seed
         self.num_chunks = pool_size // chunk_size  # the remainder is dropped, as officially
+        self.keys = problem_keys.row_keys(pool_size) if keys is None else keys
         self.selected: list[int] = []
 
     reuses_selection_rollouts = False
@@ -65,10 +69,19 @@ class RoundSchedule:
         return picks
 
     def state_dict(self) -> dict:
-        return {"selected": list(self.selected)}
+        return {"selected": list(self.selected),
+                "selected_keys": problem_keys.as_tensor_payload(self.keys[self.selected])}
 
     def load_state_dict(self, state: dict) -> None:
-        self.selected = list(state["selected"])
+        if "selected_keys" not in state:  # saved before keys: rows, which must exist
+            rows = [int(i) for i in state["selected"]]
+            if any(not 0 <= i < self.keys.size for i in rows):
+                raise ValueError(f"RoundSchedule state: selected holds rows outside the pool's 0..{self.keys.size - 1}")
+            self.selected = rows
+            return
+        saved = problem_keys.from_tensor_payload(state["selected_keys"], "RoundSchedule state: selected_keys")
+        row_of = {int(k): row for row, k in enumerate(self.keys)}
+        self.selected = [row_of[int(k)] for k in saved if int(k) in row_of]
 
 
 class StepSchedule:

@@ -46,7 +46,8 @@ def build_schedule(recipe: EmbeddedRecipe, pool: list[tasks.Problem]):
         if memory or recipe.grpo.sampler == "greso":  # greso: plain GRPO through the memory sampler, no G
             return MemorySchedule(pool_size, n, ga.memory, keys=problem_keys.keys_of(map(identity, pool)))
         if ga.enabled and ga.schedule == "round":
-            return RoundSchedule(pool_size, ga.chunk_size, ga.keep_per_round, ga.steps_per_round, n, ga.seed)
+            return RoundSchedule(pool_size, ga.chunk_size, ga.keep_per_round, ga.steps_per_round, n, ga.seed,
+                                 keys=problem_keys.keys_of(map(identity, pool)))
         draw = n * ga.selection_ratio if ga.enabled else n
         return StepSchedule(pool_size, draw, n, ga.seed)
     except ValueError as err:

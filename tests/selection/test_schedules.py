@@ -29,6 +29,21 @@ def test_round_schedule_state_round_trip():
     assert [b.batch(s) for s in range(3)] == [a.batch(s) for s in range(3)]
 
 
+def test_round_schedule_keeps_its_kept_set_by_problem_on_a_changed_pool():
+    from nemo_gradalign.selection.problem_keys import keys_of
+
+    names = [f"p{i}".encode() for i in range(100)]
+    a = RoundSchedule(100, 32, 8, 3, 4, seed=1, keys=keys_of(names))
+    a.set_selection([5, 6, 7, 8, 9, 10, 11, 12])
+    changed = names[6:][::-1] + [b"new"]  # rows 0-5 dropped (5 was kept), the rest reversed
+    b = RoundSchedule(len(changed), 32, 8, 3, 4, seed=1, keys=keys_of(changed))
+    b.load_state_dict(a.state_dict())
+    assert [changed[i] for i in b.selected] == names[6:13]
+    rows_only = {"selected": [5, 150]}  # a state from before keys, for a pool it does not fit
+    with pytest.raises(ValueError, match=r"selected holds rows outside the pool's 0..99"):
+        RoundSchedule(100, 32, 8, 3, 4, seed=1).load_state_dict(rows_only)
+
+
 def test_step_schedule_draws_q_times_N_and_passes_over_the_pool():
     s = StepSchedule(pool_size=12, draw=4, keep=2, seed=0)
     draws = [s.candidates(step) for step in range(3)]
