@@ -3,6 +3,9 @@
     PYTHONPATH=$PWD python benchmarks/regimes_grid.py --seeds 3,4,5              # run what is missing, print
     PYTHONPATH=$PWD python benchmarks/regimes_grid.py --seeds 3 --settings multi --report-only
 
+Every method is read at equal **cost at scale** (trainer/compute.py: a generated token priced at
+twice a trained token's forward+backward, NeMo RL's published 8B split) and at equal compute.
+
 Settings: ``multi`` (``data.pool_size=512``: 32 steps a pass, a problem visited about 5 times in
 160 steps) and ``single`` (the demo's pool of 2048: 128 steps a pass, 1.25 passes in 160 steps).
 Every run goes through the demo's own ``_one_run`` (jobs/demo.py), one at a time in a fresh
@@ -56,6 +59,7 @@ def run_cell(pool, out: Path, setting: str, regime: str, method: str, seed: int,
     if path.is_file():
         return json.loads(path.read_text())
     extra = [] if budget is None else [f"grpo.max_compute={budget['compute']}",
+                                       *([f"grpo.max_cost={budget['cost']}"] if "cost" in budget else []),
                                        f"grpo.max_num_steps={STEP_ALLOWANCE * budget['steps']}"]
     print(f"  {setting} {regime} {method} seed {seed}{' budget %.3g' % budget['compute'] if budget else ''} ...",
           flush=True)
@@ -76,8 +80,8 @@ def run_grid(out: Path, settings, regimes, methods, seeds) -> None:
             for setting in settings:
                 for regime in regimes:
                     refs = [run_cell(pool, out, setting, regime, m, seed, None) for m in selection]
-                    budget = ({"compute": max(r["compute"] for r in refs), "steps": max(r["steps"] for r in refs)}
-                              if refs else None)
+                    budget = ({"compute": max(r["compute"] for r in refs), "cost": max(r["cost"] for r in refs),
+                               "steps": max(r["steps"] for r in refs)} if refs else None)
                     for m in methods:
                         if is_budgeted(m):
                             if budget is None and not cell_path(out, setting, regime, m, seed).is_file():
@@ -113,39 +117,44 @@ def table(out: Path, setting: str, regime: str, methods, seeds) -> str | None:
     pool_size = load_embedded_recipe(recipe_path(regime), SETTINGS[setting]).data.pool_size
     steps_per_pass = pool_size // 16
     lines = [f"\n### {regime}, {setting} (pool {pool_size}, {steps_per_pass} steps a pass), seeds {done}\n",
-             "| method | steps | compute (M) | generated tokens (M) | final acc | "
+             "| method | steps | cost at scale (M) | compute (M) | generated tokens (M) | final acc | "
              f"{FLAG.get(regime, 'noisy')} picked after pass 1 | "
-             + " | ".join(f"AUC @ {r}'s compute | per seed" for r in refs) + " |",
-             "|---" * (6 + 2 * len(refs)) + "|"]
+             + " | ".join(f"AUC @ {r}'s cost | per seed | AUC @ {r}'s compute" for r in refs) + " |",
+             "|---" * (7 + 3 * len(refs)) + "|"]
     for m in have:
         row = cells[m]
         by_seed = {c["seed"]: c for c in row}
         aucs = []
         for r in refs:
-            vals = [mean_area(by_seed[c["seed"]]["compute_curve"], c["compute"]) if c["seed"] in by_seed
-                    else math.nan for c in cells[r]]
-            aucs += [fmt(vals), per_seed(vals)]
-        lines.append(" | ".join([f"| {m}", fmt([c["steps"] for c in row], 0), fmt([c["compute"] / 1e6 for c in row], 2),
+            at_cost, at_compute = (areas_at(by_seed, cells[r], measure) for measure in ("cost", "compute"))
+            aucs += [fmt(at_cost), per_seed(at_cost), fmt(at_compute)]
+        lines.append(" | ".join([f"| {m}", fmt([c["steps"] for c in row], 0),
+                                 fmt([c.get("cost", math.nan) / 1e6 for c in row], 2),
+                                 fmt([c["compute"] / 1e6 for c in row], 2),
                                  fmt([c["generated_tokens"] / 1e6 for c in row], 2),
                                  fmt([c["final_acc"] for c in row]),
                                  fmt([after_first_pass(c, steps_per_pass) for c in row]), *aucs]) + " |")
-    lines += [verdict(cells, r, [m for m in have if is_budgeted(m)]) for r in refs]
+    lines += [verdict(cells, r, [m for m in have if is_budgeted(m)], measure) for r in refs
+              for measure in ("cost", "compute")]
     return "\n".join(lines)
 
 
-def verdict(cells: dict, ref: str, baselines: list[str]) -> str:
-    """At ``ref``'s compute: the method with the highest mean area, and ref minus each baseline."""
-    def areas(m):
-        by_seed = {c["seed"]: c for c in cells[m]}
-        return [mean_area(by_seed[c["seed"]]["compute_curve"], c["compute"]) if c["seed"] in by_seed
-                else math.nan for c in cells[ref]]
+def areas_at(by_seed: dict, ref_cells: list[dict], measure: str) -> list[float]:
+    """Per seed of the reference: this run's accuracy area up to the reference's cost or compute
+    (NaN for a cell run before costs were logged)."""
+    return [mean_area(by_seed[c["seed"]].get(f"{measure}_curve", []), c.get(measure, math.nan))
+            if c["seed"] in by_seed else math.nan for c in ref_cells]
 
-    mine = areas(ref)
-    every = {m: areas(m) for m in [ref, *baselines]}
+
+def verdict(cells: dict, ref: str, baselines: list[str], measure: str = "cost") -> str:
+    """At ``ref``'s cost (or compute): the method with the highest mean area, and ref minus each baseline."""
+    every = {m: areas_at({c["seed"]: c for c in cells[m]}, cells[ref], measure) for m in [ref, *baselines]}
+    mine = every[ref]
     means = {m: statistics.fmean(a) for m, a in every.items() if not any(math.isnan(x) for x in a)}
     diffs = [f"{b} {fmt([x - y for x, y in zip(mine, every[b])])}" for b in baselines]
     best = max(means, key=means.get) if means else "–"
-    return f"\nAt {ref}'s compute: highest mean AUC {best}; {ref} minus " + ", ".join(diffs) + "."
+    what = "cost at scale" if measure == "cost" else measure
+    return f"\nAt {ref}'s {what}: highest mean AUC {best}; {ref} minus " + ", ".join(diffs) + "."
 
 
 def main() -> None:
@@ -175,9 +184,10 @@ def main() -> None:
     out = Path(args.out_dir)
     if not args.report_only:
         run_grid(out, settings, regimes, methods, seeds)
-    print(f"\nAUC: mean accuracy over [0, C], C the named selection method's compute (forward token-passes); "
-          f"budgeted methods ({', '.join(m for m in methods if is_budgeted(m))}) ran once per cell to the largest "
-          "selection compute. Flagged share after pass 1: steps > pool / 16.")
+    print(f"\nAUC: mean accuracy over [0, C], C the named selection method's cost at scale (trained tokens' "
+          "forward+backward; a generated token 2, a forward 1/3) or compute (forward token-passes); budgeted "
+          f"methods ({', '.join(m for m in methods if is_budgeted(m))}) ran once per cell until both the largest "
+          "selection cost and compute were reached. Flagged share after pass 1: steps > pool / 16.")
     for setting in settings:
         for regime in regimes:
             text = table(out, setting, regime, methods, seeds)

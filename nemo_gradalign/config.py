@@ -78,7 +78,7 @@ class MemorySamplerConfig(BaseModel):
 
 class GradAlignConfig(_Strict):
     enabled: bool = False
-    method: Literal["gradalign", "dot", "learnalign", "accgreedy", "accfilter", "random", "dapo"] = "gradalign"
+    method: Literal["gradalign", "simacc", "dot", "learnalign", "accgreedy", "accfilter", "random", "dapo"] = "gradalign"
     # step: score q·N drawn problems, train the top N; round: the paper's chunks; memory: pick N
     # from the score memory before rollout, score them in the training pass (gradalign.memory)
     schedule: Literal["step", "round", "memory"] = "step"
@@ -126,9 +126,9 @@ class GradAlignConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.schedule == "memory" and self.method != "gradalign":
-            raise ValueError(f"schedule='memory' remembers cosines with the validation gradient: method must "
-                             f"be 'gradalign' (got {self.method!r})")
+        if self.schedule == "memory" and self.method not in ("gradalign", "simacc"):
+            raise ValueError(f"schedule='memory' remembers alignment with the validation gradient: method must "
+                             f"be 'gradalign' or 'simacc' (got {self.method!r})")
         if self.acc_low > self.acc_high:
             raise ValueError(f"acc_low={self.acc_low} must not exceed acc_high={self.acc_high}")
         if self.schedule == "round" and self.chunk_size < self.selection_ratio:

@@ -106,11 +106,12 @@ def _run_all(regime, methods, seeds, out_dir, workers, overrides, console) -> di
 
 
 def _budget(by_run: dict, methods: list[str], seed: int) -> list[str]:
-    """A budgeted baseline's stop: the seed's largest selection compute (and ample steps)."""
+    """A budgeted baseline's stop: the seed's largest selection compute and cost at scale, both
+    reached (and ample steps)."""
     refs = [by_run[(m, seed)] for m in methods if not is_budgeted(m)]
     if not refs:
         return []
-    return [f"grpo.max_compute={max(r['compute'] for r in refs)}",
+    return [f"grpo.max_compute={max(r['compute'] for r in refs)}", f"grpo.max_cost={max(r['cost'] for r in refs)}",
             f"grpo.max_num_steps={STEP_ALLOWANCE * max(r['steps'] for r in refs)}"]
 
 
@@ -125,6 +126,7 @@ def compare(summaries: dict[str, list[dict]], ref_name: str | None = None) -> di
             ref = summaries[ref_name][i] if ref_name else run
             rows.append({"auc_steps": mean_area(run["curve"], ref["steps"]),
                          "auc_compute": mean_area(run["compute_curve"], ref["compute"]),
+                         "auc_cost": mean_area(run["cost_curve"], ref["cost"]),
                          "acc_at_steps": value_at(run["curve"], ref["steps"]),
                          "acc_at_compute": value_at(run["compute_curve"], ref["compute"])})
         out[method] = rows
@@ -137,20 +139,21 @@ def print_table(console: Console, summaries: dict, regime: str, seeds: list[int]
     what = {"corrupted": "noisy", "target": "target", "wrong_key": "wrong-key"}.get(tag, "flagged")
     ref = next((m for m in summaries if not is_budgeted(m)), None)
     table = Table(title=f"GradAlign demo: {regime} regime, seeds {seeds} (mean±std); "
-                        f"equal steps / compute = {ref}'s, seed by seed")
-    for col in ("method", "steps", "compute M", "step s", f"{what} picked", "acc start", "acc end",
-                "acc @steps", "AUC steps", "acc @compute", "AUC compute"):
+                        f"equal steps / compute / cost at scale = {ref}'s, seed by seed")
+    for col in ("method", "steps", "cost M", "compute M", "step s", f"{what} picked", "acc start", "acc end",
+                "AUC steps", "acc @compute", "AUC compute", "AUC cost"):
         table.add_column(col, justify="left" if col == "method" else "right")
     rows = compare(summaries)
     for method, runs in summaries.items():
         cmp = rows[method]
-        table.add_row(method, mean_std([r["steps"] for r in runs], 0),
+        table.add_row(method, mean_std([r["steps"] for r in runs], 0), mean_std([r["cost"] / 1e6 for r in runs], 2),
                       mean_std([r["compute"] / 1e6 for r in runs], 2), mean_std([r["seconds"] for r in runs], 0),
                       mean_std([r["run_share"] for r in runs]), mean_std([r["initial_acc"] for r in runs]),
                       mean_std([r["final_acc"] for r in runs]),
-                      *(mean_std([c[k] for c in cmp]) for k in ("acc_at_steps", "auc_steps", "acc_at_compute",
-                                                                "auc_compute")))
+                      *(mean_std([c[k] for c in cmp]) for k in ("auc_steps", "acc_at_compute", "auc_compute",
+                                                                "auc_cost")))
     console.print(table)
-    console.print("compute: forward token-passes (generation 1, forward+backward 3 per token; docs/training.md). "
-                  "AUC: mean accuracy over [0, budget]; step s: summed step seconds.")
+    console.print("cost: at scale, in trained tokens' forward+backward (a generated token 2, a forward 1/3; NeMo RL's "
+                  "published 8B step split); compute: forward token-passes (generation 1, forward+backward 3; "
+                  "docs/training.md). AUC: mean accuracy over [0, budget]; step s: summed step seconds.")
     console.print(f"whole demo: {wall:.0f} s wall. Plot: {figure}")

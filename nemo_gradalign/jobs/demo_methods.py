@@ -31,8 +31,8 @@ _FIXED = {
     "grpo-trusted": ["gradalign.enabled=false", "+grpo.train_on=trusted"],
     "grpo-pooltrusted": ["gradalign.enabled=false", "+grpo.train_on=pool+trusted"],
 }
-_STEP = re.compile(r"gradalign-step(?:-r(\d+))?")
-_MEMORY = re.compile(r"gradalign-memory(?:-r(\d+))?")
+_STEP = re.compile(r"(gradalign|simacc)-step(?:-r(\d+))?")
+_MEMORY = re.compile(r"(gradalign|simacc)-memory(?:-r(\d+))?")
 # GradAlign-memory rebuilds G every 4 steps unless named -r<N>: the round schedule's cadence
 # (a round of 4 steps, one G), so the two pay the same for G; chosen before any measurement.
 MEMORY_REFRESH = 4
@@ -47,16 +47,16 @@ def method_overrides(name: str) -> list[str]:
     if name in ("random", "accgreedy", "accfilter"):  # the paper's baselines, in the recipe's schedule
         return [f"gradalign.method={name}"]
     memory = _MEMORY.fullmatch(name)
-    if memory:
-        return ["gradalign.method=gradalign", "gradalign.schedule=memory",
-                f"gradalign.refresh_every={memory.group(1) or MEMORY_REFRESH}"]
+    if memory:  # simacc-*: the official cos · 4a(1−a) in place of the cosine
+        return [f"gradalign.method={memory.group(1)}", "gradalign.schedule=memory",
+                f"gradalign.refresh_every={memory.group(2) or MEMORY_REFRESH}"]
     step = _STEP.fullmatch(name)
     if step:
-        refresh = [f"gradalign.refresh_every={step.group(1)}"] if step.group(1) else []
-        return ["gradalign.method=gradalign", "gradalign.schedule=step", *refresh]
+        refresh = [f"gradalign.refresh_every={step.group(2)}"] if step.group(2) else []
+        return [f"gradalign.method={step.group(1)}", "gradalign.schedule=step", *refresh]
     raise ValueError(f"unknown demo method {name!r}: choose gradalign, gradalign-round, gradalign-step, "
                      "gradalign-step-r<N> (validation gradient rebuilt every N steps), gradalign-memory, "
-                     "gradalign-memory-r<N>, grpo, dapo, greso, grpo-trusted, grpo-pooltrusted, "
+                     "gradalign-memory-r<N>, simacc-memory[-r<N>], simacc-step[-r<N>], grpo, dapo, greso, grpo-trusted, grpo-pooltrusted, "
                      "random, accgreedy, accfilter")
 
 

@@ -1,6 +1,7 @@
 """Scoring methods (DESIGN.md §2): one number per problem, higher is picked first.
 
-Gradient methods read the engine's ProblemStats; accuracy methods read pass rates. A problem
+Gradient methods read the engine's ProblemStats; accuracy methods read pass rates; ``simacc`` (the
+official code's cos · 4a(1−a)) reads both. A problem
 whose rollouts all got the same reward has g_i = 0: with ``uninformative="exclude"`` (default) it
 gets -inf and is never picked; ``"zero"`` scores it 0.0 as the official code does, which ranks it
 above every negatively aligned problem. ``dapo`` is DAPO's dynamic sampling as a score: the
@@ -15,8 +16,8 @@ import torch
 
 from nemo_gradalign.engine import ProblemStats
 
-Method = Literal["gradalign", "dot", "learnalign", "accgreedy", "accfilter", "random", "dapo"]
-METHODS: tuple[str, ...] = ("gradalign", "dot", "learnalign", "accgreedy", "accfilter", "random", "dapo")
+Method = Literal["gradalign", "simacc", "dot", "learnalign", "accgreedy", "accfilter", "random", "dapo"]
+METHODS: tuple[str, ...] = ("gradalign", "simacc", "dot", "learnalign", "accgreedy", "accfilter", "random", "dapo")
 Uninformative = Literal["exclude", "zero"]
 
 EXCLUDED = float("-inf")
@@ -24,7 +25,13 @@ EXCLUDED = float("-inf")
 
 def reference_source(method: str) -> str | None:
     """Which gradient a method aligns with: the trusted validation set, the pool itself, or none."""
-    return {"gradalign": "validation", "dot": "validation", "learnalign": "pool"}.get(method)
+    return {"gradalign": "validation", "simacc": "validation", "dot": "validation", "learnalign": "pool"}.get(method)
+
+
+def simacc_factor(pass_rates: torch.Tensor) -> torch.Tensor:
+    """The official ``simacc`` weight 4a(1−a): 1 at a pass rate of one half, 0 at 0 and 1."""
+    rates = pass_rates.double()
+    return 4 * rates * (1 - rates)
 
 
 def score_problems(
@@ -42,7 +49,9 @@ def score_problems(
     if reference_source(method) is not None:
         if stats is None:
             raise ValueError(f"method {method!r} needs gradient statistics from the engine")
-        scores = stats.cosine() if method in ("gradalign", "learnalign") else stats.dot.clone()
+        scores = stats.cosine() if method in ("gradalign", "simacc", "learnalign") else stats.dot.clone()
+        if method == "simacc":  # the official ablation: direction times pass-rate spread (l.136)
+            scores = scores * simacc_factor(pass_rates)
         if uninformative == "exclude":
             scores = torch.where(informative, scores, torch.full_like(scores, EXCLUDED))
         elif uninformative == "zero":

@@ -18,6 +18,14 @@ training; comparing them at equal steps hides that. The unit is one forward toke
 
 Tokens are the real ones (prompt + response, no padding), so the count does not depend on how
 rollouts are batched or split over ranks.
+
+That measure counts FLOPs; users pay seconds, and at scale generation (memory-bound decoding) is
+the expensive part. **Cost at scale** prices each token by purpose in units of one trained token's
+forward+backward, from NeMo RL's published step split (Llama-3.1-8B, Megatron, 8 GPUs: 58 s
+generation, 28 s training, 18 s log-probs of the old policy and the reference, for the same
+tokens): a generated token costs ``generation_price`` (default 2: 58 / 28 = 2.07), a forward
+(old log-probs, the in-pass read) a third (18 / 28 / 2 = 0.32, the FLOP ratio too), a
+forward+backward (training, scoring) one. Refit (5 s) is per step, not per token, and left out.
 """
 
 from __future__ import annotations
@@ -30,12 +38,20 @@ FORWARD = 1.0
 FORWARD_BACKWARD = 3.0  # forward + a backward of two forwards
 
 KINDS = ("generated", "validation_generated", "scored", "trained", "trained_forward", "read", "eval_generated")
+GENERATION_PRICE = 2.0  # a generated token, in trained tokens' forward+backward, at scale
+FORWARD_PRICE = 1.0 / 3.0
 
 
 def compute_of(tokens: dict) -> float:
     """Forward token-passes for a tally of tokens by kind (see the module docstring)."""
     return (FORWARD * (tokens.get("generated", 0) + tokens.get("trained_forward", 0) + tokens.get("read", 0))
             + FORWARD_BACKWARD * (tokens.get("scored", 0) + tokens.get("trained", 0)))
+
+
+def cost_of(tokens: dict, generation_price: float = GENERATION_PRICE) -> float:
+    """Cost at scale of a tally of tokens by kind, in trained tokens' forward+backward."""
+    return (generation_price * tokens.get("generated", 0) + tokens.get("scored", 0) + tokens.get("trained", 0)
+            + FORWARD_PRICE * (tokens.get("trained_forward", 0) + tokens.get("read", 0)))
 
 
 class ComputeMeter:
@@ -48,7 +64,8 @@ class ComputeMeter:
     read from the training pass.
     """
 
-    def __init__(self):
+    def __init__(self, generation_price: float = GENERATION_PRICE):
+        self.generation_price = generation_price
         self.total = {k: 0 for k in KINDS}
         self.total_seconds = 0.0
         self.step = {k: 0 for k in KINDS}
@@ -68,12 +85,19 @@ class ComputeMeter:
         record["compute/step"] = compute_of(self.step)
         record["compute/total"] = compute_of(self.total)
         record["compute/total_seconds"] = self.total_seconds
+        record["cost/step"] = cost_of(self.step, self.generation_price)
+        record["cost/total"] = self.cost
         self.step = {k: 0 for k in KINDS}
         return record
 
     @property
     def compute(self) -> float:
         return compute_of(self.total)
+
+    @property
+    def cost(self) -> float:
+        """Cost at scale so far (see the module docstring)."""
+        return cost_of(self.total, self.generation_price)
 
     def state_dict(self) -> dict:
         return {"total": dict(self.total), "total_seconds": self.total_seconds}

@@ -23,6 +23,10 @@ class GRPOConfig(_Strict):
     max_num_steps: int = Field(160, gt=0)
     max_compute: float | None = Field(None, gt=0, description="also stop once the run's compute "
                                       "(forward token-passes, trainer/compute.py) reaches this")
+    max_cost: float | None = Field(None, gt=0, description="also stop once the run's cost at scale reaches "
+                                   "this (with max_compute too: once both are reached)")
+    # a generated token's price at scale, in trained tokens' forward+backward (trainer/compute.py)
+    generation_price: float = Field(2.0, gt=0)
     normalize_rewards: bool = True
     use_leave_one_out_baseline: bool = False
     val_period: int = Field(20, gt=0, description="evaluate every n steps (and at 0 and the end)")

@@ -97,7 +97,7 @@ class Trainer:
         self.progress = _Progress()
         self.progress_bar = progress_bar and rank == 0
         self.last_eval: dict = {}
-        self.compute = ComputeMeter()
+        self.compute = ComputeMeter(g.generation_price)
         self._reusable: dict[int, ProblemRollouts] = {}
         self.feedback = memory_feedback(self.schedule, self.selector, self.engine, self.compute, self.pool, self.loss)
 
@@ -135,10 +135,12 @@ class Trainer:
         return rollouts
 
     def _budget_left(self) -> bool:
-        """Steps left, and (when grpo.max_compute is set) compute left: equal-compute baselines."""
+        """Steps left, and (when grpo.max_compute / max_cost are set) one of them not yet reached:
+        a baseline budgeted both ways runs until it can be read at equal compute and equal cost."""
         g = self.recipe.grpo
-        return self.progress.step < g.max_num_steps and (
-            g.max_compute is None or self.compute.compute < g.max_compute)
+        budgets = [spent < limit for limit, spent in ((g.max_compute, self.compute.compute),
+                                                      (g.max_cost, self.compute.cost)) if limit is not None]
+        return self.progress.step < g.max_num_steps and (not budgets or any(budgets))
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -196,6 +198,7 @@ class Trainer:
         self.last_eval = result
         self.compute.total["eval_generated"] += g.val_generations * sum(sum(p.shape) for p in self.sets.evaluation)
         self.metrics.write({"step": step, "kind": "eval", **result, "compute/total": self.compute.compute,
+                            "cost/total": self.compute.cost,
                             "compute/total_seconds": self.compute.total_seconds,
                             "tokens/total_eval_generated": self.compute.total["eval_generated"]})
         return result

@@ -14,11 +14,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from nemo_gradalign.engine import GradientEngine
 from nemo_gradalign.megatron.in_pass import AlignmentReading, InPassScores
 from nemo_gradalign.rollouts import ProblemRollouts
 from nemo_gradalign.selection.schedules import MemorySchedule
+from nemo_gradalign.selection.scores import simacc_factor
 from nemo_gradalign.selection.selector import Selector
 from nemo_gradalign.trainer.compute import ComputeMeter, rollout_tokens
 
@@ -45,7 +47,10 @@ class MemoryFeedback:
         if scores.problem_ids != [r.problem_id for r in batch]:
             raise RuntimeError("in-pass scores are not in the batch's order")
         cosine, zero = scores.cosine().numpy(), scores.zero_gradient.numpy()
-        self.schedule.record(ids, step, cosine, zero)
+        remembered = cosine  # simacc: direction x pass-rate spread, cos · 4a(1−a)
+        if self.selector.cfg.method == "simacc":
+            remembered = cosine * simacc_factor(torch.tensor([r.pass_rate for r in batch])).numpy()
+        self.schedule.record(ids, step, remembered, zero)
         self.compute.add("read", rollout_tokens(batch))
         return self._step_record(ids, cosine, zero)
 

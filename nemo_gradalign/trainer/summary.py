@@ -30,6 +30,9 @@ def run_summary(metrics_path, regime: str) -> dict:
         # accuracy against compute (forward token-passes) and step seconds, at the same evaluations
         "compute_curve": [(r.get("compute/total", math.nan), r["val:accuracy"]) for r in eval_records],
         "seconds_curve": [(r.get("compute/total_seconds", math.nan), r["val:accuracy"]) for r in eval_records],
+        # against cost at scale (a generated token priced as at scale, trainer/compute.py)
+        "cost_curve": [(r.get("cost/total", math.nan), r["val:accuracy"]) for r in eval_records],
+        "cost": eval_records[-1].get("cost/total", math.nan) if eval_records else math.nan,
         "steps": steps[-1] if steps else 0,
         "compute": eval_records[-1].get("compute/total", math.nan) if eval_records else math.nan,
         "auc": area / (steps[-1] - steps[0]) if len(steps) > 1 else math.nan,

@@ -92,6 +92,22 @@ def test_group_ids_read_one_idx_per_whole_group():
         group_ids([4, 4, 9], 2)
 
 
+def test_simacc_remembers_cosine_times_pass_rate_spread():
+    """gradalign.method=simacc: the memory holds cos · 4a(1−a), a from the scorer's pass rates."""
+    sampler = AlignmentMemorySampler(6, 2)
+    ids = sampler.next_step().problem_ids.tolist()
+    stats = types.SimpleNamespace(cosine=lambda: torch.tensor([0.4, -0.5], dtype=torch.float64))
+    rates = torch.tensor([0.25, 0.5])  # factors 4·¼·¾ = 0.75 and 1
+
+    def statistics(b, master_config, validation):
+        return stats, torch.tensor([True, True]), rates
+
+    master = types.SimpleNamespace(grpo=types.SimpleNamespace(num_generations_per_prompt=2))
+    feedback = MemoryFeedback(sampler, statistics, lambda: "validation rollouts", simacc=True)
+    feedback({"idx": [i for i in ids for _ in range(2)]}, master)
+    assert sampler.memory.mean[ids].tolist() == pytest.approx([0.4 * 0.75, -0.5], rel=1e-15)
+
+
 def _wrapper_case(dynamic_sampling, batch_type, master):
     """One step through the wrapper: upstream's result untouched, the feedback's metrics added."""
     sampler = AlignmentMemorySampler(6, 2)

@@ -30,6 +30,13 @@ def test_gradalign_is_the_cosine_and_excludes_uninformative():
     assert top_indices(scores, 4) == [0, 3, 1]  # the uninformative one is never picked
 
 
+def test_simacc_is_the_cosine_times_four_a_one_minus_a():
+    scores = _score("simacc")  # by hand: 0.6·4·0.5·0.5, −0.8·4·0.25·0.75, excluded, 0.1·4·0.875·0.125
+    assert scores[[0, 1, 3]].tolist() == pytest.approx([0.6, -0.6, 0.04375], rel=1e-15)
+    assert scores[2] == -math.inf and reference_source("simacc") == "validation"
+    assert top_indices(scores, 4) == [0, 3, 1]
+
+
 def test_zero_mode_reproduces_the_official_ranking():
     scores = _score("gradalign", uninformative="zero")
     assert scores.tolist() == pytest.approx([0.6, -0.8, 0.0, 0.1])

@@ -41,6 +41,16 @@ def test_meter_weights_generation_one_and_forward_backward_three():
     assert again.compute == 380
 
 
+def test_cost_at_scale_prices_generation_twice_a_trained_token():
+    meter = ComputeMeter(generation_price=2.0)
+    for kind, tokens in (("generated", 90), ("scored", 20), ("trained", 60), ("trained_forward", 30), ("read", 3)):
+        meter.add(kind, tokens)
+    record = meter.close_step(1.0)
+    # by hand, in trained tokens' forward+backward: 2 per generated, 1 per forward+backward, 1/3 per forward
+    assert math.isclose(record["cost/step"], 2 * 90 + 20 + 60 + (30 + 3) / 3, rel_tol=1e-15)
+    assert record["cost/total"] == record["cost/step"]
+
+
 def _train(log_dir, *extra):
     subprocess.run([sys.executable, "-m", "nemo_gradalign.cli", "train", "--config", RECIPE, *TINY,
                     f"logger.log_dir={log_dir}", *extra], check=True, capture_output=True, timeout=600)
@@ -82,3 +92,15 @@ def test_max_compute_stops_plain_grpo_at_the_first_step_reaching_it(tmp_path):
     train = [r for r in records if r["kind"] == "train"]
     assert [r["compute/total"] for r in train] == [per_step, 2 * per_step, 3 * per_step]
     assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 2, 3]  # the stop is evaluated
+
+
+@pytest.mark.slow
+def test_a_baseline_budgeted_by_compute_and_cost_runs_until_both_are_reached(tmp_path):
+    tokens = 4 * 4 * SEQ
+    per_step_compute, per_step_cost = tokens * (1 + 1 + 3 * 2), tokens * (2 + 1 / 3 + 2)
+    records = _train(tmp_path / "grpo", "gradalign.enabled=false", "grpo.max_num_steps=50",
+                     f"grpo.max_compute={1.5 * per_step_compute}", f"grpo.max_cost={2.5 * per_step_cost}")
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 3 and math.isclose(train[-1]["cost/total"], 3 * per_step_cost, rel_tol=1e-12)
+    assert math.isclose([r for r in records if r["kind"] == "eval"][-1]["cost/total"], 3 * per_step_cost,
+                        rel_tol=1e-12)

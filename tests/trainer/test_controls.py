@@ -129,3 +129,31 @@ def test_trusted_control_runs_train_only_on_what_they_name(tmp_path, train_on):
     assert len(picked) == steps and all(len(p) == N for p in picked)
     allowed = trusted if train_on == "trusted" else trusted | pool
     assert set().union(*picked) == allowed and not trusted & pool  # 6 x 4 picks: one pass over 24, or 3 over 8
+
+
+def test_simacc_memory_remembers_cosine_times_pass_rate_spread():
+    """gradalign.method=simacc with the memory schedule: the memory holds cos · 4a(1−a), the step's
+    record keeps the raw cosines."""
+    import types
+
+    import numpy as np
+    import torch
+
+    from helpers import problem_from_responses
+    from nemo_gradalign.megatron.in_pass import InPassScores
+    from nemo_gradalign.trainer.compute import ComputeMeter
+    from nemo_gradalign.trainer.memory_feedback import MemoryFeedback
+
+    schedule = MemorySchedule(4, 2, MemorySamplerConfig())
+    ids = schedule.batch(0)
+    batch = [problem_from_responses(i, [1, 2], [[3], [4], [5], [6]], rewards)
+             for i, rewards in zip(ids, ([1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]))]
+    scores = InPassScores(ids, torch.tensor([0.3, -0.2], dtype=torch.float64),
+                          torch.tensor([1.0, 1.0], dtype=torch.float64), torch.tensor([False, False]))
+    selector = types.SimpleNamespace(cfg=types.SimpleNamespace(method="simacc"))
+    schedule.note_reference(0)
+    pool = [types.SimpleNamespace(problem_id=i, tags={}) for i in range(4)]
+    record = MemoryFeedback(schedule, selector, None, ComputeMeter(), pool).record(0, ids, batch, scores)
+    # pass rates 1/4 and 1/2: factors 4·¼·¾ = 0.75 and 1
+    assert np.allclose(schedule.memory.mean[ids], [0.3 * 0.75, -0.2], rtol=1e-15, atol=0)
+    assert record["gradalign/batch_cosines"] == [0.3, -0.2]

@@ -51,7 +51,8 @@ def read_gradalign(master_config: Any) -> GradAlignConfig:
     if block is not None and not isinstance(block, dict):
         block = block.model_dump() if hasattr(block, "model_dump") else dict(block)
     if isinstance(block, dict) and block.get("schedule") is None:  # unset, or null in the entry's block
-        block = {**block, "schedule": DEFAULT_SCHEDULE if block.get("method", "gradalign") == "gradalign" else "step"}
+        block = {**block, "schedule": DEFAULT_SCHEDULE if block.get("method", "gradalign") in ("gradalign", "simacc")
+                 else "step"}
     memory = block.get("memory") if isinstance(block, dict) else None
     if isinstance(memory, dict) and "seed" in memory and memory["seed"] is None:
         block = {**block, "memory": {k: v for k, v in memory.items() if k != "seed"}}

@@ -29,6 +29,8 @@ from nemo_gradalign.integrations.nemo_rl.config import (check_supported, in_pass
 from nemo_gradalign.integrations.nemo_rl.driver import GroupScorer
 from nemo_gradalign.integrations.nemo_rl.preflight import with_default_block
 from nemo_gradalign.integrations.nemo_rl.selection import install as install_hook
+from nemo_gradalign.selection.scores import reference_source
+from nemo_gradalign.integrations.nemo_rl.validation_cost import g_cost_line, validation_problems
 from nemo_gradalign.integrations.nemo_rl.validation_loader import WithValidationPrompts
 from nemo_gradalign.integrations.nemo_rl.validation_rollouts import ValidationRollouts
 from nemo_gradalign.integrations.nemo_rl.validation_rollouts import install as install_rollouts
@@ -38,12 +40,12 @@ UPSTREAM_WORKER_FQN = "nemo_rl.models.policy.workers.megatron_policy_worker.Mega
 LOADER_TYPES = ("StatefulDataLoader", "MultipleDataloaderWrapper")
 
 
-def _validation_batch(val_dataloader, cfg: GradAlignConfig, collate):
+def _validation_batch(val_dataloader, master_config, cfg: GradAlignConfig, collate):
     if val_dataloader is None:
         raise ValueError(f"gradalign.method={cfg.method!r} aligns with the trusted validation set: "
                          "the recipe needs validation data (data.validation / val dataset)")
     dataset = val_dataloader.dataset
-    n = min(len(dataset), cfg.validation.max_problems or len(dataset))
+    n = validation_problems(master_config, cfg, len(dataset))
     return collate([dataset[i] for i in range(n)])
 
 
@@ -59,6 +61,8 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         check_supported(master_config, cfg)
         # before setup() starts anything: the rows' identities, and the memory a resume would load
         keys = sampler_state.checked_keys(master_config, cfg, dataset) if cfg.schedule == "memory" else None
+        if reference_source(cfg.method) == "validation" and val_dataset is not None and not isinstance(val_dataset, dict):
+            print(g_cost_line(master_config, cfg, len(val_dataset)), flush=True)
         registry[WORKER_FQN] = registry[UPSTREAM_WORKER_FQN]
         factory = functools.partial(policy_cls, worker_extension_cls_fqn=WORKER_FQN)
         if takes_factory:
@@ -78,10 +82,10 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
             result[loaders[0]], sampler = memory_mode.memory_training_loader(
                 result[loaders[0]], cfg, collate, checkpointer.get_latest_checkpoint_path(),
                 lookup(master_config, "data"), getattr(grpo_module, "load_dataloader_state", None), keys)
-        if cfg.method in ("gradalign", "dot"):
+        if reference_source(cfg.method) == "validation":
             val_loader = result[loaders[1]] if len(loaders) > 1 else None
             loader = result[loaders[0]] = WithValidationPrompts(result[loaders[0]], cfg.refresh_every)
-            store = ValidationRollouts(_validation_batch(val_loader, cfg, collate),
+            store = ValidationRollouts(_validation_batch(val_loader, master_config, cfg, collate),
                                        int(lookup(master_config, "grpo.num_generations_per_prompt")),
                                        _reward_transforms(grpo_module, master_config))
             install_rollouts(grpo_module, store)
@@ -93,7 +97,8 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
                 print(f"gradalign: in-pass reading off ({reason}): each trained group is scored with a "
                       "separate backward", flush=True)
             memory_mode.install(grpo_module, memory_mode.MemoryFeedback(
-                sampler, scorer.statistics, take_validation, in_pass=None if reason else scorer))
+                sampler, scorer.statistics, take_validation, in_pass=None if reason else scorer,
+                simacc=cfg.method == "simacc"))
         else:
             install_hook(grpo_module, scorer, take_validation)
         return tuple(result)

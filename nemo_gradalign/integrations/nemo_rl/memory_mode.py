@@ -33,6 +33,7 @@ from nemo_gradalign.config import GradAlignConfig
 from nemo_gradalign.integrations.nemo_rl.config import lookup, read_gradalign
 from nemo_gradalign.integrations.nemo_rl.sampler_state import CHECKPOINT_FILE, dataset_keys
 from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler, memory_dataloader
+from nemo_gradalign.selection.scores import simacc_factor
 
 
 
@@ -92,8 +93,11 @@ class MemoryFeedback:
     by ``flush``, which the sampler calls before it next decides or saves."""
 
     def __init__(self, sampler: AlignmentMemorySampler, statistics: Callable, take_validation: Callable[[], Any],
-                 in_pass=None, log: Callable[[str], None] = lambda line: print(line, flush=True)):
+                 in_pass=None, log: Callable[[str], None] = lambda line: print(line, flush=True),
+                 simacc: bool = False):
+        """``simacc``: remember cos · 4a(1−a) (gradalign.method=simacc), a the group's pass rate."""
         self.sampler, self.statistics, self.take_validation = sampler, statistics, take_validation
+        self.simacc = simacc
         self.in_pass, self.log, self.logged = in_pass, log, set()
         self.pending, self.flushed = None, {}
         if isinstance(sampler, FeedbackFirstSampler):
@@ -115,15 +119,15 @@ class MemoryFeedback:
                                "step's feedback")
         metrics, self.flushed = self.flushed, {}
         if self.in_pass is not None:
-            stats, informative, _ = self.in_pass.statistics(batch, master_config, validation, arm_in_pass=True)
+            stats, informative, rates = self.in_pass.statistics(batch, master_config, validation, arm_in_pass=True)
             if stats is None:
-                self.pending = (ids, step, generation)
+                self.pending = (ids, step, generation, rates)
                 return {**metrics, "gradalign/seconds": time.perf_counter() - t0, "gradalign/in_pass": 1.0}
             self._log_once(f"gradalign: in-pass reading off ({self.in_pass.in_pass_refusal}): each trained "
                            "group is scored with a separate backward")
         else:
-            stats, informative, _ = self.statistics(batch, master_config, validation)
-        metrics.update(self._record(ids, step, generation, stats, informative))
+            stats, informative, rates = self.statistics(batch, master_config, validation)
+        metrics.update(self._record(ids, step, generation, stats, informative, rates))
         metrics.update({"gradalign/seconds": time.perf_counter() - t0, "gradalign/in_pass": 0.0})
         if plan is not None:
             metrics.update({"gradalign/explored": plan.explored, "gradalign/skipped": int(plan.skipped.size),
@@ -135,18 +139,20 @@ class MemoryFeedback:
         workers could not read them."""
         if self.pending is None:
             return
-        (ids, step, generation), self.pending = self.pending, None
+        (ids, step, generation, rates), self.pending = self.pending, None
         result = self.in_pass.in_pass_scores()
         if isinstance(result, str):
             self.log(f"gradalign: step {step}'s in-pass reading failed in train() ({result}); "
                      "its groups are not recorded")
             return
-        self.flushed = self._record(ids, step, generation, result, result.informative)
+        self.flushed = self._record(ids, step, generation, result, result.informative, rates)
 
-    def _record(self, ids, step, generation, stats, informative) -> dict[str, float]:
+    def _record(self, ids, step, generation, stats, informative, rates) -> dict[str, float]:
         memory = self.sampler.memory
         zero = ~informative.cpu().numpy().astype(bool)
         cosine = stats.cosine().cpu().numpy()
+        if self.simacc:
+            cosine = cosine * simacc_factor(rates.cpu()).numpy()
         memory.record(ids, step, generation, np.where(zero, np.nan, cosine), zero)
         scored = cosine[~zero]
         return {"gradalign/generation": generation,
