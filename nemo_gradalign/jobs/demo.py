@@ -67,7 +67,7 @@ def run_demo(regime: str, methods: list[str], seeds: list[int], out_dir: str, wo
 
     recipe_path(regime)
     quiet_expected_warnings()
-    console = Console() if sys.stdout.isatty() else Console(width=150)  # logs: do not squeeze the table
+    console = Console() if sys.stdout.isatty() else Console(width=180)  # logs: do not squeeze the table
     t0 = time.perf_counter()
     for m in methods:
         method_overrides(m)  # a bad name fails before any run

@@ -72,6 +72,7 @@ class MemoryFeedback:
             "gradalign/memory_visits": int(memory.visits.sum()),
         }
         for tag in self.tags:
+            out[f"gradalign/batch_{tag}"] = [bool(self.pool[i].tags.get(tag)) for i in ids]  # per pick
             out[f"gradalign/picked_{tag}_share"] = self._share(tag, ids)
             out[f"gradalign/preferred_{tag}_share"] = self._share(tag, preferred)
             out[f"gradalign/skipped_{tag}_share"] = self._share(tag, plan.skipped.tolist())

@@ -1,5 +1,6 @@
-"""PNG plots of a demo: accuracy against steps, compute and seconds per method, the share of
-flagged problems picked, and the first selection's score histogram (flagged vs clean)."""
+"""PNG plots of a demo: accuracy against steps, compute and cost at scale per method, the share of
+flagged problems picked, and GradAlign's cosines flagged vs clean (at the first selection, or at each
+problem's first visit under the memory schedule)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def demo_figure(summaries: dict[str, list[dict]], regime: str, path: Path) -> Pa
     axes = grid.flatten()
     for ax, key, xlabel, scale in ((axes[0], "curve", "GRPO step", 1),
                                    (axes[1], "compute_curve", "compute (M forward token-passes)", 1e6),
-                                   (axes[2], "seconds_curve", "step seconds", 1)):
+                                   (axes[2], "cost_curve", "cost at scale (M trained tokens' forward+backward)",
+                                    1e6)):
         for method, runs in summaries.items():
             xs, mean, low, high = _mean_curve([r[key] for r in runs])
             xs = [x / scale for x in xs]
@@ -55,13 +57,16 @@ def demo_figure(summaries: dict[str, list[dict]], regime: str, path: Path) -> Pa
     name = next((m for m in summaries if m.startswith("gradalign")), None)
     rows = [row for r in summaries.get(name, []) for row in (r["first_scores"] or [])]
     column = {"corrupted": 2, "target": 3, "wrong_key": 4}.get(tag)  # see Trainer._select
-    finite = [row for row in rows if row[0] is not None and math.isfinite(row[0])]
-    flagged = [row[0] for row in finite if column and row[column]]
-    other = [row[0] for row in finite if not (column and row[column])]
+    finite = [(row[0], bool(column and row[column])) for row in rows if row[0] is not None and math.isfinite(row[0])]
+    when = "at the first selection"
+    if not finite:  # the memory schedule selects before rollout: each problem's first visit instead
+        finite = [pair for r in summaries.get(name, []) for pair in r.get("first_visit_cosines", [])]
+        when = "at each problem's first visit"
     if finite:
-        ax.hist([other, flagged], bins=25, label=["other", LABELS.get(tag, "flagged")], alpha=0.7)
+        ax.hist([[c for c, f in finite if not f], [c for c, f in finite if f]], bins=25,
+                label=["other", LABELS.get(tag, "flagged")], alpha=0.7)
         ax.legend()
-    ax.set(title=f"{name} cosines at the first selection", xlabel="cos(g_i, G)", ylabel="problems")
+    ax.set(title=f"{name} cosines {when}", xlabel="cos(g_i, G)", ylabel="problems")
     axes[5].axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

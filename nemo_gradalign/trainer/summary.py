@@ -40,8 +40,23 @@ def run_summary(metrics_path, regime: str) -> dict:
         "final_acc": accs[-1] if accs else math.nan,
         "seconds": sum(r.get("seconds", 0.0) for r in records if r["kind"] == "train"),
         "first_scores": selections[0].get("gradalign/candidate_scores") if selections else None,
+        # the memory schedule: (cosine, flagged) of every problem's first visit, from the steps' batches
+        "first_visit_cosines": first_visit_cosines(records, tag),
         "shares_by_step": [(r["step"], r.get(key)) for r in selections] if key else [],
     }
+
+
+def first_visit_cosines(records: list[dict], tag: str | None) -> list[tuple[float, bool]]:
+    seen, out = set(), []
+    for r in records:
+        if r["kind"] != "train" or "gradalign/batch_cosines" not in r:
+            continue
+        flags = r.get(f"gradalign/batch_{tag}") or [False] * len(r["gradalign/batch_cosines"])
+        for pid, cos, flag in zip(r["gradalign/picked_ids"], r["gradalign/batch_cosines"], flags):
+            if pid not in seen and cos is not None:
+                out.append((cos, bool(flag)))
+            seen.add(pid)
+    return out
 
 
 def mean_std(values: list[float], digits: int = 3) -> str:
