@@ -25,12 +25,14 @@ def test_demo_prints_table_and_runs_baselines_to_gradaligns_compute(tmp_path):
     assert [s for s, _ in ga["curve"]] == [0, 2, 4] and 0.0 <= ga["first_round_share"] <= 1.0
     for baseline in ("grpo", "dapo"):
         [run] = summary["summaries"][baseline]
-        computes = [c for c, _ in run["compute_curve"]]
-        # ran past GradAlign's steps until its compute reached GradAlign's, and not one step more
-        assert run["steps"] > ga["steps"] and computes[-1] >= ga["compute"]
+        computes, costs = [c for c, _ in run["compute_curve"]], [c for c, _ in run["cost_curve"]]
+        # ran past GradAlign's steps until both its compute and its cost at scale reached GradAlign's,
+        # and not one step more
+        assert run["steps"] > ga["steps"] and computes[-1] >= ga["compute"] and costs[-1] >= ga["cost"]
         lines = (tmp_path / "noisy" / f"{baseline}-seed0" / "metrics.jsonl").read_text().splitlines()
         steps_before = [r for r in map(json.loads, lines) if r["kind"] == "train"][-2]
-        assert steps_before["compute/total"] < ga["compute"]
+        assert steps_before["compute/total"] < ga["compute"] or steps_before["cost/total"] < ga["cost"]
         [cmp] = summary["compare"][baseline]
-        assert all(math.isfinite(cmp[k]) for k in ("auc_steps", "auc_compute", "acc_at_steps", "acc_at_compute"))
+        assert all(math.isfinite(cmp[k]) for k in ("auc_steps", "auc_compute", "auc_cost", "acc_at_steps",
+                                                   "acc_at_compute"))
         assert cmp["acc_at_steps"] == dict(run["curve"])[4]  # the evaluation at GradAlign's step count
