@@ -24,7 +24,7 @@ def test_score_job_scores_every_method_at_tp2(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "What each method picks" in proc.stdout and "TP=2 PP=1 DP=1" in proc.stdout
     res = json.loads((tmp_path / "score_results.json").read_text())
-    assert set(res["methods"]) == {"gradalign", "dot", "learnalign", "accgreedy", "accfilter", "random", "dapo"}
+    assert set(res["methods"]) == {"gradalign", "simacc", "dot", "learnalign", "accgreedy", "accfilter", "random", "dapo"}
     problems = res["problems"]
     assert len(problems) == 24 and sum(p["corrupted"] for p in problems) == 12
     for method, out in res["methods"].items():

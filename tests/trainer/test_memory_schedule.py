@@ -114,7 +114,7 @@ def test_memory_block_and_method_are_checked_with_their_field():
         load_embedded_recipe(RECIPE, [*TINY, *MEMORY, "++gradalign.memory.skip_cap=1.5"])
     with pytest.raises(ConfigError, match=r"gradalign.memory.explor_share: Extra inputs are not permitted"):
         load_embedded_recipe(RECIPE, [*TINY, *MEMORY, "++gradalign.memory.explor_share=0.5"])
-    with pytest.raises(ConfigError, match=r"schedule='memory' remembers cosines .* must be 'gradalign' \(got 'dapo'\)"):
+    with pytest.raises(ConfigError, match=r"schedule='memory' remembers alignment .* must be 'gradalign' or 'simacc' \(got 'dapo'\)"):
         load_embedded_recipe(RECIPE, [*TINY, *MEMORY, "gradalign.method=dapo"])
     seeded = load_embedded_recipe(RECIPE, [*TINY, *MEMORY, "grpo.seed=3"]).gradalign
     assert seeded.seed == seeded.memory.seed == 3  # the sampler's seed follows gradalign.seed unless set
