@@ -118,9 +118,9 @@ def table(out: Path, setting: str, regime: str, methods, seeds) -> str | None:
     steps_per_pass = pool_size // 16
     lines = [f"\n### {regime}, {setting} (pool {pool_size}, {steps_per_pass} steps a pass), seeds {done}\n",
              "| method | steps | cost at scale (M) | compute (M) | generated tokens (M) | final acc | "
-             f"{FLAG.get(regime, 'noisy')} picked after pass 1 | "
+             f"{FLAG.get(regime, 'noisy')} picked after pass 1 | distinct picked | top-32 share of picks | "
              + " | ".join(f"AUC @ {r}'s cost | per seed | AUC @ {r}'s compute" for r in refs) + " |",
-             "|---" * (7 + 3 * len(refs)) + "|"]
+             "|---" * (9 + 3 * len(refs)) + "|"]
     for m in have:
         row = cells[m]
         by_seed = {c["seed"]: c for c in row}
@@ -133,7 +133,9 @@ def table(out: Path, setting: str, regime: str, methods, seeds) -> str | None:
                                  fmt([c["compute"] / 1e6 for c in row], 2),
                                  fmt([c["generated_tokens"] / 1e6 for c in row], 2),
                                  fmt([c["final_acc"] for c in row]),
-                                 fmt([after_first_pass(c, steps_per_pass) for c in row]), *aucs]) + " |")
+                                 fmt([after_first_pass(c, steps_per_pass) for c in row]),
+                                 fmt([c.get("distinct_picked", math.nan) for c in row], 0),
+                                 fmt([c.get("top32_share", math.nan) for c in row]), *aucs]) + " |")
     lines += [verdict(cells, r, [m for m in have if is_budgeted(m)], measure) for r in refs
               for measure in ("cost", "compute")]
     return "\n".join(lines)

@@ -68,6 +68,9 @@ class MemorySamplerConfig(BaseModel):
     temperature: float = Field(0.3, gt=0.0)  # of the preference, in standard deviations of it
     optimism: float = Field(0.0, ge=0.0)  # standard errors added to the mean cosine when preferring
     generation_decay: float = Field(1.0, ge=0.0, le=1.0)  # a cosine's weight per G rebuild since
+    # a zero-gradient visit counts as an observed alignment of 0 (selection/memory.py): solved problems
+    # stop being favourites; false: it records no cosine (only the zero streak grows)
+    zero_gradient_scores_zero: bool = False
 
     def knobs(self):
         from nemo_gradalign.selection.memory_policy import PolicyKnobs

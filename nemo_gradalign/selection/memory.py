@@ -53,12 +53,18 @@ class ScoreMemory:
         return sum(getattr(self, name).nbytes for name in FIELDS)
 
     def record(self, problem_ids: Sequence[int] | np.ndarray, step: int, generation: int,
-               cosine: Sequence[float] | np.ndarray, zero_gradient: Sequence[bool] | np.ndarray) -> None:
+               cosine: Sequence[float] | np.ndarray, zero_gradient: Sequence[bool] | np.ndarray,
+               zero_scores: bool = False) -> None:
         """One training step's observations. ``cosine[k]`` is cos(g_i, G) of problem
         ``problem_ids[k]``, ignored (may be NaN) where ``zero_gradient[k]``; ``generation`` counts
-        G rebuilds (0, 1, 2, ...), never decreasing."""
+        G rebuilds (0, 1, 2, ...), never decreasing. ``zero_scores``: a zero-gradient visit is an
+        observed alignment of 0 (g_i = 0, so ⟨g_i, G⟩ = 0): it enters the mean, weight and spread
+        like a cosine of 0, so a problem the policy has solved stops being a favourite; its zero
+        streak grows either way."""
         ids, cos, zero = self._validated(problem_ids, step, generation, cosine, zero_gradient)
         self._count_visits(ids, step, zero)
+        if zero_scores:
+            cos, zero = np.where(zero, 0.0, cos), np.zeros_like(zero)
         hit = ids[~zero]
         self.scored[hit] += 1
         age = np.where(self.generation[hit] >= 0, generation - self.generation[hit], 0)

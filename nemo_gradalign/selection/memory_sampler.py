@@ -128,28 +128,31 @@ class AlignmentMemorySampler(Sampler[int]):
         remap = Remap.between(keys, self.keys)
         order = saved["order"] if saved["order"] is not None else self._fresh_order(problem_keys.row_keys(keys.size))
         explored = order[:saved["explore_cursor"]]
-        visits = saved["memory"]["visits"]
-        visits = visits.numpy() if isinstance(visits, torch.Tensor) else np.asarray(visits)
         step = saved["epoch"] * (saved["num_problems"] // self.batch_size) + saved["position"]
-        if visits.shape == keys.shape and visits.size and (visits.max() > step or np.delete(visits, explored).any()):
+        as_saved = ScoreMemory(keys.size, self.config.generation_decay)
+        as_saved.load_state_dict(saved["memory"])  # every field checked, naming it
+        if as_saved.visits.max() > step or np.delete(as_saved.visits, explored).any():
             raise ValueError(f"AlignmentMemorySampler state: the memory counts visits that the sampler never "
-                             f"handed out (up to {int(visits.max())} visits in {step} steps, or a visited problem "
-                             f"outside the {explored.size} explored)")
+                             f"handed out (up to {int(as_saved.visits.max())} visits in {step} steps, or a "
+                             f"visited problem outside the {explored.size} explored)")
         self.memory.load_state_dict(saved["memory"], None if remap.identical else remap.source)
         if remap.identical:
-            self._order = order.astype(np.int32)
-        else:  # the explored problems that stayed, in their order, then the rest as a fresh run would
-            where = np.full(keys.size, -1, dtype=np.int64)
-            where[remap.source[remap.source >= 0]] = np.flatnonzero(remap.source >= 0)
-            kept = where[explored]
-            kept = kept[kept >= 0]
-            fresh = self._fresh_order(self.keys)
-            self._order = np.concatenate([kept, fresh[~np.isin(fresh, kept)]]).astype(np.int32)
-            explored = kept
-        self.epoch, self.position = divmod(step, self.steps_per_epoch) if not remap.identical else \
-            (saved["epoch"], saved["position"])
-        self.explore_cursor = int(explored.size)
+            self._order, self.epoch, self.position = order.astype(np.int32), saved["epoch"], saved["position"]
+            self.explore_cursor = int(explored.size)
+        else:  # the step count (and each step's random stream) goes on over this dataset's epochs
+            self._order, self.explore_cursor = self._carried_order(remap, explored)
+            self.epoch, self.position = divmod(step, self.steps_per_epoch)
         self.last_remap, self.last_plan = remap, None
+
+    def _carried_order(self, remap: Remap, explored: np.ndarray) -> tuple[np.ndarray, int]:
+        """The explored problems that stayed, in their order, then the rest as a fresh run on this
+        dataset would explore them; and how many are explored."""
+        row_now = np.full(remap.dropped + remap.kept, -1, dtype=np.int64)  # saved row -> row now
+        row_now[remap.source[remap.source >= 0]] = np.flatnonzero(remap.source >= 0)
+        kept = row_now[explored]
+        kept = kept[kept >= 0]
+        fresh = self._fresh_order(self.keys)
+        return np.concatenate([kept, fresh[~np.isin(fresh, kept)]]).astype(np.int32), int(kept.size)
 
 
 def checked_state(state, seed: int, batch_size: int) -> dict:

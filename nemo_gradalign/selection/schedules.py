@@ -146,7 +146,8 @@ class MemorySchedule:
         return self.generation
 
     def record(self, problem_ids: list[int], step: int, cosine, zero_gradient) -> None:
-        self.memory.record(problem_ids, step, self.generation, cosine, zero_gradient)
+        self.memory.record(problem_ids, step, self.generation, cosine, zero_gradient,
+                           zero_scores=self.sampler.config.zero_gradient_scores_zero)
 
     def record_visits(self, problem_ids: list[int], step: int, zero_gradient) -> None:
         """Visits without cosines (no G: the GRESO-like control, ``grpo.sampler=greso``)."""

@@ -42,8 +42,19 @@ def run_summary(metrics_path, regime: str) -> dict:
         "first_scores": selections[0].get("gradalign/candidate_scores") if selections else None,
         # the memory schedule: (cosine, flagged) of every problem's first visit, from the steps' batches
         "first_visit_cosines": first_visit_cosines(records, tag),
+        **pick_spread([pid for r in selections for pid in r["gradalign/picked_ids"]]),
         "shares_by_step": [(r["step"], r.get(key)) for r in selections] if key else [],
     }
+
+
+def pick_spread(picks: list[int]) -> dict:
+    """How concentrated the picks are: distinct problems, and the share of all picks that went to
+    the 32 most picked (NaN without picks)."""
+    from collections import Counter
+
+    counts = sorted(Counter(picks).values(), reverse=True)
+    return {"distinct_picked": len(counts) if counts else math.nan,
+            "top32_share": sum(counts[:32]) / len(picks) if picks else math.nan}
 
 
 def first_visit_cosines(records: list[dict], tag: str | None) -> list[tuple[float, bool]]:

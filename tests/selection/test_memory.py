@@ -181,3 +181,16 @@ def test_visits_without_cosines_move_only_counts_and_zero_streaks():
         memory.record_visits([3], 3, [True])
     with pytest.raises(ValueError, match=r"step 1 is earlier than a recorded visit"):
         memory.record_visits([1], 1, [True])
+
+
+def test_zero_gradient_visits_can_count_as_an_alignment_of_zero():
+    """gradalign.memory.zero_gradient_scores_zero: g_i = 0 means ⟨g_i, G⟩ = 0 was observed."""
+    counted, skipped = ScoreMemory(2), ScoreMemory(2)
+    for memory, flag in ((counted, True), (skipped, False)):
+        memory.record([0, 1], 0, 0, [0.5, 0.25], [False, False], zero_scores=flag)
+        memory.record([0], 1, 0, [float("nan")], [True], zero_scores=flag)
+    assert counted.mean[0] == 0.25 and counted.weight[0] == 2 and counted.scored[0] == 2
+    assert counted.m2[0] == 0.125  # (0.5 − 0.25)² + (0 − 0.25)²
+    assert skipped.mean[0] == 0.5 and skipped.scored[0] == 1
+    assert counted.zero_streak[0] == skipped.zero_streak[0] == 1
+    ScoreMemory(2).load_state_dict(counted.state_dict())  # a state such visits write is a valid one

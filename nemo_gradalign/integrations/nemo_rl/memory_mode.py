@@ -153,7 +153,8 @@ class MemoryFeedback:
         cosine = stats.cosine().cpu().numpy()
         if self.simacc:
             cosine = cosine * simacc_factor(rates.cpu()).numpy()
-        memory.record(ids, step, generation, np.where(zero, np.nan, cosine), zero)
+        memory.record(ids, step, generation, np.where(zero, np.nan, cosine), zero,
+                      zero_scores=self.sampler.config.zero_gradient_scores_zero)
         scored = cosine[~zero]
         return {"gradalign/generation": generation,
                 "gradalign/zero_gradient_share": float(zero.mean()) if zero.size else math.nan,
