@@ -32,6 +32,14 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+def step_folders(root: Path) -> list[tuple[int, Path]]:
+    """(N, ``step_N/``) under ``root``, oldest first, complete or not (NeMo RL orders them so too)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP.match(p.name)))
+
+
 def read_info(path: Path) -> dict | None:
     """A checkpoint's training_info.json, or None when the folder is not a complete checkpoint."""
     try:
@@ -75,9 +83,7 @@ class CheckpointManager:
         return final
 
     def _step_folders(self) -> list[tuple[int, Path]]:
-        if not self.root.is_dir():
-            return []
-        return sorted((int(m.group(1)), p) for p in self.root.iterdir() if (m := _STEP.match(p.name)))
+        return step_folders(self.root)
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """Complete checkpoints, oldest first."""

@@ -64,15 +64,18 @@ def check_resumable(checkpoints: list[Path], new_schedule: Callable[[], object] 
     try:
         return inspect(latest, new_schedule)
     except DamagedCheckpointFile as err:
-        intact = next((older for older in reversed(checkpoints[:-1]) if _intact(older, new_schedule)), None)
+        intact = newest_intact(checkpoints[:-1], lambda older: inspect(older, new_schedule))
         where = (f"The newest intact checkpoint is {intact}: move {latest} out of {latest.parent} to resume "
                  f"from it" if intact else f"No older checkpoint in {latest.parent} reads intact either")
         raise ConfigError(f"--resume: checkpoint {latest} cannot be resumed: {err}. {where}") from None
 
 
-def _intact(checkpoint: Path, new_schedule) -> bool:
-    try:
-        inspect(checkpoint, new_schedule)
-    except DamagedCheckpointFile:
-        return False
-    return True
+def newest_intact(checkpoints: list[Path], load: Callable[[Path], object]) -> Path | None:
+    """The newest of ``checkpoints`` (oldest first) that ``load`` reads without a ValueError."""
+    for checkpoint in reversed(checkpoints):
+        try:
+            load(checkpoint)
+        except ValueError:
+            continue
+        return checkpoint
+    return None

@@ -18,17 +18,16 @@ were kept, are new and were dropped.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from nemo_gradalign.config import ConfigError
 from nemo_gradalign.selection.problem_keys import keys_of
+from nemo_gradalign.trainer.checkpoint import step_folders
+from nemo_gradalign.trainer.checkpoint_files import DamagedCheckpointFile, newest_intact, read_state
 
 CHECKPOINT_FILE = "train_dataloader.pt"  # upstream's name (train_dataloader{suffix}.pt, one loader)
-_STEP = re.compile(r"^step_(\d+)$")
 
 
 def _row_bytes(row) -> bytes:
@@ -59,22 +58,11 @@ def dataset_keys(dataset) -> np.ndarray:
     return keys
 
 
-def step_folders(checkpoint_dir) -> list[Path]:
-    """``step_N`` folders, oldest first, as upstream's get_latest_checkpoint_path orders them."""
-    root = Path(checkpoint_dir)
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP.match(p.name))] if root.is_dir() else []
-    return [p for _, p in sorted(found)]
-
-
 def load_into(sampler, file: Path) -> None:
     """The sampler part of a saved loader state, checked by the sampler; ValueError naming the file."""
-    try:
-        state = torch.load(file, weights_only=False, map_location="cpu")
-    except Exception as err:
-        raise ValueError(f"{file} is damaged: it cannot be read ({type(err).__name__}: {err})") from None
-    inner = _sampler_part(state)
+    inner = _sampler_part(read_state(file))
     if inner is None:
-        raise ValueError(f"{file} is damaged: it holds no memory sampler state")
+        raise DamagedCheckpointFile(file, "it holds no memory sampler state")
     try:
         sampler.load_state_dict(inner)
     except (ValueError, KeyError, TypeError) as err:  # impossible values, or another seed / batch size
@@ -98,14 +86,14 @@ def _sampler_part(state):
 def check_resume(checkpoint_dir, new_sampler) -> str | None:
     """Before setup(): load the latest checkpoint's sampler state into ``new_sampler()``. Returns
     the line to print when its problems moved; ConfigError naming the file when it is damaged."""
-    folders = [p for p in step_folders(checkpoint_dir) if (p / CHECKPOINT_FILE).is_file()] if checkpoint_dir else []
+    folders = [p for _, p in step_folders(checkpoint_dir) if (p / CHECKPOINT_FILE).is_file()] if checkpoint_dir else []
     if not folders:
         return None
     latest, sampler = folders[-1], new_sampler()
     try:
         load_into(sampler, latest / CHECKPOINT_FILE)
     except ValueError as err:
-        intact = next((p for p in reversed(folders[:-1]) if _loads(p, new_sampler)), None)
+        intact = newest_intact(folders[:-1], lambda older: load_into(new_sampler(), older / CHECKPOINT_FILE))
         where = (f"the newest intact checkpoint is {intact}: move {latest} out of {latest.parent} to resume from it"
                  if intact else f"no older checkpoint in {latest.parent} loads either")
         raise ConfigError(f"gradalign: cannot resume from {latest}: {err}; {where}") from None
@@ -114,14 +102,6 @@ def check_resume(checkpoint_dir, new_sampler) -> str | None:
         return None
     return (f"gradalign: the training data differs from {latest}'s; the score memory follows problems by content: "
             f"{remap.summary()}")
-
-
-def _loads(folder: Path, new_sampler) -> bool:
-    try:
-        load_into(new_sampler(), folder / CHECKPOINT_FILE)
-    except ValueError:
-        return False
-    return True
 
 
 def checked_keys(master_config, cfg, dataset, log=lambda line: print(line, flush=True)) -> np.ndarray:
