@@ -120,11 +120,12 @@ class AlignmentMemorySampler(Sampler[int]):
         another seed or batch size, or a damaged one, is refused naming the field (it would
         silently continue a different sequence of steps)."""
         saved = checked_state(state, self.config.seed, self.batch_size)
-        keys = saved["keys"] if saved["keys"] is not None else self.keys if saved["num_problems"] == self.num_problems \
-            else None
-        if keys is None:
-            raise ValueError(f"AlignmentMemorySampler state: num_problems={saved['num_problems']} was saved by a "
-                             f"version that knew problems by row number only, this run has {self.num_problems}")
+        keys = saved["keys"]
+        if keys is None:  # version 1 knew problems by row number: it loads onto the same rows only
+            if saved["num_problems"] != self.num_problems:
+                raise ValueError(f"AlignmentMemorySampler state: num_problems={saved['num_problems']} was saved by a "
+                                 f"version that knew problems by row number only, this run has {self.num_problems}")
+            keys = self.keys
         remap = Remap.between(keys, self.keys)
         order = saved["order"] if saved["order"] is not None else self._fresh_order(problem_keys.row_keys(keys.size))
         explored = order[:saved["explore_cursor"]]

@@ -166,8 +166,8 @@ class MemorySchedule:
             raise ValueError(f"MemorySchedule state: generation={generation!r} must be an int >= -1")
         if reference is not None and (not isinstance(reference, int) or reference < 0):
             raise ValueError(f"MemorySchedule state: reference_step={reference!r} must be null or an int >= 0")
-        memory_generation = state["sampler"].get("memory", {}).get("latest_generation") \
-            if isinstance(state["sampler"], dict) and isinstance(state["sampler"].get("memory"), dict) else None
+        memory = state["sampler"].get("memory") if isinstance(state["sampler"], dict) else None
+        memory_generation = memory.get("latest_generation") if isinstance(memory, dict) else None
         if isinstance(memory_generation, int) and memory_generation > generation:
             raise ValueError(f"MemorySchedule state: generation={generation} is below the memory's latest "
                              f"generation {memory_generation}")
