@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -27,6 +26,7 @@ from nemo_gradalign.trainer.config import EmbeddedRecipe
 from nemo_gradalign.trainer.evaluate import evaluate
 from nemo_gradalign.trainer.memory_feedback import MemoryFeedback, memory_feedback
 from nemo_gradalign.trainer.metrics import MetricsLog
+from nemo_gradalign.trainer.progress_bar import describe, open_bar
 from nemo_gradalign.trainer.rollouts import collect_rollouts
 from nemo_gradalign.trainer.sets import build_schedule, build_sets
 from nemo_gradalign.trainer.update import grpo_step
@@ -158,7 +158,7 @@ class Trainer:
         if resumed is None:
             self._evaluate(0)
         g = self.recipe.grpo
-        with self._bar() as bar:
+        with open_bar(self.progress_bar) as bar:
             task = bar.add_task("GRPO", total=g.max_num_steps, completed=self.progress.step) if bar else None
             while self._budget_left():
                 record = self.train_step(self.progress.step)
@@ -168,28 +168,12 @@ class Trainer:
                 if done % g.val_period == 0 or last:
                     record.update(self._evaluate(done))
                 if bar:
-                    bar.update(task, completed=done, description=self._describe(record))
+                    bar.update(task, completed=done, description=describe(record))
                 if self.recipe.checkpointing.enabled and (
                         done % self.recipe.checkpointing.save_period == 0 or last):
                     self.checkpointer.save(done, self.components(), dict(self.last_eval),
                                            self.recipe.model_dump(mode="json"), self.data)
         return self.last_eval
-
-    def _bar(self):
-        if not self.progress_bar:
-            return nullcontext(None)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-
-    @staticmethod
-    def _describe(record: dict) -> str:
-        parts = [f"step {record['step']}", f"reward {record['train/reward']:.2f}"]
-        if "gradalign/picked_corrupted_share" in record:
-            parts.append(f"corrupted picked {record['gradalign/picked_corrupted_share']:.2f}")
-        if "val:accuracy" in record:
-            parts.append(f"val acc {record['val:accuracy']:.3f}")
-        return " | ".join(parts)
 
     def _evaluate(self, step: int) -> dict:
         g = self.recipe.grpo
