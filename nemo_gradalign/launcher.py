@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nemo_gradalign.config import ConfigError, format_validation_error, load_recipe, read_yaml_mapping
 from nemo_gradalign.paths import check_writable_folder, make_folder
+from nemo_gradalign import override_characters
 from nemo_gradalign.ray_sub import container_view, host_ray_sub, pin_outputs
 
 CLUSTERS = Path(__file__).resolve().parents[1] / "launcher" / "clusters"
 _TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1, line and paragraph separators
 
 
 class ClusterProfile(BaseModel):
@@ -82,57 +82,6 @@ def check_time(value: str) -> str:
     return value
 
 
-def _escaped(text: str) -> str:
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
-
-
-def _character_refused(override: str, at: int, why: str) -> ConfigError:
-    return ConfigError(f"override '{_escaped(override)}': character {at + 1} is {_escaped(override[at])} "
-                       f"(U+{ord(override[at]):04X}), {why}")
-
-
-def check_nemo_rl_characters(overrides: list[str]) -> None:
-    """A control character or line break cannot reach NeMo RL's job unchanged: the overrides are
-    read here as YAML (which folds line breaks into spaces), travel in ray.sub's COMMAND through the
-    job's environment and are read there by Hydra (which refuses them unquoted). Refused, named."""
-    for override in overrides:
-        if found := _CONTROL.search(override):
-            raise _character_refused(override, found.start(), "which would not reach NeMo RL's job unchanged "
-                                     "(its overrides are re-parsed on the way); remove it")
-
-
-def check_embedded_characters(overrides: list[str]) -> None:
-    """The rank command's bash array carries every character but NUL (_bash_word); train reads
-    overrides with Hydra, whose syntax takes a control character only inside a quoted value. An
-    override Hydra refuses because of one is refused here in one line naming it."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    parser = OverridesParser.create()
-
-    def parses(override: str) -> bool:
-        try:
-            parser.parse_overrides([override])
-        except OverrideParseException:
-            return False
-        return True
-
-    for override in overrides:
-        found = _CONTROL.search(override)
-        if found and "\0" in override:
-            raise _character_refused(override, override.index("\0"), "which no process argument can hold; remove it")
-        if found and not parses(override) and parses(_CONTROL.sub("x", override)):
-            raise _character_refused(override, found.start(), "which Hydra's override syntax takes only inside "
-                                     "a quoted value (key='...'); quote the value or remove it")
-
-
-def _bash_word(arg: str) -> str:
-    """shlex.quote, with each control character written as $'\\xNN' (its UTF-8 bytes) outside the
-    quotes: bash restores every byte, and the script holds none (sbatch refuses one with \\r\\n)."""
-    return re.sub(f"{_CONTROL.pattern}+", lambda m: "'$'" + "".join(f"\\x{b:02x}" for b in m.group().encode())
-                  + "''", shlex.quote(arg))
-
-
 def _sbatch_options(profile: ClusterProfile, nodes: int, time: str, job_name: str, log: Path,
                     ntasks_per_node: int | None) -> list[str]:
     opts = [f"--job-name={job_name}", f"--nodes={nodes}", f"--time={time}", f"--output={log}/slurm-%j.out"]
@@ -158,7 +107,7 @@ def embedded_script(recipe: str, overrides: list[str], profile: ClusterProfile, 
     from nemo_gradalign.trainer.run_folder import RunFolder
     from nemo_gradalign.trainer.sets import preflight
 
-    check_embedded_characters(overrides)
+    override_characters.check_embedded(overrides)
     cfg = parse_recipe(load_recipe(recipe, overrides))  # bad overrides never reach the queue
     m = cfg.policy.megatron_cfg
     ranks = m.tensor_model_parallel_size * m.pipeline_model_parallel_size
@@ -188,7 +137,7 @@ def embedded_script(recipe: str, overrides: list[str], profile: ClusterProfile, 
         f"export PYTHONPATH={shlex.quote(str(Path(__file__).resolve().parents[1]))}${{PYTHONPATH:+:$PYTHONPATH}}",
         *(["export OMP_NUM_THREADS=1"] if not profile.gpus_per_node else []),
         f"cd {shlex.quote(str(Path.cwd()))}",
-        "TRAIN=(", *(f"  {_bash_word(arg)}" for arg in train), ")",
+        "TRAIN=(", *(f"  {override_characters.bash_word(arg)}" for arg in train), ")",
         f"srun --kill-on-bad-exit=1 {container}bash -c 'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS "
         "LOCAL_RANK=$SLURM_LOCALID; exec \"$@\"' rank \"${TRAIN[@]}\"", ""]
     return "\n".join(lines)
@@ -228,7 +177,7 @@ def nemo_rl_submission(recipe: str, overrides: list[str], profile: ClusterProfil
     from nemo_gradalign.integrations.nemo_rl.config import check_supported, read_gradalign
     from nemo_gradalign.integrations.nemo_rl.recipe_types import check_recipe_types
 
-    check_nemo_rl_characters(overrides)
+    override_characters.check_nemo_rl(overrides)
     raw = read_yaml_mapping(recipe)
     from omegaconf import OmegaConf
 
