@@ -42,6 +42,10 @@ class ValidationSetConfig(_Strict):
     split: str = "train"
     max_problems: int | None = Field(None, gt=0)
     rollouts_per_problem: int = Field(16, ge=2)
+    # the trusted set trains and steers (memory schedule): this share of each step's batch is drawn
+    # from it, trained on, and its groups' gradient is G; no rollouts of their own for G. 0: G from
+    # rollouts_per_problem rollouts of every trusted problem, generated for G alone and not trained on
+    train_share: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class MemorySamplerConfig(BaseModel):
@@ -132,6 +136,9 @@ class GradAlignConfig(_Strict):
         if self.schedule == "memory" and self.method not in ("gradalign", "simacc"):
             raise ValueError(f"schedule='memory' remembers alignment with the validation gradient: method must "
                              f"be 'gradalign' or 'simacc' (got {self.method!r})")
+        if self.validation.train_share and self.schedule != "memory":
+            raise ValueError(f"validation.train_share={self.validation.train_share} trains the trusted set inside the "
+                             f"memory schedule's batch: set schedule=memory (got {self.schedule!r})")
         if self.acc_low > self.acc_high:
             raise ValueError(f"acc_low={self.acc_low} must not exceed acc_high={self.acc_high}")
         if self.schedule == "round" and self.chunk_size < self.selection_ratio:

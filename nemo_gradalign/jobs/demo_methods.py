@@ -32,7 +32,7 @@ _FIXED = {
     "grpo-pooltrusted": ["gradalign.enabled=false", "+grpo.train_on=pool+trusted"],
 }
 _STEP = re.compile(r"(gradalign|simacc)-step(?:-r(\d+))?")
-_MEMORY = re.compile(r"(gradalign|simacc)-memory(?:-r(\d+))?(-zero)?")
+_MEMORY = re.compile(r"(gradalign|simacc)-memory(?:-r(\d+))?(-zero)?(?:-t(\d+))?")
 # -zero: zero-gradient visits count as an alignment of 0 and are skipped as GRESO skips them (issue 29)
 ZERO_VISITS = ["+gradalign.memory.zero_gradient_scores_zero=true", "+gradalign.memory.zero_skip_step=0.5"]
 # GradAlign-memory rebuilds G every 4 steps unless named -r<N>: the round schedule's cadence
@@ -51,14 +51,16 @@ def method_overrides(name: str) -> list[str]:
     memory = _MEMORY.fullmatch(name)
     if memory:  # simacc-*: the official cos · 4a(1−a) in place of the cosine
         return [f"gradalign.method={memory.group(1)}", "gradalign.schedule=memory",
-                f"gradalign.refresh_every={memory.group(2) or MEMORY_REFRESH}", *(ZERO_VISITS if memory.group(3) else [])]
+                f"gradalign.refresh_every={memory.group(2) or MEMORY_REFRESH}", *(ZERO_VISITS if memory.group(3) else []),
+                *([f"+gradalign.validation.train_share={int(memory.group(4)) / 100}"] if memory.group(4) else [])]
     step = _STEP.fullmatch(name)
     if step:
         refresh = [f"gradalign.refresh_every={step.group(2)}"] if step.group(2) else []
         return [f"gradalign.method={step.group(1)}", "gradalign.schedule=step", *refresh]
     raise ValueError(f"unknown demo method {name!r}: choose gradalign, gradalign-round, gradalign-step, "
                      "gradalign-step-r<N> (validation gradient rebuilt every N steps), gradalign-memory, "
-                     "gradalign-memory-r<N>, gradalign-memory[-r<N>]-zero, simacc-memory[-r<N>][-zero], simacc-step[-r<N>], grpo, dapo, greso, grpo-trusted, grpo-pooltrusted, "
+                     "gradalign-memory-r<N>, gradalign-memory[-r<N>][-zero][-t<P>] (P% of each batch from the trusted set, "
+                     "which builds G), simacc-memory[-r<N>][-zero][-t<P>], simacc-step[-r<N>], grpo, dapo, greso, grpo-trusted, grpo-pooltrusted, "
                      "random, accgreedy, accfilter")
 
 

@@ -20,6 +20,7 @@ from nemo_gradalign.config import MemorySamplerConfig
 from nemo_gradalign.selection import problem_keys
 from nemo_gradalign.selection.memory_policy import StepPlan
 from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler
+from nemo_gradalign.selection.trusted_draw import TrustedDraw
 
 
 def _permutation(n: int, seed: int) -> list[int]:
@@ -119,11 +120,16 @@ class StepSchedule:
 class MemorySchedule:
     reuses_selection_rollouts = False
 
-    def __init__(self, pool_size: int, batch_size: int, config: MemorySamplerConfig, keys=None):
-        """``keys``: the pool's problem identities (problem_keys.keys_of), which the memory follows."""
+    def __init__(self, pool_size: int, batch_size: int, config: MemorySamplerConfig, keys=None,
+                 trusted: TrustedDraw | None = None):
+        """``keys``: the pool's problem identities (problem_keys.keys_of), which the memory follows.
+        ``trusted``: the trusted set's share of each batch (trusted_draw.py); the pool fills the rest."""
         if batch_size > pool_size:
             raise ValueError(f"grpo.num_prompts_per_step={batch_size} exceeds the pool ({pool_size} problems)")
-        self.sampler = AlignmentMemorySampler(pool_size, batch_size, config, keys=keys)
+        self.trusted = trusted
+        self.trusted_picks: list[int] = []  # this step's trusted problems (indices into the trusted set)
+        from_pool = batch_size - (trusted.per_step if trusted else 0)
+        self.sampler = AlignmentMemorySampler(pool_size, from_pool, config, keys=keys)
         self.memory = self.sampler.memory
         self.generation = -1  # G rebuilds seen, minus one: the memory's generation of G
         self.reference_step: int | None = None  # the step the current G was built at
@@ -137,6 +143,7 @@ class MemorySchedule:
         if self.sampler.step != step:
             raise RuntimeError(f"memory schedule asked for step {step}, but its sampler is at step {self.sampler.step}")
         self.plan = self.sampler.next_step()
+        self.trusted_picks = self.trusted.next() if self.trusted else []
         return self.plan.problem_ids.tolist()
 
     def note_reference(self, built_at_step: int) -> int:
@@ -154,8 +161,9 @@ class MemorySchedule:
         self.memory.record_visits(problem_ids, step, zero_gradient)
 
     def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict(), "generation": self.generation,
-                "reference_step": self.reference_step}
+        state = {"sampler": self.sampler.state_dict(), "generation": self.generation,
+                 "reference_step": self.reference_step}
+        return {**state, "trusted": self.trusted.state_dict()} if self.trusted else state
 
     def load_state_dict(self, state: dict) -> None:
         """Checked like the sampler's state: G's generation and step must be ones this run could reach."""
@@ -171,6 +179,13 @@ class MemorySchedule:
         if isinstance(memory_generation, int) and memory_generation > generation:
             raise ValueError(f"MemorySchedule state: generation={generation} is below the memory's latest "
                              f"generation {memory_generation}")
+        if (self.trusted is None) != ("trusted" not in state):
+            saved, now = ("without", "draws") if self.trusted else ("with", "does not draw")
+            raise ValueError(f"MemorySchedule state: saved {saved} a trusted share of the batch, which this run "
+                             f"{now} (gradalign.validation.train_share)")
+        drawn = self.trusted.checked(state["trusted"]) if self.trusted else 0
         self.sampler.load_state_dict(state["sampler"])
         self.generation, self.reference_step = generation, reference
+        if self.trusted:
+            self.trusted.drawn = drawn
         self.plan = None

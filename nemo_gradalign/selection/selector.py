@@ -45,12 +45,14 @@ class Selector:
         self.divisor = divisor
         self.reference: ReferenceGradient | None = None
 
-    def validation_reference(self, step: int, metrics: dict) -> ReferenceGradient:
+    def validation_reference(self, step: int, metrics: dict, trusted: list[ProblemRollouts] | None = None
+                             ) -> ReferenceGradient:
         """G for ``step``: the current one, or rebuilt when ``refresh_every`` steps have passed.
-        Adds the rebuild's forward+backward tokens to ``metrics["gradalign/scored_tokens"]``."""
+        Adds the rebuild's forward+backward tokens to ``metrics["gradalign/scored_tokens"]``.
+        ``trusted``: the trusted groups of this step's batch, G's rollouts (none generated for it)."""
         if self.reference is not None and not self.reference.needs_refresh(step, self.cfg.refresh_every):
             return self.reference
-        val = self.validation_rollouts(step)
+        val = self.validation_rollouts(step) if trusted is None else trusted
         metrics["gradalign/val_informative_share"] = sum(map(self.run_problem.has_gradient, val)) / len(val)
         metrics["gradalign/scored_tokens"] += rollout_tokens(val, self.run_problem.has_gradient)
         try:

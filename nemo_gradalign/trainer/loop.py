@@ -90,7 +90,7 @@ class Trainer:
         reference_runner = ProblemRunner(self.policy.model, reference_loss, ga.max_rollouts_per_microbatch, ga.pack_rows)
         self.selector = (Selector(ga, self.engine, self.runner, self._validation_rollouts, divisor, reference_runner)
                          if ga.enabled else None)
-        self.schedule = build_schedule(recipe, self.sets.pool)
+        self.schedule = build_schedule(recipe, self.sets.pool, self.sets.validation)
         ck = recipe.checkpointing
         self.checkpointer = CheckpointManager(ck.checkpoint_dir, ck.keep_top_k, ck.metric_name)
         self.metrics = MetricsLog(recipe.logger.log_dir, enabled=rank == 0)
@@ -195,13 +195,14 @@ class Trainer:
         if candidates is not None:
             record.update(self._select(step, candidates))
         ids = self.schedule.batch(step)
-        reading = self.feedback.reading(step, record) if self.feedback else None
+        trusted = [self.sets.validation[j] for j in getattr(self.schedule, "trusted_picks", [])]
         if self.schedule.reuses_selection_rollouts:
             batch = [self._reusable[i] for i in ids]
-        else:
-            batch = self._rollouts([self.pool[i] for i in ids], self.recipe.grpo.num_generations_per_prompt,
-                                   f"train/{step}")
-        record["train/problems"] = len(batch)
+        else:  # the trusted share (validation.train_share) rolls out with the pool's picks, after them
+            batch = self._rollouts([self.pool[i] for i in ids] + trusted,
+                                   self.recipe.grpo.num_generations_per_prompt, f"train/{step}")
+        reading = self.feedback.reading(step, record, batch[len(ids):] if trusted else None) if self.feedback else None
+        record["train/problems"], record["train/trusted_ids"] = len(batch), [p.problem_id for p in trusted]
         record["train/reward"] = (sum(float(r.rewards.mean()) for r in batch) / len(batch)) if batch else float("nan")
         if batch:
             lf = self.recipe.loss_fn

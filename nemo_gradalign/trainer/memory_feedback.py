@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from nemo_gradalign.engine import GradientEngine
+from nemo_gradalign.engine import EmptyReferenceGradient, GradientEngine
 from nemo_gradalign.megatron.in_pass import AlignmentReading, InPassScores
 from nemo_gradalign.rollouts import ProblemRollouts
 from nemo_gradalign.selection.schedules import MemorySchedule
@@ -33,23 +33,39 @@ class MemoryFeedback:
         self.schedule, self.selector, self.engine, self.compute, self.pool = schedule, selector, engine, compute, pool
         self.tags = [t for t in TAGS if any(p.tags.get(t) for p in pool)]
 
-    def reading(self, step: int, record: dict) -> AlignmentReading:
-        """The reading of this step's update, against G as of ``step``."""
+    def reading(self, step: int, record: dict, trusted: list[ProblemRollouts] | None = None
+                ) -> AlignmentReading | None:
+        """The reading of this step's update, against G as of ``step``. ``trusted``: the batch's
+        trusted groups, which build G (validation.train_share); if none of them carries a gradient
+        before any G exists, the step trains unread (None) and its visits record no cosine."""
         metrics = {"gradalign/scored_tokens": 0}
-        reference = self.selector.validation_reference(step, metrics)
-        self.compute.add("scored", metrics["gradalign/scored_tokens"])
-        record.update(metrics)
+        try:
+            reference = self.selector.validation_reference(step, metrics, trusted)
+        except EmptyReferenceGradient:
+            if trusted is None:
+                raise
+            record["gradalign/reference_missing"] = 1
+            return None
+        finally:
+            self.compute.add("scored", metrics["gradalign/scored_tokens"])
+            record.update(metrics)
         record["gradalign/generation"] = self.schedule.note_reference(reference.built_at_step)
         return AlignmentReading(self.engine, reference)
 
-    def record(self, step: int, ids: list[int], batch: list[ProblemRollouts], scores: InPassScores) -> dict:
-        """Remember the batch's alignment; the step's selection metrics."""
+    def record(self, step: int, ids: list[int], batch: list[ProblemRollouts], scores: InPassScores | None) -> dict:
+        """Remember the alignment of the batch's pool problems (``ids``, the batch's first groups;
+        trusted groups follow them); the step's selection metrics."""
+        picked = batch[:len(ids)]
+        if scores is None:  # an unread step (no G yet): visits and zero streaks only
+            zero = np.array([not self.selector.run_problem.has_gradient(r) for r in picked], dtype=bool)
+            self.schedule.record_visits(ids, step, zero)
+            return self._step_record(ids, np.full(zero.shape, np.nan), zero)
         if scores.problem_ids != [r.problem_id for r in batch]:
             raise RuntimeError("in-pass scores are not in the batch's order")
-        cosine, zero = scores.cosine().numpy(), scores.zero_gradient.numpy()
+        cosine, zero = scores.cosine().numpy()[:len(ids)], scores.zero_gradient.numpy()[:len(ids)]
         remembered = cosine  # simacc: direction x pass-rate spread, cos · 4a(1−a)
         if self.selector.cfg.method == "simacc":
-            remembered = cosine * simacc_factor(torch.tensor([r.pass_rate for r in batch])).numpy()
+            remembered = cosine * simacc_factor(torch.tensor([r.pass_rate for r in picked])).numpy()
         self.schedule.record(ids, step, remembered, zero)
         self.compute.add("read", rollout_tokens(batch))
         return self._step_record(ids, cosine, zero)
@@ -91,7 +107,7 @@ class ZeroVarianceFeedback(MemoryFeedback):
         super().__init__(schedule, None, None, compute, pool)
         self.has_gradient = has_gradient
 
-    def reading(self, step: int, record: dict) -> None:
+    def reading(self, step: int, record: dict, trusted=None) -> None:
         return None
 
     def record(self, step: int, ids: list[int], batch: list[ProblemRollouts], scores: None = None) -> dict:

@@ -14,6 +14,7 @@ from nemo_gradalign.data import regimes, tasks
 from nemo_gradalign.megatron.step import microbatch_rows
 from nemo_gradalign.selection import problem_keys
 from nemo_gradalign.selection.schedules import MemorySchedule, RoundSchedule, StepSchedule
+from nemo_gradalign.selection.trusted_draw import TrustedDraw
 from nemo_gradalign.trainer.config import EmbeddedRecipe
 
 
@@ -37,14 +38,17 @@ def build_sets(recipe: EmbeddedRecipe) -> regimes.TaskSets:
     return sets
 
 
-def build_schedule(recipe: EmbeddedRecipe, pool: list[tasks.Problem]):
+def build_schedule(recipe: EmbeddedRecipe, pool: list[tasks.Problem], trusted: list[tasks.Problem] = ()):
+    """``trusted``: the trusted set, drawn from when ``gradalign.validation.train_share`` > 0."""
     ga, n, pool_size = recipe.gradalign, recipe.grpo.num_prompts_per_step, len(pool)
     try:
         memory = ga.enabled and ga.schedule == "memory"
         if memory:
             check_in_pass_readable(recipe)
         if memory or recipe.grpo.sampler == "greso":  # greso: plain GRPO through the memory sampler, no G
-            return MemorySchedule(pool_size, n, ga.memory, keys=problem_keys.keys_of(map(identity, pool)))
+            draw = trusted_draw(recipe, trusted) if memory else None
+            return MemorySchedule(pool_size, n, ga.memory, keys=problem_keys.keys_of(map(identity, pool)),
+                                  trusted=draw)
         if ga.enabled and ga.schedule == "round":
             return RoundSchedule(pool_size, ga.chunk_size, ga.keep_per_round, ga.steps_per_round, n, ga.seed,
                                  keys=problem_keys.keys_of(map(identity, pool)))
@@ -52,6 +56,18 @@ def build_schedule(recipe: EmbeddedRecipe, pool: list[tasks.Problem]):
         return StepSchedule(pool_size, draw, n, ga.seed)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def trusted_draw(recipe: EmbeddedRecipe, trusted: list[tasks.Problem]) -> TrustedDraw | None:
+    """The trusted share of each batch: round(train_share · N) problems, at least one, leaving one for the pool."""
+    share, n = recipe.gradalign.validation.train_share, recipe.grpo.num_prompts_per_step
+    if not share:
+        return None
+    per_step = round(share * n)
+    if not 1 <= per_step < n:
+        raise ValueError(f"gradalign.validation.train_share={share} of grpo.num_prompts_per_step={n} is {per_step} "
+                         f"trusted problems a step: it must leave between 1 and {n - 1}")
+    return TrustedDraw(problem_keys.keys_of(map(identity, trusted)), per_step, recipe.gradalign.seed)
 
 
 def identity(problem: tasks.Problem) -> bytes:
@@ -94,5 +110,5 @@ def checked_data(recipe: EmbeddedRecipe) -> tuple[dict, Callable[[], object]]:
     from nemo_gradalign.trainer.data_fingerprint import fingerprints
 
     sets = build_sets(recipe)
-    build_schedule(recipe, sets.pool)
-    return fingerprints(recipe, sets), lambda: build_schedule(recipe, sets.pool)
+    build_schedule(recipe, sets.pool, sets.validation)
+    return fingerprints(recipe, sets), lambda: build_schedule(recipe, sets.pool, sets.validation)
