@@ -36,6 +36,7 @@ from nemo_gradalign.selection import problem_keys
 from nemo_gradalign.selection.memory import ScoreMemory
 from nemo_gradalign.selection.memory_policy import StepPlan, plan_step
 from nemo_gradalign.selection.problem_keys import Remap
+from nemo_gradalign.selection.trusted_draw import TrustedDraw
 
 STATE_VERSION = 2  # 1: rows by number, no keys or order saved (still read when the rows are unchanged)
 __all__ = ["AlignmentMemorySampler", "MemorySamplerConfig", "batch_problem_ids", "memory_dataloader",
@@ -49,8 +50,11 @@ def parse_memory_sampler(block: Any, root: str = "gradalign.memory") -> MemorySa
 
 class AlignmentMemorySampler(Sampler[int]):
     def __init__(self, num_problems: int, batch_size: int, config: MemorySamplerConfig | None = None,
-                 memory: ScoreMemory | None = None, keys: np.ndarray | None = None):
-        """``keys``: each row's identity (problem_keys.keys_of); None: the row number is the identity."""
+                 memory: ScoreMemory | None = None, keys: np.ndarray | None = None, trusted: TrustedDraw | None = None):
+        """``keys``: each row's identity (problem_keys.keys_of); None: the row number is the identity.
+        ``trusted``: the trusted set's share of each step (trusted_draw.py): ``batch_size`` problems
+        come from the memory, ``trusted.per_step`` more from the trusted set, yielded after them as
+        ``num_problems + j`` (a dataset of the pool's rows, then the trusted set's)."""
         self.config = config or MemorySamplerConfig()
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"AlignmentMemorySampler: batch_size must be a positive int, got {batch_size!r}")
@@ -75,6 +79,9 @@ class AlignmentMemorySampler(Sampler[int]):
         self.explore_cursor = 0  # problems of the exploration order handed out so far
         self.last_plan: StepPlan | None = None
         self.last_remap: Remap | None = None  # how the last loaded state's problems met this dataset's
+        self.trusted = trusted
+        self.last_trusted: list[int] = []  # the last step's trusted problems (indices into the trusted set)
+        self.loader_batch_size = batch_size + (trusted.per_step if trusted else 0)  # one step's rows
 
     def _fresh_order(self, keys: np.ndarray) -> np.ndarray:
         """The exploration order of these problems: a seeded permutation of them sorted by key."""
@@ -89,7 +96,7 @@ class AlignmentMemorySampler(Sampler[int]):
         return self.epoch * self.steps_per_epoch + self.position
 
     def __len__(self) -> int:
-        return self.steps_per_epoch * self.batch_size
+        return self.steps_per_epoch * self.loader_batch_size
 
     def __iter__(self) -> Iterator[int]:
         """The rest of the current epoch. The epoch rolls over when this iterator is exhausted, as
@@ -97,6 +104,7 @@ class AlignmentMemorySampler(Sampler[int]):
         empty rest of that epoch, then a new one."""
         while self.position < self.steps_per_epoch:
             yield from self.next_step().problem_ids.tolist()
+            yield from (self.num_problems + j for j in self.last_trusted)
         self.epoch, self.position = self.epoch + 1, 0
 
     def next_step(self) -> StepPlan:
@@ -107,19 +115,26 @@ class AlignmentMemorySampler(Sampler[int]):
         self.explore_cursor += plan.explored
         self.position += 1
         self.last_plan = plan
+        self.last_trusted = self.trusted.next() if self.trusted else []
         return plan
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "seed": self.config.seed, "num_problems": self.num_problems,
                 "batch_size": self.batch_size, "epoch": self.epoch, "position": self.position,
                 "explore_cursor": self.explore_cursor, "keys": problem_keys.as_tensor_payload(self.keys),
-                "order": torch.from_numpy(self._order.copy()), "memory": self.memory.state_dict()}
+                "order": torch.from_numpy(self._order.copy()), "memory": self.memory.state_dict(),
+                **({"trusted": self.trusted.state_dict()} if self.trusted else {})}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore, carrying the saved problems over to this dataset's rows by key; a state from
         another seed or batch size, or a damaged one, is refused naming the field (it would
         silently continue a different sequence of steps)."""
+        if isinstance(state, dict) and (self.trusted is None) != ("trusted" not in state):
+            was, now = ("without", "draws") if self.trusted else ("with", "does not draw")
+            raise ValueError(f"AlignmentMemorySampler state: saved {was} a trusted share of each step, which this "
+                             f"run {now} (gradalign.validation.train_share)")
         saved = checked_state(state, self.config.seed, self.batch_size)
+        drawn = self.trusted.checked(state["trusted"]) if self.trusted else 0
         keys = saved["keys"]
         if keys is None:  # version 1 knew problems by row number: it loads onto the same rows only
             if saved["num_problems"] != self.num_problems:
@@ -144,6 +159,8 @@ class AlignmentMemorySampler(Sampler[int]):
             self._order, self.explore_cursor = self._carried_order(remap, explored)
             self.epoch, self.position = divmod(step, self.steps_per_epoch)
         self.last_remap, self.last_plan = remap, None
+        if self.trusted:
+            self.trusted.drawn = drawn
 
     def _carried_order(self, remap: Remap, explored: np.ndarray) -> tuple[np.ndarray, int]:
         """The explored problems that stayed, in their order, then the rest as a fresh run on this
@@ -199,10 +216,10 @@ def memory_dataloader(dataset, sampler: AlignmentMemorySampler, collate_fn=None)
     ``sampler=`` in place of ``shuffle=``, one step's prompts a batch, no worker processes."""
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    if len(dataset) != sampler.num_problems:
-        raise ValueError(f"memory_dataloader: the dataset has {len(dataset)} problems, the sampler "
-                         f"{sampler.num_problems}")
-    return StatefulDataLoader(dataset, batch_size=sampler.batch_size, sampler=sampler, drop_last=True,
+    rows = sampler.num_problems + (sampler.trusted.keys.size if sampler.trusted else 0)
+    if len(dataset) != rows:
+        raise ValueError(f"memory_dataloader: the dataset has {len(dataset)} problems, the sampler {rows}")
+    return StatefulDataLoader(dataset, batch_size=sampler.loader_batch_size, sampler=sampler, drop_last=True,
                               collate_fn=collate_fn, num_workers=0)
 
 

@@ -126,10 +126,8 @@ class MemorySchedule:
         ``trusted``: the trusted set's share of each batch (trusted_draw.py); the pool fills the rest."""
         if batch_size > pool_size:
             raise ValueError(f"grpo.num_prompts_per_step={batch_size} exceeds the pool ({pool_size} problems)")
-        self.trusted = trusted
-        self.trusted_picks: list[int] = []  # this step's trusted problems (indices into the trusted set)
         from_pool = batch_size - (trusted.per_step if trusted else 0)
-        self.sampler = AlignmentMemorySampler(pool_size, from_pool, config, keys=keys)
+        self.sampler = AlignmentMemorySampler(pool_size, from_pool, config, keys=keys, trusted=trusted)
         self.memory = self.sampler.memory
         self.generation = -1  # G rebuilds seen, minus one: the memory's generation of G
         self.reference_step: int | None = None  # the step the current G was built at
@@ -143,8 +141,12 @@ class MemorySchedule:
         if self.sampler.step != step:
             raise RuntimeError(f"memory schedule asked for step {step}, but its sampler is at step {self.sampler.step}")
         self.plan = self.sampler.next_step()
-        self.trusted_picks = self.trusted.next() if self.trusted else []
         return self.plan.problem_ids.tolist()
+
+    @property
+    def trusted_picks(self) -> list[int]:
+        """This step's trusted problems (indices into the trusted set), drawn with the batch."""
+        return self.sampler.last_trusted
 
     def note_reference(self, built_at_step: int) -> int:
         """The generation of G built at ``built_at_step``: a new one each time G is rebuilt."""
@@ -161,9 +163,8 @@ class MemorySchedule:
         self.memory.record_visits(problem_ids, step, zero_gradient)
 
     def state_dict(self) -> dict:
-        state = {"sampler": self.sampler.state_dict(), "generation": self.generation,
-                 "reference_step": self.reference_step}
-        return {**state, "trusted": self.trusted.state_dict()} if self.trusted else state
+        return {"sampler": self.sampler.state_dict(), "generation": self.generation,
+                "reference_step": self.reference_step}
 
     def load_state_dict(self, state: dict) -> None:
         """Checked like the sampler's state: G's generation and step must be ones this run could reach."""
@@ -179,13 +180,6 @@ class MemorySchedule:
         if isinstance(memory_generation, int) and memory_generation > generation:
             raise ValueError(f"MemorySchedule state: generation={generation} is below the memory's latest "
                              f"generation {memory_generation}")
-        if (self.trusted is None) != ("trusted" not in state):
-            saved, now = ("without", "draws") if self.trusted else ("with", "does not draw")
-            raise ValueError(f"MemorySchedule state: saved {saved} a trusted share of the batch, which this run "
-                             f"{now} (gradalign.validation.train_share)")
-        drawn = self.trusted.checked(state["trusted"]) if self.trusted else 0
         self.sampler.load_state_dict(state["sampler"])
         self.generation, self.reference_step = generation, reference
-        if self.trusted:
-            self.trusted.drawn = drawn
         self.plan = None

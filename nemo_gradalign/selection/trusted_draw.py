@@ -22,6 +22,16 @@ class TrustedDraw:
         self._by_key = np.argsort(keys, kind="stable")
         self.drawn = 0  # trusted picks handed out so far, over all passes
 
+    @classmethod
+    def for_share(cls, keys: np.ndarray, share: float, batch_size: int, seed: int) -> "TrustedDraw":
+        """round(share · batch_size) trusted problems a step, leaving at least one for the pool;
+        ValueError naming ``gradalign.validation.train_share`` otherwise."""
+        per_step = round(share * batch_size)
+        if not 1 <= per_step < batch_size:
+            raise ValueError(f"gradalign.validation.train_share={share} of grpo.num_prompts_per_step={batch_size} "
+                             f"is {per_step} trusted problems a step: it must leave between 1 and {batch_size - 1}")
+        return cls(keys, per_step, seed)
+
     def _pass_order(self, epoch: int) -> np.ndarray:
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, 0x7275, epoch])))
         return self._by_key[rng.permutation(self.keys.size)]

@@ -60,14 +60,11 @@ def build_schedule(recipe: EmbeddedRecipe, pool: list[tasks.Problem], trusted: l
 
 def trusted_draw(recipe: EmbeddedRecipe, trusted: list[tasks.Problem]) -> TrustedDraw | None:
     """The trusted share of each batch: round(train_share · N) problems, at least one, leaving one for the pool."""
-    share, n = recipe.gradalign.validation.train_share, recipe.grpo.num_prompts_per_step
+    share = recipe.gradalign.validation.train_share
     if not share:
         return None
-    per_step = round(share * n)
-    if not 1 <= per_step < n:
-        raise ValueError(f"gradalign.validation.train_share={share} of grpo.num_prompts_per_step={n} is {per_step} "
-                         f"trusted problems a step: it must leave between 1 and {n - 1}")
-    return TrustedDraw(problem_keys.keys_of(map(identity, trusted)), per_step, recipe.gradalign.seed)
+    return TrustedDraw.for_share(problem_keys.keys_of(map(identity, trusted)), share,
+                                 recipe.grpo.num_prompts_per_step, recipe.gradalign.memory.seed)
 
 
 def identity(problem: tasks.Problem) -> bytes:

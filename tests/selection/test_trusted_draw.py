@@ -8,6 +8,7 @@ import pytest
 
 from nemo_gradalign.config import MemorySamplerConfig
 from nemo_gradalign.selection import problem_keys
+from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler, memory_dataloader
 from nemo_gradalign.selection.schedules import MemorySchedule
 from nemo_gradalign.selection.trusted_draw import TrustedDraw
 
@@ -54,10 +55,31 @@ def test_memory_schedule_fills_the_rest_from_the_pool_and_saves_the_draw_with_it
     b = schedule(TrustedDraw(KEYS, 3, seed=0))
     b.load_state_dict(a.state_dict())
     assert b.batch(1) == a.batch(1) and b.trusted_picks == a.trusted_picks
-    with pytest.raises(ValueError, match="saved with a trusted share of the batch, which this run does not draw"):
+    with pytest.raises(ValueError, match="saved with a trusted share of each step, which this run does not draw"):
         schedule(None).load_state_dict(a.state_dict())
     untouched = schedule(TrustedDraw(KEYS, 3, seed=0))
-    state = {**a.state_dict(), "trusted": {"drawn": 4}}
+    state = a.state_dict()
+    state = {**state, "sampler": {**state["sampler"], "trusted": {"drawn": 4}}}
     with pytest.raises(ValueError, match="drawn=4 must be a multiple of the 3"):
         untouched.load_state_dict(state)
-    assert untouched.trusted.drawn == 0 and untouched.sampler.step == 0  # a refused load changes nothing
+    assert untouched.sampler.trusted.drawn == 0 and untouched.sampler.step == 0  # a refused load changes nothing
+
+
+def test_a_loader_over_pool_then_trusted_rows_yields_whole_steps_and_resumes_exactly():
+    """NeMo RL's shape: one dataset of the pool's rows then the trusted set's; each loader batch is
+    a step: the memory's picks, then the trusted ones at ``pool + j``."""
+    pool, rows = 20, list(range(20 + KEYS.size))
+    sampler = AlignmentMemorySampler(pool, 4, MemorySamplerConfig(seed=1), trusted=TrustedDraw(KEYS, 2, seed=1))
+    loader = memory_dataloader(rows, sampler, collate_fn=list)
+    assert len(loader) == pool // 4 and len(sampler) == (pool // 4) * 6
+    batches = iter(loader)
+    first = next(batches)
+    assert len(first) == 6 and all(i < pool for i in first[:4]) and all(i >= pool for i in first[4:])
+    assert [i - pool for i in first[4:]] == sampler.last_trusted
+    state = loader.state_dict()
+    again = AlignmentMemorySampler(pool, 4, MemorySamplerConfig(seed=1), trusted=TrustedDraw(KEYS, 2, seed=1))
+    resumed = memory_dataloader(rows, again, collate_fn=list)
+    resumed.load_state_dict(state)
+    assert list(resumed) == list(batches)  # the rest of the epoch, trusted draws included
+    with pytest.raises(ValueError, match="the dataset has 20 problems, the sampler 30"):
+        memory_dataloader(rows[:pool], sampler)

@@ -213,9 +213,9 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     if cfg.precondition != "none":
         found.append(f"gradalign.precondition={cfg.precondition!r}: the Adam-preconditioned score is "
                      "only in the embedded trainer (the worker's optimizer state is not read yet)")
-    if cfg.validation.train_share:
-        found.append(f"gradalign.validation.train_share={cfg.validation.train_share}: the trusted set trains and "
-                     "steers in the embedded trainer only; inside NeMo RL G still comes from rollouts of its own")
+    from nemo_gradalign.integrations.nemo_rl.trusted_set import refusals as trusted_refusals
+
+    found += trusted_refusals(master_config, cfg)
     if cfg.schedule not in ("step", "memory"):
         found.append(f"gradalign.schedule={cfg.schedule!r}: inside NeMo RL the 'step' (select at "
                      "dynamic_sampling each step) and 'memory' (the training loader's sampler picks) "

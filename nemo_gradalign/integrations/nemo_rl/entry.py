@@ -22,7 +22,7 @@ import functools
 import inspect
 
 from nemo_gradalign.config import GradAlignConfig
-from nemo_gradalign.integrations.nemo_rl import memory_mode, sampler_state
+from nemo_gradalign.integrations.nemo_rl import memory_mode, sampler_state, trusted_set
 from nemo_gradalign.integrations.nemo_rl import validation_loader as loader_state
 from nemo_gradalign.integrations.nemo_rl.config import (check_supported, in_pass_config_reason, lookup,
                                                         read_gradalign, scoring_loss)
@@ -30,7 +30,7 @@ from nemo_gradalign.integrations.nemo_rl.driver import GroupScorer
 from nemo_gradalign.integrations.nemo_rl.preflight import with_default_block
 from nemo_gradalign.integrations.nemo_rl.selection import install as install_hook
 from nemo_gradalign.selection.scores import reference_source
-from nemo_gradalign.integrations.nemo_rl.validation_cost import g_cost_line, validation_problems
+from nemo_gradalign.integrations.nemo_rl.validation_cost import g_cost_line, trusted_cost_line, validation_problems
 from nemo_gradalign.integrations.nemo_rl.validation_loader import WithValidationPrompts
 from nemo_gradalign.integrations.nemo_rl.validation_rollouts import ValidationRollouts
 from nemo_gradalign.integrations.nemo_rl.validation_rollouts import install as install_rollouts
@@ -59,9 +59,14 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         if not cfg.enabled:
             return setup(master_config, tokenizer, dataset, val_dataset, *args, **kwargs)
         check_supported(master_config, cfg)
-        # before setup() starts anything: the rows' identities, and the memory a resume would load
-        keys = sampler_state.checked_keys(master_config, cfg, dataset) if cfg.schedule == "memory" else None
-        if reference_source(cfg.method) == "validation" and val_dataset is not None and not isinstance(val_dataset, dict):
+        # before setup() starts anything: the trusted set that trains (if any), the rows' identities,
+        # and the memory a resume would load
+        trusted = trusted_set.load_trusted_rows(cfg) if cfg.validation.train_share else None
+        draw = sampler_state.trusted_draw(master_config, cfg, trusted)
+        keys = sampler_state.checked_keys(master_config, cfg, dataset, draw) if cfg.schedule == "memory" else None
+        if draw is not None:
+            print(trusted_cost_line(master_config, cfg, draw), flush=True)
+        elif reference_source(cfg.method) == "validation" and val_dataset is not None and not isinstance(val_dataset, dict):
             print(g_cost_line(master_config, cfg, len(val_dataset)), flush=True)
         registry[WORKER_FQN] = registry[UPSTREAM_WORKER_FQN]
         factory = functools.partial(policy_cls, worker_extension_cls_fqn=WORKER_FQN)
@@ -79,10 +84,13 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         scorer = GroupScorer(policy, cfg, tokenizer.pad_token_id, scoring_loss(master_config, cfg))
         loader, take_validation, sampler = None, (lambda: None), None
         if cfg.schedule == "memory":
+            rows = None if draw is None else trusted_set.PoolAndTrusted(
+                result[loaders[0]].dataset, trusted_set.processed_trusted(result[loaders[0]].dataset, trusted))
             result[loaders[0]], sampler = memory_mode.memory_training_loader(
                 result[loaders[0]], cfg, collate, checkpointer.get_latest_checkpoint_path(),
-                lookup(master_config, "data"), getattr(grpo_module, "load_dataloader_state", None), keys)
-        if reference_source(cfg.method) == "validation":
+                lookup(master_config, "data"), getattr(grpo_module, "load_dataloader_state", None), keys,
+                trusted=draw, rows=rows)
+        if reference_source(cfg.method) == "validation" and draw is None:  # else G from the batch's trusted rows
             val_loader = result[loaders[1]] if len(loaders) > 1 else None
             loader = result[loaders[0]] = WithValidationPrompts(result[loaders[0]], cfg.refresh_every)
             store = ValidationRollouts(_validation_batch(val_loader, master_config, cfg, collate),
@@ -98,7 +106,7 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
                       "separate backward", flush=True)
             memory_mode.install(grpo_module, memory_mode.MemoryFeedback(
                 sampler, scorer.statistics, take_validation, in_pass=None if reason else scorer,
-                simacc=cfg.method == "simacc"))
+                simacc=cfg.method == "simacc", refresh_every=cfg.refresh_every))
         else:
             install_hook(grpo_module, scorer, take_validation)
         return tuple(result)

@@ -34,18 +34,23 @@ from nemo_gradalign.integrations.nemo_rl.config import lookup, read_gradalign
 from nemo_gradalign.integrations.nemo_rl.sampler_state import CHECKPOINT_FILE, dataset_keys
 from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler, memory_dataloader
 from nemo_gradalign.selection.scores import simacc_factor
+from nemo_gradalign.selection.trusted_draw import TrustedDraw
 
 
 
 def memory_training_loader(upstream_loader, cfg: GradAlignConfig, collate, checkpoint_dir=None,
-                           data_config=None, load_state: Callable | None = None, keys=None):
+                           data_config=None, load_state: Callable | None = None, keys=None,
+                           trusted: TrustedDraw | None = None, rows=None):
     """The loader that replaces ``upstream_loader`` (same dataset, same batch size), restored from
     ``checkpoint_dir`` by upstream's ``load_dataloader_state`` when one is given. ``keys``: the
-    rows' identities (sampler_state.dataset_keys; computed here when not given)."""
+    rows' identities (sampler_state.dataset_keys; computed here when not given). ``trusted``: the
+    trusted share of each batch (the pool fills the rest), served from ``rows``
+    (trusted_set.PoolAndTrusted: the pool's rows, then the trusted set's)."""
     dataset = upstream_loader.dataset
     keys = dataset_keys(dataset) if keys is None else keys
-    sampler = FeedbackFirstSampler(len(dataset), int(upstream_loader.batch_size), cfg.memory, keys=keys)
-    loader = memory_dataloader(dataset, sampler, collate)
+    from_pool = int(upstream_loader.batch_size) - (trusted.per_step if trusted else 0)
+    sampler = FeedbackFirstSampler(len(dataset), from_pool, cfg.memory, keys=keys, trusted=trusted)
+    loader = memory_dataloader(dataset if rows is None else rows, sampler, collate)
     if checkpoint_dir is not None and os.path.isfile(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)):
         if load_state is not None:
             load_state(loader, str(checkpoint_dir), data_config)
@@ -94,10 +99,12 @@ class MemoryFeedback:
 
     def __init__(self, sampler: AlignmentMemorySampler, statistics: Callable, take_validation: Callable[[], Any],
                  in_pass=None, log: Callable[[str], None] = lambda line: print(line, flush=True),
-                 simacc: bool = False):
-        """``simacc``: remember cos · 4a(1−a) (gradalign.method=simacc), a the group's pass rate."""
+                 simacc: bool = False, refresh_every: int = 1):
+        """``simacc``: remember cos · 4a(1−a) (gradalign.method=simacc), a the group's pass rate.
+        With a trusted share (``sampler.trusted``: trusted_set.py) G is rebuilt every ``refresh_every``
+        steps from the batch's own trusted groups, and ``take_validation`` is not used."""
         self.sampler, self.statistics, self.take_validation = sampler, statistics, take_validation
-        self.simacc = simacc
+        self.simacc, self.refresh_every = simacc, refresh_every
         self.in_pass, self.log, self.logged = in_pass, log, set()
         self.pending, self.flushed = None, {}
         if isinstance(sampler, FeedbackFirstSampler):
@@ -107,26 +114,38 @@ class MemoryFeedback:
         t0 = time.perf_counter()
         self.flush()
         group_size = int(lookup(master_config, "grpo.num_generations_per_prompt"))
-        ids = group_ids(batch["idx"], group_size)
+        groups = group_ids(batch["idx"], group_size)
+        pool = [g for g, i in enumerate(groups) if i < self.sampler.num_problems]  # the rest are trusted
+        ids = [groups[g] for g in pool]
         plan, step = self.sampler.last_plan, self.sampler.step - 1
         if plan is not None and sorted(ids) != sorted(plan.problem_ids.tolist()):
             raise RuntimeError(f"the trained groups {sorted(ids)} are not the prompts the memory sampler picked "
                                f"for step {step} ({sorted(plan.problem_ids.tolist())})")
-        validation = self.take_validation()
+        metrics, self.flushed = self.flushed, {}
+        if self.sampler.trusted is not None:
+            validation = self._trusted_rows(batch, groups, group_size, step)
+        else:
+            validation = self.take_validation()
         generation = self.sampler.memory.latest_generation + (1 if validation is not None else 0)
+        if generation < 0 and self.sampler.trusted is not None:  # no trusted group has carried a gradient yet
+            zero = np.array([not informative for informative in _varies(batch, group_size)[pool]], dtype=bool)
+            self.sampler.memory.record_visits(ids, step, zero)
+            return {**metrics, "gradalign/reference_missing": 1.0, "gradalign/seconds": time.perf_counter() - t0}
         if generation < 0:
             raise RuntimeError("gradalign.schedule=memory: no validation gradient G was built before the first "
                                "step's feedback")
-        metrics, self.flushed = self.flushed, {}
         if self.in_pass is not None:
             stats, informative, rates = self.in_pass.statistics(batch, master_config, validation, arm_in_pass=True)
             if stats is None:
-                self.pending = (ids, step, generation, rates)
+                self.pending = (ids, step, generation, rates[pool] if len(pool) < len(groups) else rates,
+                                pool if len(pool) < len(groups) else None)
                 return {**metrics, "gradalign/seconds": time.perf_counter() - t0, "gradalign/in_pass": 1.0}
             self._log_once(f"gradalign: in-pass reading off ({self.in_pass.in_pass_refusal}): each trained "
                            "group is scored with a separate backward")
         else:
             stats, informative, rates = self.statistics(batch, master_config, validation)
+        if len(pool) < len(groups):  # the trusted groups are not remembered
+            stats, informative, rates = _rows(stats, pool), informative[pool], rates[pool]
         metrics.update(self._record(ids, step, generation, stats, informative, rates))
         metrics.update({"gradalign/seconds": time.perf_counter() - t0, "gradalign/in_pass": 0.0})
         if plan is not None:
@@ -139,13 +158,26 @@ class MemoryFeedback:
         workers could not read them."""
         if self.pending is None:
             return
-        (ids, step, generation, rates), self.pending = self.pending, None
+        (ids, step, generation, rates, pool), self.pending = self.pending, None
         result = self.in_pass.in_pass_scores()
         if isinstance(result, str):
             self.log(f"gradalign: step {step}'s in-pass reading failed in train() ({result}); "
                      "its groups are not recorded")
             return
+        result = result if pool is None else _rows(result, pool)
         self.flushed = self._record(ids, step, generation, result, result.informative, rates)
+
+    def _trusted_rows(self, batch, groups: list[int], group_size: int, step: int):
+        """The batch's trusted groups (rows past the pool's), which rebuild G every ``refresh_every``
+        steps; None otherwise, or when none of them has a gradient (G as it was)."""
+        trusted = [g for g, i in enumerate(groups) if i >= self.sampler.num_problems]
+        drawn = sorted(self.sampler.num_problems + j for j in self.sampler.last_trusted)
+        if sorted(groups[g] for g in trusted) != drawn:
+            raise RuntimeError(f"the trained trusted groups {sorted(groups[g] for g in trusted)} are not the "
+                               f"ones the sampler drew for step {step} ({drawn})")
+        if step % self.refresh_every or not _varies(batch, group_size)[trusted].any():
+            return None
+        return batch.select_indices([g * group_size + r for g in trusted for r in range(group_size)])
 
     def _record(self, ids, step, generation, stats, informative, rates) -> dict[str, float]:
         memory = self.sampler.memory
@@ -165,6 +197,18 @@ class MemoryFeedback:
         if line not in self.logged:
             self.logged.add(line)
             self.log(line)
+
+
+def _varies(batch, group_size: int) -> np.ndarray:
+    """Per group: do its rewards differ (else its advantages, and its gradient, are exactly zero)?"""
+    rewards = torch.as_tensor(batch["total_reward"]).float().reshape(-1, group_size)
+    return (rewards.max(1).values > rewards.min(1).values).numpy()
+
+
+def _rows(stats, rows: list[int]):
+    """The statistics of the groups at ``rows`` (the pool's), in that order."""
+    index = torch.tensor(rows, dtype=torch.long)
+    return type(stats)(stats.dot[index], stats.sqnorm[index], stats.informative[index])
 
 
 def with_memory_feedback(original: Callable, feedback: MemoryFeedback) -> Callable:

@@ -24,6 +24,7 @@ import numpy as np
 
 from nemo_gradalign.config import ConfigError
 from nemo_gradalign.selection.problem_keys import keys_of
+from nemo_gradalign.selection.trusted_draw import TrustedDraw
 from nemo_gradalign.trainer.checkpoint import step_folders
 from nemo_gradalign.trainer.checkpoint_files import DamagedCheckpointFile, newest_intact, read_state
 
@@ -34,13 +35,18 @@ def _row_bytes(row) -> bytes:
     return json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr).encode()
 
 
+def _hf_rows(raw):
+    """A Hugging Face dataset's rows, read in Arrow batches (its indices mapping respected)."""
+    for batch in raw.with_format("arrow").iter(batch_size=8192):
+        yield from batch.to_pylist()
+
+
 def _raw_rows(dataset):
-    """The rows before any processor runs: the HF dataset in Arrow batches (its indices mapping
-    respected), an indexable of rows, or, for a dataset without raw rows, each item less its ``idx``."""
+    """The rows before any processor runs: the HF dataset in Arrow batches, an indexable of rows,
+    or, for a dataset without raw rows, each item less its ``idx``."""
     raw = getattr(dataset, "dataset", None)
     if raw is not None and hasattr(raw, "with_format"):
-        for batch in raw.with_format("arrow").iter(batch_size=8192):
-            yield from batch.to_pylist()
+        yield from _hf_rows(raw)
     elif raw is not None:
         for i in range(len(raw)):
             yield raw[i]
@@ -104,16 +110,36 @@ def check_resume(checkpoint_dir, new_sampler) -> str | None:
             f"{remap.summary()}")
 
 
-def checked_keys(master_config, cfg, dataset, log=lambda line: print(line, flush=True)) -> np.ndarray:
+def trusted_draw(master_config, cfg, trusted_rows) -> TrustedDraw | None:
+    """The trusted share of each step (trusted_set.py), its problems known by their raw rows' content;
+    None without one. ConfigError naming the field when the share leaves no room."""
+    from nemo_gradalign.integrations.nemo_rl.config import lookup
+
+    if trusted_rows is None:
+        return None
+    keys = keys_of(_row_bytes(row) for row in _hf_rows(trusted_rows))
+    try:
+        return TrustedDraw.for_share(keys, cfg.validation.train_share,
+                                     int(lookup(master_config, "grpo.num_prompts_per_step")), cfg.memory.seed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def checked_keys(master_config, cfg, dataset, trusted: TrustedDraw | None = None,
+                 log=lambda line: print(line, flush=True)) -> np.ndarray:
     """The training rows' keys, after checking the state this run resumes from (``check_resume``)."""
     from nemo_gradalign.integrations.nemo_rl.config import lookup
     from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler
 
     keys = dataset_keys(dataset)
     enabled = lookup(master_config, "checkpointing.enabled", False)
-    batch = int(lookup(master_config, "grpo.num_prompts_per_step"))
-    line = check_resume(lookup(master_config, "checkpointing.checkpoint_dir") if enabled else None,
-                        lambda: AlignmentMemorySampler(len(dataset), batch, cfg.memory, keys=keys))
+    batch = int(lookup(master_config, "grpo.num_prompts_per_step")) - (trusted.per_step if trusted else 0)
+
+    def fresh():
+        draw = None if trusted is None else TrustedDraw(trusted.keys, trusted.per_step, trusted.seed)
+        return AlignmentMemorySampler(len(dataset), batch, cfg.memory, keys=keys, trusted=draw)
+
+    line = check_resume(lookup(master_config, "checkpointing.checkpoint_dir") if enabled else None, fresh)
     if line:
         log(line)
     return keys

@@ -1,0 +1,113 @@
+"""The trusted set that trains and steers inside NeMo RL (``gradalign.validation.train_share`` > 0).
+
+It is named apart from what NeMo RL evaluates on: ``gradalign.validation.dataset`` (a local JSONL /
+parquet / Arrow file or a hub name, in upstream's ResponseDataset form: ``input`` and ``output``
+columns, or ``messages``) is read by upstream's own ``ResponseDataset``; a trusted set that is the data
+NeMo RL validates on, or the pool itself, is refused at config time naming both fields. Its rows are
+processed by the pool's own processor (the pool's task, prompt and environment), so a trusted prompt is
+rendered, rewarded and trained exactly as a pool prompt would be, and follow the pool's rows in one
+dataset (``PoolAndTrusted``): the memory sampler's loader hands out a step's pool picks and trusted
+picks as one batch — one generation call, plain GRPO's generation.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from nemo_gradalign.config import ConfigError, GradAlignConfig
+from nemo_gradalign.integrations.nemo_rl.config import lookup
+
+
+def _named_data(master_config: Any, block: str) -> list[tuple[str, str]]:
+    """(field, value) of every dataset a ``data.<block>`` entry (or list of entries) names."""
+    entries = lookup(master_config, f"data.{block}")
+    if entries is None:
+        return []
+    listed = entries if isinstance(entries, (list, tuple)) or type(entries).__name__ == "ListConfig" else [entries]
+    named = []
+    for i, entry in enumerate(listed):
+        where = f"data.{block}" + (f"[{i}]" if len(listed) > 1 else "")
+        for key in ("data_path", "dataset_name"):
+            value = lookup(entry, key)
+            if value is not None:
+                named.append((f"{where}.{key}", str(value)))
+    return named
+
+
+def refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
+    """What keeps the trusted set from training here, one line each (config time, no data read)."""
+    share, path = cfg.validation.train_share, cfg.validation.dataset
+    if not share:
+        return []
+    if path is None:
+        return [f"gradalign.validation.train_share={share} trains on the trusted set, and with "
+                "gradalign.validation.dataset unset it would be NeMo RL's validation data (data.validation or "
+                "data.train's split_validation_size), which NeMo RL evaluates on: name a trusted set apart in "
+                "gradalign.validation.dataset"]
+    found = []
+    for block, what in (("validation", "which NeMo RL evaluates on"), ("train", "the pool itself")):
+        for field, value in _named_data(master_config, block):
+            if os.path.normpath(value) == os.path.normpath(path):
+                found.append(f"gradalign.validation.dataset={path!r} is {field}, {what}: with "
+                             f"gradalign.validation.train_share={share} the trusted set trains, so name one apart")
+    return found
+
+
+def load_trusted_rows(cfg: GradAlignConfig):
+    """The trusted set's raw rows (a Hugging Face dataset of ``messages``), read by upstream's
+    ResponseDataset; ConfigError naming the field when it cannot be read."""
+    from nemo_rl.data.datasets.response_datasets.response_dataset import ResponseDataset
+
+    path = cfg.validation.dataset
+    split = {} if os.path.exists(path) else {"split": cfg.validation.split}  # a hub name has splits
+    try:
+        rows = ResponseDataset(data_path=path, **split).dataset
+    except Exception as err:  # noqa: BLE001 - any reader failure is the user's file: one line
+        raise ConfigError(f"gradalign.validation.dataset={path!r} cannot be read as a ResponseDataset "
+                          f"(input/output columns, or messages): {type(err).__name__}: {err}") from None
+    if len(rows) == 0:
+        raise ConfigError(f"gradalign.validation.dataset={path!r} holds no rows")
+    if cfg.validation.max_problems is not None:
+        rows = rows.select(range(min(len(rows), cfg.validation.max_problems)))
+    return rows
+
+
+def pool_task(pool) -> str:
+    """The pool's one task name: the trusted rows take it, and with it the pool's processor and env."""
+    processors = pool.task_data_processors
+    if not isinstance(processors, dict):
+        return pool.default_task_data_spec.task_name
+    if len(processors) != 1:
+        raise ConfigError(f"gradalign.validation.train_share: the training data holds {len(processors)} tasks "
+                          f"({', '.join(sorted(processors))}); a trusted set that trains is supported for a "
+                          "single-task pool only (whose processor and environment its rows would take)")
+    return next(iter(processors))
+
+
+def processed_trusted(pool, rows):
+    """The trusted rows processed as the pool's: its tokenizer, task specs, processors, length cap."""
+    from nemo_rl.data.datasets.processed_dataset import AllTaskProcessedDataset
+
+    task = pool_task(pool)
+    rows = rows.remove_columns([c for c in ("task_name",) if c in rows.column_names])
+    rows = rows.add_column("task_name", [task] * len(rows))
+    return AllTaskProcessedDataset(rows, pool.tokenizer, pool.default_task_data_spec, pool.task_data_processors,
+                                   pool.task_data_preprocessors, max_seq_length=pool.max_seq_length)
+
+
+class PoolAndTrusted(Dataset):
+    """The pool's rows, then the trusted set's; a trusted item's ``idx`` is its row here."""
+
+    def __init__(self, pool, trusted):
+        self.pool, self.trusted = pool, trusted
+
+    def __len__(self) -> int:
+        return len(self.pool) + len(self.trusted)
+
+    def __getitem__(self, i: int):
+        if i < len(self.pool):
+            return self.pool[i]
+        return {**self.trusted[i - len(self.pool)], "idx": i}
