@@ -17,12 +17,12 @@ from pathlib import Path
 from nemo_gradalign.trainer.summary import mean_area
 
 def generated_curve(metrics: Path) -> list[tuple[float, float]]:
-    """(training + validation tokens generated so far, held-out accuracy) at every evaluation."""
+    """(tokens generated so far, training and the trusted set's together, held-out accuracy) at every evaluation."""
     generated, curve = {0: 0.0}, []
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     for r in records:
         if r["kind"] == "train":
-            generated[r["step"]] = r["tokens/total_generated"] + r.get("tokens/total_validation_generated", 0)
+            generated[r["step"]] = r["tokens/total_generated"]  # the trusted set's rollouts included
     for r in records:
         if r["kind"] == "eval" and r["step"] in generated:
             curve.append((generated[r["step"]], r["val:accuracy"]))
