@@ -45,6 +45,20 @@ def test_a_trusted_set_that_trains_must_be_named_apart_from_what_nemo_rl_evaluat
     assert preflight(recipe(*ON, "++gradalign.validation.dataset=/data/trusted.jsonl")) == ["++data.num_workers=0"]
 
 
+def test_a_named_trusted_set_trains_by_default_and_the_flag_alone_changes_nothing():
+    from nemo_gradalign.integrations.nemo_rl.config import DEFAULT_TRAIN_SHARE, read_gradalign
+
+    assert read_gradalign(recipe("gradalign.enabled=true")).validation.train_share == 0.0
+    named = recipe("gradalign.enabled=true", "gradalign.validation.dataset=/data/trusted.jsonl")
+    assert read_gradalign(named).validation.train_share == DEFAULT_TRAIN_SHARE == 0.5
+    assert preflight(named) == ["++data.num_workers=0"]
+    direction_only = recipe("gradalign.enabled=true", "gradalign.validation.dataset=/data/trusted.jsonl",
+                            "gradalign.validation.train_share=0")
+    assert read_gradalign(direction_only).validation.train_share == 0.0
+    step = recipe("gradalign.enabled=true", "gradalign.schedule=step", "gradalign.validation.dataset=/data/t.jsonl")
+    assert read_gradalign(step).validation.train_share == 0.0  # the step schedule has no trusted share
+
+
 def _trusted_file(tmp_path, n=6):
     path = tmp_path / "trusted.jsonl"
     path.write_text("".join(json.dumps({"input": f"t{j}", "output": str(j)}) + "\n" for j in range(n)))

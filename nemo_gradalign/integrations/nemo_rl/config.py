@@ -40,13 +40,17 @@ def lookup(cfg: Any, dotted: str, default: Any = None) -> Any:
 # The flag's schedule inside NeMo RL when the recipe names none: the one with plain GRPO's generation
 # (the sampler picks N prompts before rollout; `step` generates q·N and keeps N)
 DEFAULT_SCHEDULE = "memory"
+# The trusted set's share of each batch when the recipe names a trusted set (gradalign.validation.dataset)
+# and no share: it then trains and steers (trusted_set.py), the embedded winner; without a named set, 0
+DEFAULT_TRAIN_SHARE = 0.5
 
 
 def read_gradalign(master_config: Any) -> GradAlignConfig:
     """The validated block; absent means disabled (upstream behaviour unchanged). A null
     ``memory.seed`` (the entry's default block) follows ``gradalign.seed``; an unset or null
     ``schedule`` means DEFAULT_SCHEDULE for the ``gradalign`` method (other methods score
-    candidates: ``step``)."""
+    candidates: ``step``); an unset or null ``validation.train_share`` means DEFAULT_TRAIN_SHARE
+    when the memory schedule has a named trusted set (``validation.dataset``), else 0."""
     block = section(master_config, "gradalign", None)
     if block is not None and not isinstance(block, dict):
         block = block.model_dump() if hasattr(block, "model_dump") else dict(block)
@@ -56,6 +60,10 @@ def read_gradalign(master_config: Any) -> GradAlignConfig:
     memory = block.get("memory") if isinstance(block, dict) else None
     if isinstance(memory, dict) and "seed" in memory and memory["seed"] is None:
         block = {**block, "memory": {k: v for k, v in memory.items() if k != "seed"}}
+    validation = block.get("validation") if isinstance(block, dict) else None
+    if isinstance(validation, dict) and validation.get("train_share") is None:  # unset, or the entry's null
+        named = validation.get("dataset") is not None and block.get("schedule") == "memory"
+        block = {**block, "validation": {**validation, "train_share": DEFAULT_TRAIN_SHARE if named else 0.0}}
     return parse_gradalign(block)
 
 
