@@ -18,7 +18,7 @@ import re
 DEFAULT_GRADALIGN = "gradalign-memory-r1-zero-t50"
 # the controls (issue 18) are budgeted too: at equal compute, does alignment add anything beyond
 # the trusted data (grpo-trusted, grpo-pooltrusted), or beyond GRESO's zero-variance skip (greso)?
-BUDGETED = ("grpo", "dapo", "greso", "grpo-trusted", "grpo-pooltrusted")
+BUDGETED = ("grpo", "dapo", "greso", "grpo-trusted", "grpo-pooltrusted", "grpo-t50")
 # steps a budgeted baseline may take, as a multiple of the longest selection run's steps
 STEP_ALLOWANCE = 40
 
@@ -31,6 +31,9 @@ _FIXED = {
     "greso": ["gradalign.enabled=false", "+grpo.sampler=greso", "+gradalign.memory.zero_skip_step=0.5"],
     "grpo-trusted": ["gradalign.enabled=false", "+grpo.train_on=trusted"],
     "grpo-pooltrusted": ["gradalign.enabled=false", "+grpo.train_on=pool+trusted"],
+    # half of each batch from the trusted set as the default GradAlign draws it, the pool's half drawn
+    # as plain GRPO draws it, no G: the control for what alignment adds to that mix
+    "grpo-t50": ["gradalign.enabled=false", "+grpo.trusted_share=0.5"],
 }
 _STEP = re.compile(r"(gradalign|simacc)-step(?:-r(\d+))?")
 _MEMORY = re.compile(r"(gradalign|simacc)-memory(?:-r(\d+))?(-zero)?(?:-t(\d+))?")
@@ -61,7 +64,7 @@ def method_overrides(name: str) -> list[str]:
     raise ValueError(f"unknown demo method {name!r}: choose gradalign, gradalign-round, gradalign-step, "
                      "gradalign-step-r<N> (validation gradient rebuilt every N steps), gradalign-memory, "
                      "gradalign-memory-r<N>, gradalign-memory[-r<N>][-zero][-t<P>] (P% of each batch from the trusted set, "
-                     "which builds G), simacc-memory[-r<N>][-zero][-t<P>], simacc-step[-r<N>], grpo, dapo, greso, grpo-trusted, grpo-pooltrusted, "
+                     "which builds G), simacc-memory[-r<N>][-zero][-t<P>], simacc-step[-r<N>], grpo, dapo, greso, grpo-trusted, grpo-pooltrusted, grpo-t50, "
                      "random, accgreedy, accfilter")
 
 

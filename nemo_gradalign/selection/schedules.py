@@ -86,12 +86,14 @@ class RoundSchedule:
 
 
 class StepSchedule:
-    def __init__(self, pool_size: int, draw: int, keep: int, seed: int):
+    def __init__(self, pool_size: int, draw: int, keep: int, seed: int, trusted: TrustedDraw | None = None):
+        """``trusted``: plain GRPO's trusted share (grpo.trusted_share), drawn with each step's candidates."""
         if draw > pool_size:
             raise ValueError(f"a step draws {draw} problems (q·N) but the pool has {pool_size}")
         self.pool_size, self.draw, self.keep, self.seed = pool_size, draw, keep, seed
         self.cursor = 0  # position in the endless sequence of shuffled passes over the pool
         self.selected: list[int] = []
+        self.trusted, self.trusted_picks = trusted, []
 
     reuses_selection_rollouts = True
 
@@ -102,6 +104,7 @@ class StepSchedule:
     def candidates(self, step: int) -> list[int]:
         ids = [self._at(self.cursor + i) for i in range(self.draw)]
         self.cursor += self.draw
+        self.trusted_picks = self.trusted.next() if self.trusted else []
         return ids
 
     def set_selection(self, problem_ids: list[int]) -> None:
@@ -111,9 +114,14 @@ class StepSchedule:
         return list(self.selected)
 
     def state_dict(self) -> dict:
-        return {"cursor": self.cursor, "selected": list(self.selected)}
+        state = {"cursor": self.cursor, "selected": list(self.selected)}
+        return {**state, "trusted": self.trusted.state_dict(), "trusted_picks": list(self.trusted_picks)} \
+            if self.trusted else state
 
     def load_state_dict(self, state: dict) -> None:
+        if self.trusted:
+            self.trusted.load_state_dict(state["trusted"])
+            self.trusted_picks = list(state["trusted_picks"])
         self.cursor, self.selected = int(state["cursor"]), list(state["selected"])
 
 

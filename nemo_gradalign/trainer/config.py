@@ -37,6 +37,9 @@ class GRPOConfig(_Strict):
     # greso: the memory sampler with only GRESO's zero-variance skip (gradalign.memory's knobs), no G
     train_on: Literal["pool", "trusted", "pool+trusted"] = "pool"
     sampler: Literal["shuffle", "greso"] = "shuffle"
+    # plain GRPO with this share of each batch drawn from the trusted set, as GradAlign's
+    # gradalign.validation.train_share draws it, and no G: does alignment add anything to that mix?
+    trusted_share: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class LossConfig(_Strict):
@@ -123,6 +126,11 @@ class EmbeddedRecipe(_Strict):
         if self.grpo.sampler == "greso" and self.gradalign.memory.zero_skip_step == 0:
             raise ValueError("grpo.sampler='greso' with gradalign.memory.zero_skip_step=0 never skips: set it "
                              "above 0 (e.g. 0.5)")
+        if self.grpo.trusted_share and (self.gradalign.enabled or self.grpo.sampler != "shuffle"
+                                        or self.grpo.train_on != "pool"):
+            raise ValueError(f"grpo.trusted_share={self.grpo.trusted_share} is plain GRPO's control (gradalign.enabled"
+                             "=false, grpo.sampler=shuffle, grpo.train_on=pool); GradAlign's own trusted share is "
+                             "gradalign.validation.train_share")
         if self.gradalign.validation.dataset and d.validation_source:
             raise ValueError("gradalign.validation.dataset and data.validation_source both name the "
                              "validation set; set one")

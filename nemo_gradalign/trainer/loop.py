@@ -196,11 +196,11 @@ class Trainer:
             record.update(self._select(step, candidates))
         ids = self.schedule.batch(step)
         trusted = [self.sets.validation[j] for j in getattr(self.schedule, "trusted_picks", [])]
-        if self.schedule.reuses_selection_rollouts:
-            batch = [self._reusable[i] for i in ids]
+        k = self.recipe.grpo.num_generations_per_prompt
+        if self.schedule.reuses_selection_rollouts:  # (plain GRPO's trusted share rolls out on its own)
+            batch = [self._reusable[i] for i in ids] + (self._rollouts(trusted, k, f"train/{step}") if trusted else [])
         else:  # the trusted share (validation.train_share) rolls out with the pool's picks, after them
-            batch = self._rollouts([self.pool[i] for i in ids] + trusted,
-                                   self.recipe.grpo.num_generations_per_prompt, f"train/{step}")
+            batch = self._rollouts([self.pool[i] for i in ids] + trusted, k, f"train/{step}")
         reading = self.feedback.reading(step, record, batch[len(ids):] if trusted else None) if self.feedback else None
         record["train/problems"], record["train/trusted_ids"] = len(batch), [p.problem_id for p in trusted]
         record["train/reward"] = (sum(float(r.rewards.mean()) for r in batch) / len(batch)) if batch else float("nan")

@@ -52,6 +52,11 @@ def build_schedule(recipe: EmbeddedRecipe, pool: list[tasks.Problem], trusted: l
         if ga.enabled and ga.schedule == "round":
             return RoundSchedule(pool_size, ga.chunk_size, ga.keep_per_round, ga.steps_per_round, n, ga.seed,
                                  keys=problem_keys.keys_of(map(identity, pool)))
+        if not ga.enabled and recipe.grpo.trusted_share:  # the control: a trusted share, no G
+            share = TrustedDraw.for_share(problem_keys.keys_of(map(identity, trusted)),
+                                                  recipe.grpo.trusted_share, n, ga.memory.seed)
+            return StepSchedule(pool_size, n - share.per_step, n - share.per_step, ga.seed,
+                                share)
         draw = n * ga.selection_ratio if ga.enabled else n
         return StepSchedule(pool_size, draw, n, ga.seed)
     except ValueError as err:

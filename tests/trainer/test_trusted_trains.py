@@ -56,8 +56,24 @@ def test_train_share_is_checked_with_its_field_before_any_rank():
         with pytest.raises(ConfigError, match=rf"gradalign.validation.train_share={share} of grpo.num_prompts_per_step"
                                               rf"=4 is {count} trusted problems a step: it must leave between 1 and 3"):
             preflight(recipe)
+    with pytest.raises(ConfigError, match=r"grpo.trusted_share=0.5 is plain GRPO's control"):
+        load_embedded_recipe(RECIPE, [*TINY, *MEMORY, "++grpo.trusted_share=0.5"])
     with pytest.raises(ConfigError, match=r"gradalign.validation.train_share: Input should be less than 1"):
         load_embedded_recipe(RECIPE, [*TINY, *MEMORY, "++gradalign.validation.train_share=1"])
+
+
+@pytest.mark.slow
+def test_the_plain_grpo_control_trains_the_same_trusted_share_without_g(tmp_path):
+    """grpo.trusted_share (demo: grpo-t50): the same trusted draws, the pool's half drawn as plain GRPO
+    draws, nothing scored or read: what GradAlign's trusted share is measured against."""
+    steps = 4
+    control = _train(tmp_path / "control", "gradalign.enabled=false", "++grpo.trusted_share=0.5",
+                     f"grpo.max_num_steps={steps}")
+    gradalign = _train(tmp_path / "gradalign", *TRUSTED, f"grpo.max_num_steps={steps}")
+    for c, g in zip(control, gradalign):
+        assert c["train/trusted_ids"] == g["train/trusted_ids"] and len(c["gradalign/picked_ids"]) == 2
+        assert c["tokens/generated"] == N * K * SEQ == g["tokens/generated"]
+        assert c["tokens/scored"] == 0 and c.get("tokens/read", 0) == 0
 
 
 @pytest.mark.slow
