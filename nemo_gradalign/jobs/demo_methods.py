@@ -14,7 +14,7 @@ import re
 # its groups' gradient is G, rebuilt every step), the memory picks the other half from the pool, and
 # zero-gradient visits count as an alignment of 0 and are skipped as GRESO skips them. Chosen once,
 # jointly, on tuning seeds 0-2 over the four regimes and both settings (docs/results.md): mean AUC
-# 0.592 over the 24 cells, against 0.587 with three quarters trusted and 0.572 with a quarter.
+# 0.590 over the 24 cells, against 0.585 with three quarters trusted and 0.569 with a quarter.
 DEFAULT_GRADALIGN = "gradalign-memory-r1-zero-t50"
 # the controls (issue 18) are budgeted too: at equal compute, does alignment add anything beyond
 # the trusted data (grpo-trusted, grpo-pooltrusted), or beyond GRESO's zero-variance skip (greso)?
