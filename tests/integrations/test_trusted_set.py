@@ -153,12 +153,14 @@ def test_g_comes_from_the_batchs_trusted_groups_and_only_the_pool_is_remembered(
     # step 0: no trusted group carries a gradient (rewards all 0): no G yet, visits recorded without cosines
     assert feedback(_batch(idx, [True, True, False, False]), master)["gradalign/reference_missing"] == 1.0
     assert sampler.memory.visits[idx[:2]].tolist() == [1, 1] and sampler.memory.scored.sum() == 0
+    # step 1: not a refresh step (refresh_every=2), but no G exists yet: G from its two trusted groups
     idx = list(next(batches)["idx"])
-    feedback(_batch(idx, [True] * 4), master)  # step 1: not a refresh step, but no G exists: still none
-    idx = list(next(batches)["idx"])
-    metrics = feedback(_batch(idx, [True] * 4), master)  # step 2: G from its two trusted groups
+    metrics = feedback(_batch(idx, [True] * 4), master)
     assert seen_validation[-1] == [i for i in idx[2:] for _ in range(K)] and metrics["gradalign/generation"] == 0
     assert np.allclose(sampler.memory.mean[idx[:2]], np.array(idx[:2]) / 100.0)  # dot / (‖g‖ = 100), pool rows
+    idx = list(next(batches)["idx"])
+    assert feedback(_batch(idx, [True] * 4), master)["gradalign/generation"] == 1  # step 2: due, rebuilt
+    assert seen_validation[-1] == [i for i in idx[2:] for _ in range(K)]
     assert sampler.memory.visits.size == POOL and sampler.memory.visits.sum() == 6  # only pool picks remembered
     with pytest.raises(RuntimeError, match="are not the ones the sampler drew for step 3"):
         wrong = list(next(batches)["idx"])

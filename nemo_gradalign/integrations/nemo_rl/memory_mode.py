@@ -169,13 +169,15 @@ class MemoryFeedback:
 
     def _trusted_rows(self, batch, groups: list[int], group_size: int, step: int):
         """The batch's trusted groups (rows past the pool's), which rebuild G every ``refresh_every``
-        steps; None otherwise, or when none of them has a gradient (G as it was)."""
+        steps (every step until a first G exists); None otherwise, or when none of them has a
+        gradient (G as it was)."""
         trusted = [g for g, i in enumerate(groups) if i >= self.sampler.num_problems]
         drawn = sorted(self.sampler.num_problems + j for j in self.sampler.last_trusted)
         if sorted(groups[g] for g in trusted) != drawn:
             raise RuntimeError(f"the trained trusted groups {sorted(groups[g] for g in trusted)} are not the "
                                f"ones the sampler drew for step {step} ({drawn})")
-        if step % self.refresh_every or not _varies(batch, group_size)[trusted].any():
+        due = step % self.refresh_every == 0 or self.sampler.memory.latest_generation < 0
+        if not due or not _varies(batch, group_size)[trusted].any():
             return None
         return batch.select_indices([g * group_size + r for g in trusted for r in range(group_size)])
 
