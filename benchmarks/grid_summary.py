@@ -84,6 +84,22 @@ def setting_table(out: Path, setting: str, methods: list[str], ref: str, seeds: 
     return "\n".join(lines)
 
 
+def compact_table(out: Path, settings: list[str], methods: list[str], ref: str, seeds: list[int]) -> str:
+    """One row per (setting, regime): each method's area at the reference's cost at scale, the best in bold."""
+    lines = ["| setting | regime | " + " | ".join(methods) + " |", "|---" * (2 + len(methods)) + "|"]
+    for setting in settings:
+        for regime in REGIMES:
+            if not all(cell_path(out, setting, regime, m, s).is_file() for m in methods for s in seeds):
+                continue
+            cells = {m: _cells(out, setting, regime, m, seeds) for m in methods}
+            areas = {m: _mean_sd([mean_area(c["cost_curve"], r["cost"]) for c, r in zip(cells[m], cells[ref])])
+                     for m in methods}
+            best = max(methods, key=lambda m: -math.inf if math.isnan(areas[m][0]) else areas[m][0])
+            row = [f"**{_fmt(*areas[m])}**" if m == best else _fmt(*areas[m]) for m in methods]
+            lines.append(f"| {setting} | {regime} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", default="runs/regimes_grid")
@@ -91,13 +107,18 @@ def main() -> None:
     parser.add_argument("--methods", required=True)
     parser.add_argument("--settings", default="multi,single")
     parser.add_argument("--seeds", default="3,4,5")
+    parser.add_argument("--compact", action="store_true", help="one row per cell: areas at equal cost only")
     args = parser.parse_args()
     ref = DEFAULT_GRADALIGN if args.ref == "gradalign" else args.ref
     methods = [DEFAULT_GRADALIGN if m == "gradalign" else m for m in args.methods.split(",")]
     if ref not in methods:
         parser.error(f"--ref {ref} must be one of --methods")
-    for setting in args.settings.split(","):
-        print(setting_table(Path(args.out_dir), setting, methods, ref, [int(s) for s in args.seeds.split(",")]))
+    seeds, settings = [int(s) for s in args.seeds.split(",")], args.settings.split(",")
+    if args.compact:
+        print(compact_table(Path(args.out_dir), settings, methods, ref, seeds))
+        return
+    for setting in settings:
+        print(setting_table(Path(args.out_dir), setting, methods, ref, seeds))
 
 
 if __name__ == "__main__":
