@@ -42,6 +42,7 @@ class RoundSchedule:
         self.selected: list[int] = []
 
     reuses_selection_rollouts = False
+    trusted_picks: tuple[int, ...] = ()  # no trusted share in the paper's schedule
 
     def round_of(self, step: int) -> int:
         return step // self.steps_per_round

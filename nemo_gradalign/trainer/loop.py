@@ -195,7 +195,7 @@ class Trainer:
         if candidates is not None:
             record.update(self._select(step, candidates))
         ids = self.schedule.batch(step)
-        trusted = [self.sets.validation[j] for j in getattr(self.schedule, "trusted_picks", [])]
+        trusted = [self.sets.validation[j] for j in self.schedule.trusted_picks]
         k = self.recipe.grpo.num_generations_per_prompt
         if self.schedule.reuses_selection_rollouts:  # (plain GRPO's trusted share rolls out on its own)
             batch = [self._reusable[i] for i in ids] + (self._rollouts(trusted, k, f"train/{step}") if trusted else [])
