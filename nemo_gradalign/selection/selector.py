@@ -63,8 +63,10 @@ class Selector:
         except EmptyReferenceGradient:
             if self.reference is None or not self.reference.ready:
                 raise
-            log.warning("step %d: no validation problem has reward variance; keeping the validation "
-                        "gradient from step %d", step, self.reference.built_at_step)
+            # routine when G comes from a step's few trusted groups (validation.train_share): not a warning
+            (log.debug if trusted is not None else log.warning)(
+                "step %d: no validation problem has reward variance; keeping the validation gradient from "
+                "step %d", step, self.reference.built_at_step)
             metrics["gradalign/reference_kept_stale"] = 1
         metrics["gradalign/reference_norm"] = self.reference.norm
         metrics["gradalign/reference_step"] = self.reference.built_at_step
