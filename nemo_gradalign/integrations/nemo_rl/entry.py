@@ -62,6 +62,8 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         # before setup() starts anything: the trusted set that trains (if any), the rows' identities,
         # and the memory a resume would load
         trusted = trusted_set.load_trusted_rows(cfg) if cfg.validation.train_share else None
+        if trusted is not None:
+            trusted_set.pool_task(dataset)  # a multi-task pool is refused here, before setup()
         draw = sampler_state.trusted_draw(master_config, cfg, trusted)
         keys = sampler_state.checked_keys(master_config, cfg, dataset, draw) if cfg.schedule == "memory" else None
         if draw is not None:
