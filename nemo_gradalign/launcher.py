@@ -17,7 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nemo_gradalign.config import ConfigError, format_validation_error, load_recipe, read_yaml_mapping
+from nemo_gradalign.config import ConfigError, format_validation_error
+from nemo_gradalign.recipe_files import load_recipe, read_yaml_mapping
 from nemo_gradalign.paths import check_writable_folder, make_folder
 from nemo_gradalign import override_characters
 from nemo_gradalign.ray_sub import container_view, host_ray_sub, pin_outputs

@@ -38,10 +38,12 @@ class TrustedDraw:
 
     def next(self) -> list[int]:
         """The next ``per_step`` trusted problems (indices into the trusted set)."""
-        picks = []
+        picks, orders = [], {}  # a step spans at most two passes: each permutation computed once
         for position in range(self.drawn, self.drawn + self.per_step):
             epoch, offset = divmod(position, self.keys.size)
-            picks.append(int(self._pass_order(epoch)[offset]))
+            if epoch not in orders:
+                orders[epoch] = self._pass_order(epoch)
+            picks.append(int(orders[epoch][offset]))
         self.drawn += self.per_step
         return picks
 

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nemo_gradalign.config import ConfigError, GradAlignConfig, format_validation_error, load_recipe
+from nemo_gradalign.config import ConfigError, GradAlignConfig, format_validation_error
+from nemo_gradalign.recipe_files import load_recipe
 from nemo_gradalign.data import tasks
 from nemo_gradalign.data.regimes import DataConfig
 from nemo_gradalign.megatron.model import ModelSpec

@@ -11,7 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 import upstream_standin
-from nemo_gradalign.config import ConfigError, apply_overrides, parse_gradalign
+from nemo_gradalign.config import ConfigError, parse_gradalign
+from nemo_gradalign.recipe_files import apply_overrides
 from nemo_gradalign.integrations.nemo_rl.entry import (
     UPSTREAM_WORKER_FQN, WORKER_FQN, gradalign_setup, with_default_block)
 from nemo_gradalign.integrations.nemo_rl.validation_loader import WithValidationPrompts

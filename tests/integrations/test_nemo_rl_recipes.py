@@ -12,7 +12,7 @@ import yaml
 
 from omegaconf import OmegaConf
 
-from nemo_gradalign.config import load_yaml_with_defaults
+from nemo_gradalign.recipe_files import load_yaml_with_defaults
 from nemo_gradalign.integrations.nemo_rl.config import check_supported, read_gradalign
 
 RECIPES = sorted((Path(__file__).parents[2] / "recipes" / "nemo_rl").glob("*.yaml"))

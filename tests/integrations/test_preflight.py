@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from nemo_gradalign.config import ConfigError, apply_overrides, load_yaml_with_defaults
+from nemo_gradalign.config import ConfigError
+from nemo_gradalign.recipe_files import apply_overrides, load_yaml_with_defaults
 from nemo_gradalign.integrations.nemo_rl.preflight import preflight, with_default_block
 
 ROOT = Path(os.environ.get("NEMO_RL_ROOT", "/opt/nemo-rl"))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nemo_gradalign.config import ConfigError, load_recipe
+from nemo_gradalign.config import ConfigError
+from nemo_gradalign.recipe_files import load_recipe
 from nemo_gradalign.trainer.config import load_embedded_recipe
 from nemo_gradalign.trainer.sets import build_sets, preflight
 

@@ -11,30 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from nemo_gradalign.config import ConfigError, GradAlignConfig, parse_gradalign
-
-_MISSING = object()
-
-
-def section(cfg: Any, name: str, default: Any = _MISSING) -> Any:
-    """``cfg[name]`` for dicts, ``cfg.name`` for pydantic models (extras included)."""
-    if isinstance(cfg, dict):
-        value = cfg.get(name, default)
-    else:
-        value = getattr(cfg, name, _MISSING)
-        if value is _MISSING:
-            value = (getattr(cfg, "model_extra", None) or {}).get(name, default)
-    if value is _MISSING:
-        raise KeyError(name)
-    return value
-
-
-def lookup(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        node = section(node, part, None)
-    return default if node is None else node
+from nemo_gradalign.integrations.nemo_rl.config_access import lookup, section
+from nemo_gradalign.integrations.nemo_rl.flag_defaults import flag_defaults
+from nemo_gradalign.integrations.nemo_rl.trusted_set import refusals as trusted_refusals
 
 
 # The flag's schedule inside NeMo RL when the recipe names none: the one with plain GRPO's generation
@@ -139,59 +118,6 @@ def in_pass_config_reason(master_config: Any, cfg: GradAlignConfig) -> str | Non
     return None
 
 
-def flag_defaults(master_config: Any, cfg: GradAlignConfig) -> dict[str, Any]:
-    """The recipe values ``gradalign.enabled=true`` alone sets for its schedule, or ConfigError."""
-    if not cfg.enabled:
-        return {}
-    if cfg.schedule == "memory":
-        return memory_defaults(master_config, cfg)
-    return dynamic_sampling_defaults(master_config, cfg)
-
-
-def memory_defaults(master_config: Any, cfg: GradAlignConfig) -> dict[str, Any]:
-    """``gradalign.schedule: memory`` generates what plain GRPO generates: the memory sampler picks
-    N prompts before rollout, so dynamic sampling stays off and the multiplier 1 (both refused
-    otherwise, naming the field). Its loader runs without worker processes (a worker would pick
-    batches ahead of the feedback and checkpoint a stale memory): ``data.num_workers`` becomes 0."""
-    problems = []
-    if lookup(master_config, "grpo.use_dynamic_sampling", False):
-        problems.append("grpo.use_dynamic_sampling=true: gradalign.schedule=memory picks each step's N prompts "
-                        "before rollout (plain GRPO's generation); DAPO's refills would draw loader batches the "
-                        "memory does not follow. Set it to false (the memory already skips zero-gradient prompts)")
-    multiplier = lookup(master_config, "grpo.batch_multiplier", 1)
-    if float(multiplier) != 1.0:
-        problems.append(f"grpo.batch_multiplier={multiplier}: gradalign.schedule=memory draws N prompts a step; "
-                        "set it to 1")
-    if problems:
-        raise ConfigError("unsupported GradAlign configuration:\n  " + "\n  ".join(problems))
-    workers = lookup(master_config, "data.num_workers", 0)
-    return {} if int(workers) == 0 else {"data.num_workers": 0}
-
-
-def dynamic_sampling_defaults(master_config: Any, cfg: GradAlignConfig) -> dict[str, Any]:
-    """What ``gradalign.enabled=true`` alone sets: upstream's dynamic_sampling is where GradAlign
-    selects, and its loader must draw q·N prompts. Upstream's defaults (off, multiplier 1) become
-    (on, q); a value the user chose that disagrees is refused, naming both fields."""
-    if not cfg.enabled:
-        return {}
-    q = cfg.selection_ratio
-    on = bool(lookup(master_config, "grpo.use_dynamic_sampling", False))
-    multiplier = lookup(master_config, "grpo.batch_multiplier", 1)
-    if on and float(multiplier) != q:
-        raise ConfigError(f"grpo.use_dynamic_sampling=true with grpo.batch_multiplier={multiplier} "
-                          f"disagrees with gradalign.selection_ratio={q}: the loader must draw q·N "
-                          "prompts; set grpo.batch_multiplier to q (or leave both at upstream's defaults)")
-    if not on and float(multiplier) not in (1.0, float(q)):
-        raise ConfigError(f"grpo.batch_multiplier={multiplier} is neither 1 (upstream's default, which "
-                          f"GradAlign replaces) nor gradalign.selection_ratio={q}")
-    changes = {}
-    if not on:
-        changes["grpo.use_dynamic_sampling"] = True
-    if float(multiplier) != q:
-        changes["grpo.batch_multiplier"] = q
-    return changes
-
-
 def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     mc = "policy.megatron_cfg"
     found = []
@@ -221,8 +147,6 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     if cfg.precondition != "none":
         found.append(f"gradalign.precondition={cfg.precondition!r}: the Adam-preconditioned score is "
                      "only in the embedded trainer (the worker's optimizer state is not read yet)")
-    from nemo_gradalign.integrations.nemo_rl.trusted_set import refusals as trusted_refusals
-
     found += trusted_refusals(master_config, cfg)
     if cfg.schedule not in ("step", "memory"):
         found.append(f"gradalign.schedule={cfg.schedule!r}: inside NeMo RL the 'step' (select at "

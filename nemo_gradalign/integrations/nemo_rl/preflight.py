@@ -17,8 +17,8 @@ import os
 from typing import Any
 
 from nemo_gradalign.config import ConfigError, GradAlignConfig
-from nemo_gradalign.integrations.nemo_rl.config import (
-    check_supported, flag_defaults, read_gradalign)
+from nemo_gradalign.integrations.nemo_rl.config import check_supported, read_gradalign
+from nemo_gradalign.integrations.nemo_rl.flag_defaults import flag_defaults
 
 WHY = {"step": "gradalign.selection_ratio={q}: dynamic sampling draws q·N prompts, GradAlign keeps the best N",
        "memory": "gradalign.schedule=memory: its sampler's loader runs without worker processes, so each "

@@ -18,7 +18,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from nemo_gradalign.config import ConfigError, GradAlignConfig
-from nemo_gradalign.integrations.nemo_rl.config import lookup
+from nemo_gradalign.integrations.nemo_rl.config_access import lookup
 
 
 def _named_data(master_config: Any, block: str) -> list[tuple[str, str]]:

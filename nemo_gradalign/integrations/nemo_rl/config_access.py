@@ -1,0 +1,30 @@
+"""Reading a field from every config shape NeMo RL has had: plain dicts (v0.6's TypedDict) and
+pydantic models with extras (v0.7 / main), by dotted path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_MISSING = object()
+
+
+def section(cfg: Any, name: str, default: Any = _MISSING) -> Any:
+    """``cfg[name]`` for dicts, ``cfg.name`` for pydantic models (extras included)."""
+    if isinstance(cfg, dict):
+        value = cfg.get(name, default)
+    else:
+        value = getattr(cfg, name, _MISSING)
+        if value is _MISSING:
+            value = (getattr(cfg, "model_extra", None) or {}).get(name, default)
+    if value is _MISSING:
+        raise KeyError(name)
+    return value
+
+
+def lookup(cfg: Any, dotted: str, default: Any = None) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        if node is None:
+            return default
+        node = section(node, part, None)
+    return default if node is None else node
