@@ -100,7 +100,7 @@ def test_the_step_schedule_sets_dynamic_sampling_and_the_multiplier(capsys):
     (["grpo.adv_estimator.minus_baseline=false"], ["grpo.adv_estimator.minus_baseline=false"]),
     (["loss_fn.positive_example_nll_weight=0.1"], ["loss_fn.positive_example_nll_weight=0.1"]),
     (["loss_fn.use_kl_in_reward=true"], ["loss_fn.use_kl_in_reward=True"]),
-    (["++gradalign.validation.train_share=0.25"], ["gradalign.validation.train_share=0.25"]),
+    (["gradalign.schedule=step", "++gradalign.validation.train_share=0.25"], ["validation.train_share=0.25"]),
     (["gradalign.aggregation=sequence_mean"], ["gradalign.aggregation='sequence_mean'",
                                                "loss_fn.token_level_loss=True"]),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) and "=" in v[0] and "selection_ratio" not in " ".join(v) else None)

@@ -28,11 +28,7 @@ N, K, POOL = 4, 2, 40  # prompts a step (2 of them trusted), rollouts a prompt, 
 ON = ("gradalign.enabled=true", "++gradalign.validation.train_share=0.5")
 
 
-def test_a_trusted_set_that_trains_must_be_named_apart_from_what_nemo_rl_evaluates_on():
-    with pytest.raises(ConfigError) as err:
-        preflight(recipe(*ON))
-    assert ("gradalign.validation.train_share=0.5 trains on the trusted set, and with gradalign.validation.dataset "
-            "unset it would be NeMo RL's validation data") in str(err.value)
+def test_a_named_trusted_set_must_be_apart_from_what_nemo_rl_evaluates_on():
     with pytest.raises(ConfigError) as err:
         preflight(recipe(*ON, "++gradalign.validation.dataset=/data/val.jsonl",
                          "++data.validation={data_path: /data/val.jsonl}"))
@@ -43,20 +39,75 @@ def test_a_trusted_set_that_trains_must_be_named_apart_from_what_nemo_rl_evaluat
                          "++data.train={data_path: /data/pool.jsonl}"))
     assert "is data.train.data_path, the pool itself" in str(err.value)
     assert preflight(recipe(*ON, "++gradalign.validation.dataset=/data/trusted.jsonl")) == ["++data.num_workers=0"]
+    assert preflight(recipe(*ON)) == ["++data.num_workers=0"]  # unnamed: the unevaluated rows, checked in setup
 
 
-def test_a_named_trusted_set_trains_by_default_and_the_flag_alone_changes_nothing():
+def test_the_flag_alone_trains_a_trusted_share_under_the_memory_schedule():
     from nemo_gradalign.integrations.nemo_rl.config import DEFAULT_TRAIN_SHARE, read_gradalign
 
-    assert read_gradalign(recipe("gradalign.enabled=true")).validation.train_share == 0.0
+    assert read_gradalign(recipe("gradalign.enabled=true")).validation.train_share == DEFAULT_TRAIN_SHARE == 0.5
     named = recipe("gradalign.enabled=true", "gradalign.validation.dataset=/data/trusted.jsonl")
-    assert read_gradalign(named).validation.train_share == DEFAULT_TRAIN_SHARE == 0.5
+    assert read_gradalign(named).validation.train_share == 0.5
     assert preflight(named) == ["++data.num_workers=0"]
-    direction_only = recipe("gradalign.enabled=true", "gradalign.validation.dataset=/data/trusted.jsonl",
-                            "gradalign.validation.train_share=0")
+    direction_only = recipe("gradalign.enabled=true", "gradalign.validation.train_share=0")
     assert read_gradalign(direction_only).validation.train_share == 0.0
     step = recipe("gradalign.enabled=true", "gradalign.schedule=step", "gradalign.validation.dataset=/data/t.jsonl")
     assert read_gradalign(step).validation.train_share == 0.0  # the step schedule has no trusted share
+
+
+def _processed(rows, task="math"):
+    """Upstream's AllTaskProcessedDataset over a Hugging Face dataset, as setup() receives it."""
+    from datasets import Dataset as HFDataset
+    from nemo_rl.data.datasets.processed_dataset import AllTaskProcessedDataset
+    from nemo_rl.data.interfaces import TaskDataSpec
+
+    def process(entry, spec, tokenizer, max_seq_length, idx):
+        return {"message_log": [{"role": "user", "content": entry["q"], "token_ids": torch.tensor([3, 4])}],
+                "length": 2, "extra_env_info": {"ground_truth": entry["a"]}, "loss_multiplier": 1.0, "idx": idx,
+                "task_name": spec.task_name}
+
+    tokenizer = types.SimpleNamespace(tokenizer=types.SimpleNamespace(bos_token_id=None))
+    return AllTaskProcessedDataset(HFDataset.from_list(rows), tokenizer, TaskDataSpec(task_name=task), process,
+                                   max_seq_length=16)
+
+
+def _validation(n, task="math"):
+    return _processed([{"q": f"v{i}", "a": str(i)} for i in range(n)], task)
+
+
+def test_unnamed_the_trusted_set_is_the_validation_rows_nemo_rl_never_evaluates():
+    """validate() reads its unshuffled loader for max_val_samples // val_batch_size batches: the rows
+    past those train; what it evaluates never does."""
+    pytest.importorskip("nemo_rl.data.datasets.processed_dataset", reason="NeMo RL not importable")
+    master = recipe("gradalign.enabled=true", "grpo.max_val_samples=10", "grpo.val_batch_size=4")
+    cfg = parse_gradalign({"enabled": True, "schedule": "memory", "validation": {"train_share": 0.5}})
+    pool, validation = _processed([{"q": f"p{i}", "a": "0"} for i in range(POOL)]), _validation(20)
+    same, raw, tail = trusted_set.resolve(master, cfg, pool, validation)
+    assert same is cfg and len(tail) == 12 and raw["q"] == [f"v{i}" for i in range(8, 20)]  # 2 batches of 4 read
+    assert tail[0]["extra_env_info"] == {"ground_truth": "8"} and tail[0]["task_name"] == "math"
+    capped = parse_gradalign({"enabled": True, "schedule": "memory", "validation": {"train_share": 0.5,
+                                                                                   "max_problems": 5}})
+    assert len(trusted_set.resolve(master, capped, pool, validation)[2]) == 5
+
+
+def test_no_unevaluated_row_lowers_the_default_share_and_refuses_an_explicit_one():
+    pytest.importorskip("nemo_rl.data.datasets.processed_dataset", reason="NeMo RL not importable")
+    cfg = parse_gradalign({"enabled": True, "schedule": "memory", "validation": {"train_share": 0.5}})
+    pool, lines = _processed([{"q": f"p{i}", "a": "0"} for i in range(POOL)]), []
+    default = recipe("gradalign.enabled=true", "grpo.max_val_samples=256", "grpo.val_batch_size=256")
+    lowered, raw, tail = trusted_set.resolve(default, cfg, pool, _validation(30), lines.append)
+    assert lowered.validation.train_share == 0.0 and raw is None and tail is None
+    assert lines == ["gradalign: no trusted set trains (NeMo RL evaluates all 30 validation rows "
+                     "(grpo.max_val_samples=256), so none is left to train on): G comes from the evaluated "
+                     "validation prompts, generated in a call of their own"]
+    explicit = recipe(*ON, "grpo.max_val_samples=256", "grpo.val_batch_size=256")
+    with pytest.raises(ConfigError, match=r"gradalign.validation.train_share=0.5 with gradalign.validation.dataset "
+                                          r"unset trains on the validation rows NeMo RL never evaluates, but NeMo RL "
+                                          r"evaluates all 30"):
+        trusted_set.resolve(explicit, cfg, pool, _validation(30))
+    with pytest.raises(ConfigError, match=r"the validation rows' task\(s\) \['code'\] are not the training data's "
+                                          r"\['math'\]"):
+        trusted_set.resolve(explicit, cfg, pool, _validation(300, task="code"))
 
 
 def _trusted_file(tmp_path, n=6):

@@ -19,8 +19,9 @@ from nemo_gradalign.integrations.nemo_rl.trusted_set import refusals as trusted_
 # The flag's schedule inside NeMo RL when the recipe names none: the one with plain GRPO's generation
 # (the sampler picks N prompts before rollout; `step` generates q·N and keeps N)
 DEFAULT_SCHEDULE = "memory"
-# The trusted set's share of each batch when the recipe names a trusted set (gradalign.validation.dataset)
-# and no share: it then trains and steers (trusted_set.py), the embedded winner; without a named set, 0
+# The trusted set's share of each batch under the memory schedule when the recipe names none: it trains
+# and steers (trusted_set.py), the embedded winner. The trusted set is gradalign.validation.dataset, or
+# unnamed, the validation rows NeMo RL never evaluates (none left: 0, G generated apart)
 DEFAULT_TRAIN_SHARE = 0.5
 
 
@@ -29,7 +30,7 @@ def read_gradalign(master_config: Any) -> GradAlignConfig:
     ``memory.seed`` (the entry's default block) follows ``gradalign.seed``; an unset or null
     ``schedule`` means DEFAULT_SCHEDULE for the ``gradalign`` method (other methods score
     candidates: ``step``); an unset or null ``validation.train_share`` means DEFAULT_TRAIN_SHARE
-    when the memory schedule has a named trusted set (``validation.dataset``), else 0."""
+    under the memory schedule (the entry lowers it to 0 where no trusted row exists), else 0."""
     block = section(master_config, "gradalign", None)
     if block is not None and not isinstance(block, dict):
         block = block.model_dump() if hasattr(block, "model_dump") else dict(block)
@@ -41,8 +42,8 @@ def read_gradalign(master_config: Any) -> GradAlignConfig:
         block = {**block, "memory": {k: v for k, v in memory.items() if k != "seed"}}
     validation = block.get("validation") if isinstance(block, dict) else None
     if isinstance(validation, dict) and validation.get("train_share") is None:  # unset, or the entry's null
-        named = validation.get("dataset") is not None and block.get("schedule") == "memory"
-        block = {**block, "validation": {**validation, "train_share": DEFAULT_TRAIN_SHARE if named else 0.0}}
+        share = DEFAULT_TRAIN_SHARE if block.get("schedule") == "memory" else 0.0
+        block = {**block, "validation": {**validation, "train_share": share}}
     return parse_gradalign(block)
 
 

@@ -61,9 +61,8 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         check_supported(master_config, cfg)
         # before setup() starts anything: the trusted set that trains (if any), the rows' identities,
         # and the memory a resume would load
-        trusted = trusted_set.load_trusted_rows(cfg) if cfg.validation.train_share else None
-        if trusted is not None:
-            trusted_set.pool_task(dataset)  # a multi-task pool is refused here, before setup()
+        cfg, trusted, trusted_rows = trusted_set.resolve(master_config, cfg, dataset, val_dataset,
+                                                         lambda line: print(line, flush=True))
         draw = sampler_state.trusted_draw(master_config, cfg, trusted)
         keys = sampler_state.checked_keys(master_config, cfg, dataset, draw) if cfg.schedule == "memory" else None
         if draw is not None:
@@ -86,8 +85,7 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         scorer = GroupScorer(policy, cfg, tokenizer.pad_token_id, scoring_loss(master_config, cfg))
         loader, take_validation, sampler = None, (lambda: None), None
         if cfg.schedule == "memory":
-            rows = None if draw is None else trusted_set.PoolAndTrusted(
-                result[loaders[0]].dataset, trusted_set.processed_trusted(result[loaders[0]].dataset, trusted))
+            rows = None if draw is None else trusted_set.PoolAndTrusted(result[loaders[0]].dataset, trusted_rows)
             result[loaders[0]], sampler = memory_mode.memory_training_loader(
                 result[loaders[0]], cfg, collate, checkpointer.get_latest_checkpoint_path(),
                 lookup(master_config, "data"), getattr(grpo_module, "load_dataloader_state", None), keys,

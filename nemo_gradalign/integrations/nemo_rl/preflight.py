@@ -39,7 +39,7 @@ def with_default_block(load_config):
             block = GradAlignConfig().model_dump(mode="json")
             block["memory"]["seed"] = None  # null: follows gradalign.seed (config.read_gradalign)
             block["schedule"] = None  # null: config.DEFAULT_SCHEDULE for the gradalign method
-            block["validation"]["train_share"] = None  # null: DEFAULT_TRAIN_SHARE with a named trusted set
+            block["validation"]["train_share"] = None  # null: DEFAULT_TRAIN_SHARE under memory
             cfg["gradalign"] = block
         return cfg
 

@@ -8,6 +8,14 @@ processed by the pool's own processor (the pool's task, prompt and environment),
 rendered, rewarded and trained exactly as a pool prompt would be, and follow the pool's rows in one
 dataset (``PoolAndTrusted``): the memory sampler's loader hands out a step's pool picks and trusted
 picks as one batch — one generation call, plain GRPO's generation.
+
+With ``gradalign.validation.dataset`` unset (the flag alone), the trusted set is the recipe's
+validation rows that NeMo RL never evaluates: ``validate()`` reads its unshuffled loader for
+``grpo.max_val_samples // grpo.val_batch_size`` batches, so every row past those is unread
+(``ValidationTail``; on ``grpo_math_1B_megatron.yaml`` 49,744 of OpenMathInstruct-2's ~50,000). Those
+rows are served as NeMo RL processed them for validation, so their task must be one of the pool's.
+Where no row is left, the flag's default falls back to G from the evaluated prompts in a call of
+its own (validation_cost.py's line says what that costs); an explicit share is refused.
 """
 
 from __future__ import annotations
@@ -40,13 +48,8 @@ def _named_data(master_config: Any, block: str) -> list[tuple[str, str]]:
 def refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     """What keeps the trusted set from training here, one line each (config time, no data read)."""
     share, path = cfg.validation.train_share, cfg.validation.dataset
-    if not share:
+    if not share or path is None:  # unnamed: the validation rows NeMo RL never evaluates (checked in setup)
         return []
-    if path is None:
-        return [f"gradalign.validation.train_share={share} trains on the trusted set, and with "
-                "gradalign.validation.dataset unset it would be NeMo RL's validation data (data.validation or "
-                "data.train's split_validation_size), which NeMo RL evaluates on: name a trusted set apart in "
-                "gradalign.validation.dataset"]
     found = []
     for block, what in (("validation", "which NeMo RL evaluates on"), ("train", "the pool itself")):
         for field, value in _named_data(master_config, block):
@@ -111,3 +114,73 @@ class PoolAndTrusted(Dataset):
         if i < len(self.pool):
             return self.pool[i]
         return {**self.trusted[i - len(self.pool)], "idx": i}
+
+
+def evaluated_rows(master_config: Any, available: int) -> int:
+    """How many of the validation data's first rows NeMo RL's ``validate()`` reads: its loader is
+    unshuffled and stops after ``max_val_samples // val_batch_size`` batches (all, without both)."""
+    samples, batch = lookup(master_config, "grpo.max_val_samples"), lookup(master_config, "grpo.val_batch_size")
+    if samples is None or not batch:
+        return available
+    return min(available, int(samples) // int(batch) * int(batch))
+
+
+def _tasks(processed) -> set[str]:
+    processors = processed.task_data_processors
+    return set(processors) if isinstance(processors, dict) else {processed.default_task_data_spec.task_name}
+
+
+class ValidationTail(Dataset):
+    """Rows ``start..stop`` of NeMo RL's processed validation data (the ones it never evaluates);
+    ``dataset`` holds their raw rows, for their content keys."""
+
+    def __init__(self, validation, start: int, stop: int):
+        self.validation, self.start, self.stop = validation, start, stop
+        raw = validation.dataset
+        self.dataset = raw.select(range(start, stop)) if hasattr(raw, "select") else raw[start:stop]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, j: int):
+        return self.validation[self.start + j]
+
+
+def validation_tail(master_config: Any, cfg: GradAlignConfig, pool, validation) -> tuple[ValidationTail | None, str]:
+    """The validation rows NeMo RL never evaluates, as the trusted set that trains (capped at
+    ``validation.max_problems``), or None and the one-line reason there are none."""
+    if validation is None or isinstance(validation, dict) or not hasattr(validation, "dataset"):
+        return None, "the recipe has no single validation dataset"
+    available = len(validation)
+    start = evaluated_rows(master_config, available)
+    stop = available if cfg.validation.max_problems is None else min(available, start + cfg.validation.max_problems)
+    if stop <= start:
+        return None, (f"NeMo RL evaluates all {available:,} validation rows (grpo.max_val_samples="
+                      f"{lookup(master_config, 'grpo.max_val_samples')}), so none is left to train on")
+    foreign = _tasks(validation) - _tasks(pool)
+    if foreign:
+        return None, (f"the validation rows' task(s) {sorted(foreign)} are not the training data's "
+                      f"{sorted(_tasks(pool))}, whose environment would reward them")
+    return ValidationTail(validation, start, stop), ""
+
+
+def resolve(master_config: Any, cfg: GradAlignConfig, pool, validation, log=print):
+    """(cfg, raw rows, processed rows) of the trusted set that trains: the named one, else the
+    validation tail. None left: an explicit share is refused; the default becomes 0 (one line)."""
+    share = cfg.validation.train_share
+    if not share:
+        return cfg, None, None
+    if cfg.validation.dataset is not None:
+        rows = load_trusted_rows(cfg)
+        pool_task(pool)  # a multi-task pool is refused before setup()
+        return cfg, rows, processed_trusted(pool, rows)
+    tail, why = validation_tail(master_config, cfg, pool, validation)
+    if tail is not None:
+        return cfg, tail.dataset, tail
+    if lookup(master_config, "gradalign.validation.train_share") is not None:  # the user's own share
+        raise ConfigError(f"gradalign.validation.train_share={share} with gradalign.validation.dataset unset trains "
+                          f"on the validation rows NeMo RL never evaluates, but {why}: name a trusted set in "
+                          "gradalign.validation.dataset")
+    log(f"gradalign: no trusted set trains ({why}): G comes from the evaluated validation prompts, generated "
+        "in a call of their own")
+    return cfg.model_copy(update={"validation": cfg.validation.model_copy(update={"train_share": 0.0})}), None, None

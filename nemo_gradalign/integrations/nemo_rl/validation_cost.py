@@ -46,7 +46,9 @@ def g_cost_line(master_config, cfg: GradAlignConfig, available: int) -> str:
 def trusted_cost_line(master_config, cfg: GradAlignConfig, draw) -> str:
     """The flag's line when the trusted set trains and steers: G costs no generation of its own."""
     prompts = int(lookup(master_config, "grpo.num_prompts_per_step"))
+    source = ("gradalign.validation.dataset" if cfg.validation.dataset is not None else
+              "the validation rows NeMo RL never evaluates")
     return (f"gradalign: the trusted set trains and steers: {draw.per_step} of each step's {prompts} prompts come "
-            f"from gradalign.validation.dataset ({draw.keys.size:,} problems), the memory picks the other "
+            f"from {source} ({draw.keys.size:,} problems), the memory picks the other "
             f"{prompts - draw.per_step}; G from their groups every {cfg.refresh_every} step(s): 0 responses "
             "generated for G, 0% of the step's generation")
