@@ -1,0 +1,176 @@
+"""Which of upstream NeMo RL's GRPO recipes the flag accepts, and how it would read them.
+
+    python -m nemo_gradalign.integrations.nemo_rl.census --root <nemo-rl checkout> [--docs docs/nemo_rl.md]
+
+Every YAML under the checkout's ``examples/configs`` with a ``grpo:`` section (distillation ones
+left out) is loaded with upstream's own ``load_config`` (its ``defaults:`` chains), given our
+default block and ``gradalign.enabled=true``, resolved with upstream's resolvers, and run through
+the same checks the entry runs before upstream's script starts (``preflight``). Per recipe: the
+backend, sync or async, accepted or each refusal, the schedule, and whether the trained groups'
+alignment is read in the training pass or with a separate pass (from the recipe alone; the workers
+also check the model itself: dropout, a loss scale, multi-token prediction). ``--docs`` rewrites
+the table between this module's markers in the given file; tests/integrations/test_census.py
+fails when the checkout's verdicts differ from the file's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from nemo_gradalign.config import ConfigError
+from nemo_gradalign.integrations.nemo_rl.config import IN_PASS_LOSS_REFUSALS, lookup, read_gradalign
+from nemo_gradalign.integrations.nemo_rl.preflight import preflight, with_default_block
+
+BEGIN, END = "<!-- census:begin -->", "<!-- census:end -->"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    recipe: str          # path under examples/configs
+    backend: str         # megatron | dtensor
+    asynchronous: bool
+    refusals: tuple[str, ...]  # empty: accepted
+    schedule: str
+    read: str            # "in pass", "separate pass: <why>", or "–" when refused
+
+    @property
+    def accepted(self) -> bool:
+        return not self.refusals
+
+
+def grpo_recipe_paths(root: Path) -> list[Path]:
+    configs = root / "examples" / "configs"
+    return sorted(p for p in configs.rglob("*.yaml") if "distillation" not in p.name)
+
+
+def _field(line: str) -> str:
+    """The field a refusal line names (its text before ``=``)."""
+    return line.split("=", 1)[0].strip()
+
+
+def static_read_reasons(recipe: dict) -> list[str]:
+    """Why the trained groups cannot be read in the pass, from the recipe alone (empty: they can)."""
+    reasons = []
+    if read_gradalign(recipe).in_pass == "off":
+        reasons.append("gradalign.in_pass=off")
+    for key, default, _ in IN_PASS_LOSS_REFUSALS:
+        value = lookup(recipe, f"loss_fn.{key}", default)
+        if value not in (default, None, 0, 0.0, False):
+            reasons.append("KL penalty" if key == "reference_policy_kl_penalty" else f"loss_fn.{key}")
+    mc = "policy.megatron_cfg"
+    for section in ("sequence_packing", "dynamic_batching"):
+        if lookup(recipe, f"policy.{section}.enabled", False):
+            reasons.append(section.replace("_", " "))
+    for key in ("context_parallel_size", "expert_model_parallel_size", "virtual_pipeline_model_parallel_size"):
+        if int(lookup(recipe, f"{mc}.{key}", 1) or 1) > 1:
+            reasons.append(key.removesuffix("_size").replace("_", " "))
+    group = int(lookup(recipe, "grpo.num_generations_per_prompt"))
+    micro = int(lookup(recipe, "policy.train_micro_batch_size"))
+    if micro % group:
+        reasons.append(f"microbatch {micro} < group {group}" if micro < group else f"microbatch {micro} splits groups")
+    prompts, batch = int(lookup(recipe, "grpo.num_prompts_per_step")), int(lookup(recipe, "policy.train_global_batch_size"))
+    if prompts * group > batch:
+        reasons.append(f"{prompts * group // batch} optimizer steps per train()")
+    return reasons
+
+
+NOT_GRPO = ("distillation", "sft", "dpo", "rm", "ppo")  # top-level sections of other algorithms
+
+
+def verdict(root: Path, path: Path) -> Verdict | None:
+    """The flag's verdict on one recipe; None when it is not a GRPO recipe."""
+    from omegaconf import OmegaConf
+    from nemo_rl.utils import config as upstream
+
+    upstream.register_omegaconf_resolvers()
+    name = str(path.relative_to(root / "examples" / "configs"))
+    config = with_default_block(upstream.load_config)(str(path))
+    if "grpo" not in config or any(key in config for key in NOT_GRPO):
+        return None
+    OmegaConf.update(config, "gradalign.enabled", True, force_add=True)
+    recipe = OmegaConf.to_container(config, resolve=True)
+    backend = "megatron" if lookup(recipe, "policy.megatron_cfg.enabled", False) else "dtensor"
+    asynchronous = bool(lookup(recipe, "grpo.async_grpo.enabled", False))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # preflight's "set ..." line
+            preflight(recipe)
+        refusals = ()
+    except (ConfigError, ValueError) as err:
+        lines = str(err).splitlines()
+        refusals = tuple(line.strip() for line in (lines[1:] or lines))
+    schedule = read_gradalign(recipe).schedule
+    why = static_read_reasons(recipe)
+    read = "–" if refusals else ("separate pass: " + ", ".join(why) if why else "in pass")
+    return Verdict(name, backend, asynchronous, refusals, schedule, read)
+
+
+def census(root: Path) -> list[Verdict]:
+    os.environ.setdefault("HF_HOME", "$HF_HOME")  # some recipes read it through ${oc.env:HF_HOME}
+    return [v for v in (verdict(root, path) for path in grpo_recipe_paths(root)) if v is not None]
+
+
+def summary(verdicts: list[Verdict]) -> list[str]:
+    lines = []
+    for backend in ("megatron", "dtensor"):
+        for asynchronous in (False, True):
+            these = [v for v in verdicts if v.backend == backend and v.asynchronous == asynchronous]
+            if these:
+                kind = f"{'async' if asynchronous else 'synchronous'} {backend}"
+                read = sum(v.read == "in pass" for v in these)
+                lines.append(f"- {kind}: {sum(v.accepted for v in these)} of {len(these)} accepted, "
+                             f"{read} read in the pass")
+    sync = [v for v in verdicts if v.backend == "megatron" and not v.asynchronous]
+    fields: dict[str, list[int]] = {}
+    for v in sync:
+        named = {_field(r) for r in v.refusals}
+        for field in named:
+            fields.setdefault(field, [0, 0])[0] += 1
+            fields[field][1] += len(named) == 1
+    lines += ["", "What refuses the synchronous Megatron recipes (recipes; as the sole reason):", ""]
+    lines += [f"- `{f}`: {n} ({alone})" for f, (n, alone) in sorted(fields.items(), key=lambda kv: -kv[1][0])]
+    reads: dict[str, int] = {}
+    for v in sync:
+        if v.accepted and v.read != "in pass":
+            for key in v.read.removeprefix("separate pass: ").split(", "):
+                key = re.sub(r"\d+", "N", key)
+                reads[key] = reads.get(key, 0) + 1
+    lines += ["", "Why an accepted one is read with a separate pass (recipes each reason applies to):", ""]
+    lines += [f"- {k}: {n}" for k, n in sorted(reads.items(), key=lambda kv: -kv[1])]
+    return lines
+
+
+def table(verdicts: list[Verdict]) -> str:
+    rows = ["| recipe | backend | async | verdict | read |", "|---|---|---|---|---|"]
+    for v in verdicts:
+        why = "accepted" if v.accepted else "refused: " + "; ".join(sorted({_field(r) for r in v.refusals}))
+        rows.append(f"| `{v.recipe}` | {v.backend} | {'yes' if v.asynchronous else 'no'} | {why} | {v.read} |")
+    return "\n".join([*summary(verdicts), "", *rows])
+
+
+def documented(text: str) -> dict[str, bool]:
+    """recipe -> accepted, from the table between the markers of a docs file."""
+    body = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    return {m.group(1): m.group(2) == "accepted" for m in re.finditer(r"^\| `([^`]+)` \|[^|]*\|[^|]*\| (accepted|refused)", body, re.M)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", required=True, type=Path, help="a NeMo RL checkout")
+    parser.add_argument("--docs", type=Path, help="rewrite the table between the census markers of this file")
+    args = parser.parse_args(argv)
+    text = table(census(args.root))
+    if args.docs:
+        old = args.docs.read_text()
+        head, rest = old.split(BEGIN, 1)
+        args.docs.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
