@@ -145,7 +145,9 @@ def test_wrapper_keeps_upstreams_result_real():
     grpo = pytest.importorskip("nemo_rl.algorithms.grpo", reason="NeMo RL's grpo not importable")
     from nemo_rl.distributed.batched_data_dict import BatchedDataDict
 
-    master = types.SimpleNamespace(grpo=types.SimpleNamespace(
-        num_generations_per_prompt=2, num_prompts_per_step=2, use_dynamic_sampling=False,
-        dynamic_sampling_max_gen_batches=10), gradalign={"enabled": True, "schedule": "memory"})
+    class Config(dict):  # main reads master_config.grpo.x, v0.7.0 master_config["grpo"]["x"]
+        __getattr__ = dict.__getitem__
+
+    master = Config(grpo=Config(num_generations_per_prompt=2, num_prompts_per_step=2, use_dynamic_sampling=False,
+                                dynamic_sampling_max_gen_batches=10), gradalign={"enabled": True, "schedule": "memory"})
     _wrapper_case(grpo.dynamic_sampling, BatchedDataDict, master)
