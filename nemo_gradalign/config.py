@@ -118,6 +118,9 @@ class GradAlignConfig(_Strict):
     # always the separate pass
     in_pass: Literal["auto", "off"] = "auto"
     seed: int = 42
+    # false (NeMo RL, with a trusted share): the trusted set trains, nothing steers: the pool's share is
+    # drawn in seeded shuffled passes, no G, nothing scored (the embedded grpo.trusted_share control)
+    steer: bool = True
     validation: ValidationSetConfig = ValidationSetConfig()
     memory: MemorySamplerConfig = MemorySamplerConfig()
 
@@ -138,6 +141,9 @@ class GradAlignConfig(_Strict):
         if self.validation.train_share and self.schedule != "memory":
             raise ValueError(f"validation.train_share={self.validation.train_share} trains the trusted set inside the "
                              f"memory schedule's batch: set schedule=memory (got {self.schedule!r})")
+        if not self.steer and not (self.schedule == "memory" and self.validation.train_share):
+            raise ValueError("steer=false trains a trusted share and steers nothing: it needs schedule=memory and "
+                             f"validation.train_share > 0 (got {self.schedule!r}, {self.validation.train_share})")
         if self.acc_low > self.acc_high:
             raise ValueError(f"acc_low={self.acc_low} must not exceed acc_high={self.acc_high}")
         if self.schedule == "round" and self.chunk_size < self.selection_ratio:

@@ -132,6 +132,9 @@ class EmbeddedRecipe(_Strict):
             raise ValueError(f"grpo.trusted_share={self.grpo.trusted_share} is plain GRPO's control (gradalign.enabled"
                              "=false, grpo.sampler=shuffle, grpo.train_on=pool); GradAlign's own trusted share is "
                              "gradalign.validation.train_share")
+        if self.gradalign.enabled and not self.gradalign.steer:
+            raise ValueError(f"gradalign.steer=false is NeMo RL's setting for the trusted mix without G; here it is "
+                             f"gradalign.enabled=false with grpo.trusted_share={self.gradalign.validation.train_share}")
         if self.gradalign.validation.dataset and d.validation_source:
             raise ValueError("gradalign.validation.dataset and data.validation_source both name the "
                              "validation set; set one")

@@ -51,6 +51,9 @@ def test_the_flag_alone_trains_a_trusted_share_under_the_memory_schedule():
     assert preflight(named) == ["++data.num_workers=0"]
     direction_only = recipe("gradalign.enabled=true", "gradalign.validation.train_share=0")
     assert read_gradalign(direction_only).validation.train_share == 0.0
+    mix = recipe("gradalign.enabled=true", "gradalign.steer=false")  # the trusted mix: one setting
+    assert not read_gradalign(mix).steer and read_gradalign(mix).validation.train_share == 0.5
+    assert preflight(mix) == ["++data.num_workers=0"]
     step = recipe("gradalign.enabled=true", "gradalign.schedule=step", "gradalign.validation.dataset=/data/t.jsonl")
     assert read_gradalign(step).validation.train_share == 0.0  # the step schedule has no trusted share
 
@@ -247,8 +250,8 @@ def test_entry_serves_the_trusted_share_through_setups_loader_and_generates_noth
 
     def setup(master_config, tokenizer, train, val_dataset, processor=None, policy_factory=None):
         loader = StatefulDataLoader(train, batch_size=N, shuffle=True, collate_fn=collate, drop_last=True)
-        return (policy_factory(cluster="cluster", config={}), None, "cluster", loader, Stub([{"idx": 0}]), "loss",
-                "logger", CheckpointManager(tmp_path), {}, master_config)
+        return ((policy_factory or Policy)(cluster="cluster", config={}), None, "cluster", loader, Stub([{"idx": 0}]),
+                "loss", "logger", CheckpointManager(tmp_path), {}, master_config)
 
     cfg = master_config(enabled=True, schedule="memory", validation={"dataset": _trusted_file(tmp_path),
                                                                      "train_share": 0.5})
@@ -264,3 +267,22 @@ def test_entry_serves_the_trusted_share_through_setups_loader_and_generates_noth
     assert trusted_item["extra_env_info"] == {"ground_truth": str(idx[2] - POOL)} and trusted_item["task_name"] == "math"
     with pytest.raises(ConfigError, match="the training data holds 2 tasks"):
         trusted_set.pool_task(types.SimpleNamespace(task_data_processors={"a": None, "b": None}))
+
+    # gradalign.steer=false, the trusted mix: only the loader is replaced; upstream's policy and hooks stay
+    from nemo_gradalign.selection.trusted_mix import TrustedMixSampler
+
+    mix_grpo, registry = make_grpo(tmp_path, True), {UPSTREAM_WORKER_FQN: "x"}
+    hooks = (mix_grpo.dynamic_sampling, mix_grpo.run_multi_turn_rollout, mix_grpo.Policy)
+    mix = master_config(enabled=True, schedule="memory", steer=False,
+                        validation={"dataset": _trusted_file(tmp_path), "train_share": 0.5})
+    mix["grpo"].update(batch_multiplier=1, use_dynamic_sampling=False, num_prompts_per_step=N)
+    result = gradalign_setup(setup, mix_grpo, registry, Policy, collate)(mix, TOKENIZER, pool, None)
+    assert registry == {UPSTREAM_WORKER_FQN: "x"} and result[0].worker_extension_cls_fqn is None
+    assert (mix_grpo.dynamic_sampling, mix_grpo.run_multi_turn_rollout, mix_grpo.Policy) == hooks
+    assert isinstance(result[3].sampler, TrustedMixSampler)
+    assert ("gradalign: the trusted mix (gradalign.steer=false): 2 of each step's 4 prompts come from "
+            "gradalign.validation.dataset (6 problems), the other 2 from the pool in seeded shuffled passes; no G, "
+            "nothing scored") in capsys.readouterr().out
+    idx = [list(b["idx"]) for _, b in zip(range(POOL // 2), result[3])]
+    assert sorted(i for b in idx for i in b[:2]) == list(range(POOL))  # the pool's half: one pass
+    assert all(POOL <= i < POOL + 6 for b in idx for i in b[2:])

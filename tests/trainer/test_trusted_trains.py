@@ -60,6 +60,9 @@ def test_train_share_is_checked_with_its_field_before_any_rank():
         load_embedded_recipe(RECIPE, [*TINY, *MEMORY, "++grpo.trusted_share=0.5"])
     with pytest.raises(ConfigError, match=r"gradalign.validation.train_share: Input should be less than 1"):
         load_embedded_recipe(RECIPE, [*TINY, *MEMORY, "++gradalign.validation.train_share=1"])
+    with pytest.raises(ConfigError, match=r"gradalign.steer=false is NeMo RL's setting .* here it is "
+                                          r"gradalign.enabled=false with grpo.trusted_share=0.5"):
+        load_embedded_recipe(RECIPE, [*TINY, *MEMORY, "++gradalign.validation.train_share=0.5", "++gradalign.steer=false"])
 
 
 @pytest.mark.slow

@@ -14,6 +14,8 @@
    installed. ``gradalign.schedule: memory`` (memory_mode.py): the training loader is replaced by
    the memory sampler's, over the same dataset, and the hook records the trained groups' alignment
    instead of selecting, read from the workers' own train() where that is exact (``gradalign.in_pass``).
+   ``gradalign.steer: false`` (the trusted mix): only the training loader is replaced (the trusted
+   share, the pool's in seeded passes); upstream's policy, hooks and checkpoints stay as they are.
 """
 
 from __future__ import annotations
@@ -69,20 +71,12 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
             print(trusted_cost_line(master_config, cfg, draw), flush=True)
         elif reference_source(cfg.method) == "validation" and val_dataset is not None and not isinstance(val_dataset, dict):
             print(g_cost_line(master_config, cfg, len(val_dataset)), flush=True)
-        registry[WORKER_FQN] = registry[UPSTREAM_WORKER_FQN]
-        factory = functools.partial(policy_cls, worker_extension_cls_fqn=WORKER_FQN)
-        if takes_factory:
-            if kwargs.get("policy_factory") is not None:
-                raise ValueError("a custom policy_factory (e.g. the data-plane TQPolicy) cannot be "
-                                 "combined with gradalign.enabled=true")
-            kwargs["policy_factory"] = factory
-        else:
-            grpo_module.Policy = factory  # v0.6 builds Policy(...) directly
+        if cfg.steer:  # the workers score; with steer=false (the trusted mix) only the loader is ours
+            _use_worker(registry, policy_cls, grpo_module, kwargs, takes_factory)
         result = list(setup(master_config, tokenizer, dataset, val_dataset, *args, **kwargs))
         policy = result[0]
         loaders = [i for i, x in enumerate(result) if type(x).__name__ in LOADER_TYPES]
         checkpointer = next(x for x in result if type(x).__name__ == "CheckpointManager")
-        scorer = GroupScorer(policy, cfg, tokenizer.pad_token_id, scoring_loss(master_config, cfg))
         loader, take_validation, sampler = None, (lambda: None), None
         if cfg.schedule == "memory":
             rows = None if draw is None else trusted_set.PoolAndTrusted(result[loaders[0]].dataset, trusted_rows)
@@ -90,6 +84,9 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
                 result[loaders[0]], cfg, collate, checkpointer.get_latest_checkpoint_path(),
                 lookup(master_config, "data"), getattr(grpo_module, "load_dataloader_state", None), keys,
                 trusted=draw, rows=rows)
+        if not cfg.steer:
+            return tuple(result)
+        scorer = GroupScorer(policy, cfg, tokenizer.pad_token_id, scoring_loss(master_config, cfg))
         if reference_source(cfg.method) == "validation" and draw is None:  # else G from the batch's trusted rows
             val_loader = result[loaders[1]] if len(loaders) > 1 else None
             loader = result[loaders[0]] = WithValidationPrompts(result[loaders[0]], cfg.refresh_every)
@@ -112,6 +109,19 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         return tuple(result)
 
     return wrapped
+
+
+def _use_worker(registry: dict, policy_cls, grpo_module, kwargs: dict, takes_factory: bool) -> None:
+    """The policy's workers get the GradAlign extension (registered with upstream's worker env)."""
+    registry[WORKER_FQN] = registry[UPSTREAM_WORKER_FQN]
+    factory = functools.partial(policy_cls, worker_extension_cls_fqn=WORKER_FQN)
+    if takes_factory:
+        if kwargs.get("policy_factory") is not None:
+            raise ValueError("a custom policy_factory (e.g. the data-plane TQPolicy) cannot be "
+                             "combined with gradalign.enabled=true")
+        kwargs["policy_factory"] = factory
+    else:
+        grpo_module.Policy = factory  # v0.6 builds Policy(...) directly
 
 
 def _reward_transforms(grpo_module, master_config):

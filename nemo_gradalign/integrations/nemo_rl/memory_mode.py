@@ -35,6 +35,7 @@ from nemo_gradalign.integrations.nemo_rl.sampler_state import CHECKPOINT_FILE, d
 from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler, memory_dataloader
 from nemo_gradalign.selection.scores import simacc_factor
 from nemo_gradalign.selection.trusted_draw import TrustedDraw
+from nemo_gradalign.selection.trusted_mix import TrustedMixSampler
 
 
 
@@ -49,7 +50,8 @@ def memory_training_loader(upstream_loader, cfg: GradAlignConfig, collate, check
     dataset = upstream_loader.dataset
     keys = dataset_keys(dataset) if keys is None else keys
     from_pool = int(upstream_loader.batch_size) - (trusted.per_step if trusted else 0)
-    sampler = FeedbackFirstSampler(len(dataset), from_pool, cfg.memory, keys=keys, trusted=trusted)
+    kind = FeedbackFirstSampler if cfg.steer else TrustedMixSampler  # steer=false: no feedback to wait for
+    sampler = kind(len(dataset), from_pool, cfg.memory, keys=keys, trusted=trusted)
     loader = memory_dataloader(dataset if rows is None else rows, sampler, collate)
     if checkpoint_dir is not None and os.path.isfile(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)):
         if load_state is not None:

@@ -177,7 +177,7 @@ def resolve(master_config: Any, cfg: GradAlignConfig, pool, validation, log=prin
     tail, why = validation_tail(master_config, cfg, pool, validation)
     if tail is not None:
         return cfg, tail.dataset, tail
-    if lookup(master_config, "gradalign.validation.train_share") is not None:  # the user's own share
+    if lookup(master_config, "gradalign.validation.train_share") is not None or not cfg.steer:  # the user's choice
         raise ConfigError(f"gradalign.validation.train_share={share} with gradalign.validation.dataset unset trains "
                           f"on the validation rows NeMo RL never evaluates, but {why}: name a trusted set in "
                           "gradalign.validation.dataset")

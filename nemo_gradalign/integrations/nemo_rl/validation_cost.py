@@ -48,6 +48,10 @@ def trusted_cost_line(master_config, cfg: GradAlignConfig, draw) -> str:
     prompts = int(lookup(master_config, "grpo.num_prompts_per_step"))
     source = ("gradalign.validation.dataset" if cfg.validation.dataset is not None else
               "the validation rows NeMo RL never evaluates")
+    if not cfg.steer:
+        return (f"gradalign: the trusted mix (gradalign.steer=false): {draw.per_step} of each step's {prompts} prompts "
+                f"come from {source} ({draw.keys.size:,} problems), the other {prompts - draw.per_step} from the pool "
+                "in seeded shuffled passes; no G, nothing scored")
     return (f"gradalign: the trusted set trains and steers: {draw.per_step} of each step's {prompts} prompts come "
             f"from {source} ({draw.keys.size:,} problems), the memory picks the other "
             f"{prompts - draw.per_step}; G from their groups every {cfg.refresh_every} step(s): 0 responses "
