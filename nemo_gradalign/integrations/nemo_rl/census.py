@@ -36,6 +36,7 @@ class Verdict:
     backend: str         # megatron | dtensor
     asynchronous: bool
     refusals: tuple[str, ...]  # empty: accepted
+    mix_refusals: tuple[str, ...]  # with gradalign.steer=false (the trusted mix alone)
     schedule: str
     read: str            # "in pass", "separate pass: <why>", or "–" when refused
 
@@ -97,17 +98,24 @@ def verdict(root: Path, path: Path) -> Verdict | None:
     recipe = OmegaConf.to_container(config, resolve=True)
     backend = "megatron" if lookup(recipe, "policy.megatron_cfg.enabled", False) else "dtensor"
     asynchronous = bool(lookup(recipe, "grpo.async_grpo.enabled", False))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # preflight's "set ..." line
-            preflight(recipe)
-        refusals = ()
-    except (ConfigError, ValueError) as err:
-        lines = str(err).splitlines()
-        refusals = tuple(line.strip() for line in (lines[1:] or lines))
+    refusals = _refusals(recipe)
+    OmegaConf.update(config, "gradalign.steer", False)
+    mix_refusals = _refusals(OmegaConf.to_container(config, resolve=True))
     schedule = read_gradalign(recipe).schedule
     why = static_read_reasons(recipe)
     read = "–" if refusals else ("separate pass: " + ", ".join(why) if why else "in pass")
-    return Verdict(name, backend, asynchronous, refusals, schedule, read)
+    return Verdict(name, backend, asynchronous, refusals, mix_refusals, schedule, read)
+
+
+def _refusals(recipe: dict) -> tuple[str, ...]:
+    """What the entry's checks refuse in ``recipe`` (one line each; empty: accepted)."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # preflight's "set ..." line
+            preflight(recipe)
+        return ()
+    except (ConfigError, ValueError) as err:
+        lines = str(err).splitlines()
+        return tuple(line.strip() for line in (lines[1:] or lines))
 
 
 def census(root: Path) -> list[Verdict]:
@@ -124,7 +132,8 @@ def summary(verdicts: list[Verdict]) -> list[str]:
                 kind = f"{'async' if asynchronous else 'synchronous'} {backend}"
                 read = sum(v.read == "in pass" for v in these)
                 lines.append(f"- {kind}: {sum(v.accepted for v in these)} of {len(these)} accepted, "
-                             f"{read} read in the pass")
+                             f"{read} read in the pass; with `gradalign.steer=false` (the trusted mix) "
+                             f"{sum(not v.mix_refusals for v in these)} accepted")
     sync = [v for v in verdicts if v.backend == "megatron" and not v.asynchronous]
     fields: dict[str, list[int]] = {}
     for v in sync:
@@ -146,17 +155,19 @@ def summary(verdicts: list[Verdict]) -> list[str]:
 
 
 def table(verdicts: list[Verdict]) -> str:
-    rows = ["| recipe | backend | async | verdict | read |", "|---|---|---|---|---|"]
+    rows = ["| recipe | backend | async | verdict | read | steer=false |", "|---|---|---|---|---|---|"]
     for v in verdicts:
-        why = "accepted" if v.accepted else "refused: " + "; ".join(sorted({_field(r) for r in v.refusals}))
-        rows.append(f"| `{v.recipe}` | {v.backend} | {'yes' if v.asynchronous else 'no'} | {why} | {v.read} |")
+        why, mix = ("accepted" if not refused else "refused: " + "; ".join(sorted({_field(r) for r in refused}))
+                    for refused in (v.refusals, v.mix_refusals))
+        rows.append(f"| `{v.recipe}` | {v.backend} | {'yes' if v.asynchronous else 'no'} | {why} | {v.read} | {mix} |")
     return "\n".join([*summary(verdicts), "", *rows])
 
 
-def documented(text: str) -> dict[str, bool]:
-    """recipe -> accepted, from the table between the markers of a docs file."""
+def documented(text: str) -> dict[str, tuple[bool, bool]]:
+    """recipe -> (accepted, accepted with steer=false), from the table between a docs file's markers."""
     body = text.split(BEGIN, 1)[1].split(END, 1)[0]
-    return {m.group(1): m.group(2) == "accepted" for m in re.finditer(r"^\| `([^`]+)` \|[^|]*\|[^|]*\| (accepted|refused)", body, re.M)}
+    found = re.finditer(r"^\| `([^`]+)` \|[^|]*\|[^|]*\| (accepted|refused)[^|]*\|[^|]*\| (accepted|refused)", body, re.M)
+    return {m.group(1): (m.group(2) == "accepted", m.group(3) == "accepted") for m in found}
 
 
 def main(argv: list[str] | None = None) -> None:

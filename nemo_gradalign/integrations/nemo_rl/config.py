@@ -128,9 +128,15 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
         if bad(value):
             found.append(f"{path}={value!r}: {why}")
 
-    refuse("grpo.async_grpo.enabled", bool, "async GRPO has no dynamic_sampling step to select at; "
-           "run synchronous GRPO", False)
+    refuse("grpo.async_grpo.enabled", bool, "GradAlign's sampler and feedback run in synchronous GRPO only "
+           "(async GRPO has no dynamic_sampling step to select at); run synchronous GRPO", False)
     refuse("data_plane.enabled", bool, "the data-plane trainer applies its own filtering; disable it", False)
+    refuse("env.should_use_nemo_gym", bool, "NeMo-Gym's rollout (run_nemo_gym_rollout_sync) rebuilds "
+           "the batch from fixed keys; GradAlign cannot generate the validation prompts apart there", False)
+    refuse("data.use_multiple_dataloader", bool, "multiple dataloaders are not supported", False)
+    found += trusted_refusals(master_config, cfg)
+    if not cfg.steer:  # the trusted mix scores nothing: only the loop's shape matters
+        return found
     refuse(f"{mc}.enabled", lambda v: not v, "GradAlign scores on the Megatron policy worker (the "
            "DTensor backend is not supported)", False)
     refuse("policy.dtensor_cfg.enabled", bool, "the DTensor backend is not supported", False)
@@ -142,13 +148,9 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     refuse(f"{mc}.fp8_cfg.enabled", bool, "fp8 training is not supported", False)
     refuse("policy.precision", lambda v: v in ("float16", "fp16"), "fp16's dynamic loss scale would "
            "scale the scored gradients; use bfloat16", "bfloat16")
-    refuse("env.should_use_nemo_gym", bool, "NeMo-Gym's rollout (run_nemo_gym_rollout_sync) rebuilds "
-           "the batch from fixed keys; GradAlign cannot generate the validation prompts apart there", False)
-    refuse("data.use_multiple_dataloader", bool, "multiple dataloaders are not supported", False)
     if cfg.precondition != "none":
         found.append(f"gradalign.precondition={cfg.precondition!r}: the Adam-preconditioned score is "
                      "only in the embedded trainer (the worker's optimizer state is not read yet)")
-    found += trusted_refusals(master_config, cfg)
     if cfg.schedule not in ("step", "memory"):
         found.append(f"gradalign.schedule={cfg.schedule!r}: inside NeMo RL the 'step' (select at "
                      "dynamic_sampling each step) and 'memory' (the training loader's sampler picks) "
@@ -163,7 +165,7 @@ def check_supported(master_config: Any, cfg: GradAlignConfig) -> None:
         return
     problems = _refusals(master_config, cfg)
     unset = {}
-    for check in (scoring_loss, flag_defaults):
+    for check in (scoring_loss, flag_defaults) if cfg.steer else (flag_defaults,):
         try:
             result = check(master_config, cfg)
         except ConfigError as err:
