@@ -45,6 +45,9 @@ class ValidationSetConfig(_Strict):
     # from it, trained on, and its groups' gradient is G; no rollouts of their own for G. 0: G from
     # rollouts_per_problem rollouts of every trusted problem, generated for G alone and not trained on
     train_share: float = Field(0.0, ge=0.0, lt=1.0)
+    # with a train_share (embedded trainer): G for the next step is copied off this step's update, the
+    # trusted groups' share of its gradient (megatron/update_reference.py): no pass of its own
+    g_from_update: bool = False
 
 
 class MemorySamplerConfig(BaseModel):
@@ -141,6 +144,9 @@ class GradAlignConfig(_Strict):
         if self.validation.train_share and self.schedule != "memory":
             raise ValueError(f"validation.train_share={self.validation.train_share} trains the trusted set inside the "
                              f"memory schedule's batch: set schedule=memory (got {self.schedule!r})")
+        if self.validation.g_from_update and not self.validation.train_share:
+            raise ValueError("validation.g_from_update=true copies G off the trusted groups the update trains: "
+                             "it needs validation.train_share > 0")
         if not self.steer and not (self.schedule == "memory" and self.validation.train_share):
             raise ValueError("steer=false trains a trusted share and steers nothing: it needs schedule=memory and "
                              f"validation.train_share > 0 (got {self.schedule!r}, {self.validation.train_share})")

@@ -79,6 +79,24 @@ class ReferenceGradient:
         self.norm = norm
         self.built_at_step = step
 
+    def set_from_tensors(self, grads: list[torch.Tensor], step: int) -> None:
+        """G from this rank's shards of a gradient that is already whole on every rank (the update's
+        trusted share, megatron/update_reference.py): unit norm over the model-parallel ranks.
+        EmptyReferenceGradient when it is zero, the current G left as it was."""
+        sq = torch.zeros(1, dtype=torch.float64, device=self.flat.device)
+        for grad in grads:
+            sq += grad.double().square().sum()
+        norm = math.sqrt(self.groups.sum_model_parallel(sq).item())
+        if not math.isfinite(norm):
+            raise ValueError(f"the validation gradient is not finite (norm {norm})")
+        if norm == 0.0:
+            raise EmptyReferenceGradient(EMPTY_MESSAGE)
+        for buf, grad in zip(self.buffers, grads):
+            buf.copy_(grad)
+        self.flat.div_(norm)
+        self.norm = norm
+        self.built_at_step = step
+
     def state_dict(self) -> dict:
         return {
             "buffers": {n: b.clone() for n, b in zip(self.names, self.buffers)},

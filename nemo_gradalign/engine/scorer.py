@@ -88,15 +88,19 @@ class GradientEngine:
                         step: int = 0, divisor=None) -> ReferenceGradient:
         """G = Σ over validation problems of g_v, each DP rank taking its share; unit norm
         (``divisor``: ReferenceGradient.set_from_grads)."""
-        reference = ReferenceGradient(self.counted, self.groups, self.reference_dtype)
+        reference = self.empty_reference()
         self.refresh(reference, problems, run_problem, step, divisor)
         return reference
+
+    def empty_reference(self) -> ReferenceGradient:
+        """A reference not yet built, over this engine's counted parameters."""
+        return ReferenceGradient(self.counted, self.groups, self.reference_dtype)
 
     def restore_reference(self, state: dict | None) -> ReferenceGradient | None:
         """A reference gradient from its state_dict (None stays None): checkpoint resume."""
         if state is None:
             return None
-        reference = ReferenceGradient(self.counted, self.groups, self.reference_dtype)
+        reference = self.empty_reference()
         reference.load_state_dict(state)
         return reference
 

@@ -36,8 +36,9 @@ _FIXED = {
     "grpo-t50": ["gradalign.enabled=false", "+grpo.trusted_share=0.5"],
 }
 _STEP = re.compile(r"(gradalign|simacc)-step(?:-r(\d+))?")
-_MEMORY = re.compile(r"(gradalign|simacc)-memory(?:-r(\d+))?(-zero)?(?:-t(\d+))?")
-# -zero: zero-gradient visits count as an alignment of 0 and are skipped as GRESO skips them (issue 29)
+_MEMORY = re.compile(r"(gradalign|simacc)-memory(?:-r(\d+))?(-zero)?(?:-t(\d+))?(-u)?")
+# -zero: zero-gradient visits count as an alignment of 0 and are skipped as GRESO skips them (issue 29);
+# -u: G for the next step is copied off the update's trusted groups instead of a pass of its own
 ZERO_VISITS = ["+gradalign.memory.zero_gradient_scores_zero=true", "+gradalign.memory.zero_skip_step=0.5"]
 # GradAlign-memory rebuilds G every 4 steps unless named -r<N>: the round schedule's cadence
 # (a round of 4 steps, one G), so the two pay the same for G; chosen before any measurement.
@@ -56,15 +57,16 @@ def method_overrides(name: str) -> list[str]:
     if memory:  # simacc-*: the official cos · 4a(1−a) in place of the cosine
         return [f"gradalign.method={memory.group(1)}", "gradalign.schedule=memory",
                 f"gradalign.refresh_every={memory.group(2) or MEMORY_REFRESH}", *(ZERO_VISITS if memory.group(3) else []),
-                *([f"+gradalign.validation.train_share={int(memory.group(4)) / 100}"] if memory.group(4) else [])]
+                *([f"+gradalign.validation.train_share={int(memory.group(4)) / 100}"] if memory.group(4) else []),
+                *(["+gradalign.validation.g_from_update=true"] if memory.group(5) else [])]
     step = _STEP.fullmatch(name)
     if step:
         refresh = [f"gradalign.refresh_every={step.group(2)}"] if step.group(2) else []
         return [f"gradalign.method={step.group(1)}", "gradalign.schedule=step", *refresh]
     raise ValueError(f"unknown demo method {name!r}: choose gradalign, gradalign-round, gradalign-step, "
                      "gradalign-step-r<N> (validation gradient rebuilt every N steps), gradalign-memory, "
-                     "gradalign-memory-r<N>, gradalign-memory[-r<N>][-zero][-t<P>] (P% of each batch from the trusted set, "
-                     "which builds G), simacc-memory[-r<N>][-zero][-t<P>], simacc-step[-r<N>], grpo, dapo, greso, grpo-trusted, grpo-pooltrusted, grpo-t50, "
+                     "gradalign-memory-r<N>, gradalign-memory[-r<N>][-zero][-t<P>[-u]] (P% of each batch from the trusted set, "
+                     "which builds G; -u: G copied off the update), simacc-memory[-r<N>][-zero][-t<P>[-u]], simacc-step[-r<N>], grpo, dapo, greso, grpo-trusted, grpo-pooltrusted, grpo-t50, "
                      "random, accgreedy, accfilter")
 
 

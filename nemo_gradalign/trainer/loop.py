@@ -7,6 +7,7 @@ property of each component (state_dict/load_state_dict), not a special code path
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import torch
@@ -16,6 +17,8 @@ from nemo_gradalign.data import regimes
 from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.megatron.policy import Policy, adam_divisor
 from nemo_gradalign.megatron.problem_runner import LossSettings, ProblemRunner
+from nemo_gradalign.megatron.step import microbatch_rows
+from nemo_gradalign.megatron.update_reference import UpdateReference
 from nemo_gradalign.rollouts import ProblemRollouts
 from nemo_gradalign.selection.schedules import MemorySchedule, RoundSchedule, StepSchedule
 from nemo_gradalign.selection.selector import Selector
@@ -201,15 +204,26 @@ class Trainer:
             batch = [self._reusable[i] for i in ids] + (self._rollouts(trusted, k, f"train/{step}") if trusted else [])
         else:  # the trusted share (validation.train_share) rolls out with the pool's picks, after them
             batch = self._rollouts([self.pool[i] for i in ids] + trusted, k, f"train/{step}")
+        max_rows = self.recipe.policy.max_rollouts_per_microbatch
+        if trusted and self.feedback is not None and self.recipe.gradalign.validation.g_from_update:
+            trusted_rows, rows = sum(r.k for r in batch[len(ids):]), sum(r.k for r in batch)
+            max_rows = max_rows or math.gcd(trusted_rows, rows)  # unset: the trusted groups fill microbatches
+            self.feedback.check_capture(self.policy.model, trusted_rows, microbatch_rows(rows, max_rows))
         reading = self.feedback.reading(step, record, batch[len(ids):] if trusted else None) if self.feedback else None
         record["train/problems"], record["train/trusted_ids"] = len(batch), [p.problem_id for p in trusted]
         record["train/reward"] = (sum(float(r.rewards.mean()) for r in batch) / len(batch)) if batch else float("nan")
+        capture, pool_at = None, 0
+        if trusted and self.feedback is not None and self.feedback.from_update:  # G_next off this update:
+            batch, pool_at = batch[len(ids):] + batch[:len(ids)], len(trusted)  # the trusted groups train first
+            capture = UpdateReference(self.engine, sum(r.k for r in batch[:pool_at]))
         if batch:
             lf = self.recipe.loss_fn
             out = grpo_step(self.policy, self.optimizer, batch, self.loss, lf.ratio_clip_min, lf.ratio_clip_max,
-                            lf.inner_epochs, self.recipe.policy.max_rollouts_per_microbatch, reading)
+                            lf.inner_epochs, max_rows, reading, capture)
+            if capture is not None:
+                self.feedback.take_update(step, out, record)
             if self.feedback is not None:
-                record.update(self.feedback.record(step, ids, batch, out.pop("alignment", None)))
+                record.update(self.feedback.record(step, ids, batch, out.pop("alignment", None), pool_at))
             record.update(out)
             self.compute.add("trained_forward", rollout_tokens(batch))
             self.compute.add("trained", lf.inner_epochs * rollout_tokens(batch))

@@ -11,6 +11,7 @@ the GRESO-like control's side: streaks of zero reward variance only, no G, no re
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -18,12 +19,14 @@ import torch
 
 from nemo_gradalign.engine import EmptyReferenceGradient, GradientEngine
 from nemo_gradalign.megatron.in_pass import AlignmentReading, InPassScores
+from nemo_gradalign.megatron.update_reference import capture_reason
 from nemo_gradalign.rollouts import ProblemRollouts
 from nemo_gradalign.selection.schedules import MemorySchedule
 from nemo_gradalign.selection.scores import simacc_factor
 from nemo_gradalign.selection.selector import Selector
 from nemo_gradalign.trainer.compute import ComputeMeter, rollout_tokens
 
+log = logging.getLogger(__name__)
 TAGS = ("corrupted", "target", "wrong_key")  # the regimes' flags (data/tasks.py)
 
 
@@ -31,14 +34,23 @@ class MemoryFeedback:
     def __init__(self, schedule: MemorySchedule, selector: Selector, engine: GradientEngine,
                  compute: ComputeMeter, pool: list):
         self.schedule, self.selector, self.engine, self.compute, self.pool = schedule, selector, engine, compute, pool
+        self.capture_refused: str | None = None
+        self.capture_checked = False
         self.tags = [t for t in TAGS if any(p.tags.get(t) for p in pool)]
 
     def reading(self, step: int, record: dict, trusted: list[ProblemRollouts] | None = None
                 ) -> AlignmentReading | None:
         """The reading of this step's update, against G as of ``step``. ``trusted``: the batch's
         trusted groups, which build G (validation.train_share); if none of them carries a gradient
-        before any G exists, the step trains unread (None) and its visits record no cosine."""
+        before any G exists, the step trains unread (None) and its visits record no cosine. With
+        validation.g_from_update, G is the one the last update left (``take_update``); only the
+        first step, or every step once the layout refused the copy, builds it with a pass."""
         metrics = {"gradalign/scored_tokens": 0}
+        current = self.selector.reference
+        if self.from_update and current is not None and current.ready:
+            record["gradalign/reference_step"] = current.built_at_step
+            record["gradalign/generation"] = self.schedule.note_reference(current.built_at_step)
+            return AlignmentReading(self.engine, current)
         try:
             reference = self.selector.validation_reference(step, metrics, trusted)
         except EmptyReferenceGradient:
@@ -52,17 +64,49 @@ class MemoryFeedback:
         record["gradalign/generation"] = self.schedule.note_reference(reference.built_at_step)
         return AlignmentReading(self.engine, reference)
 
-    def record(self, step: int, ids: list[int], batch: list[ProblemRollouts], scores: InPassScores | None) -> dict:
-        """Remember the alignment of the batch's pool problems (``ids``, the batch's first groups;
-        trusted groups follow them); the step's selection metrics."""
-        picked = batch[:len(ids)]
+    @property
+    def from_update(self) -> bool:
+        return self.selector.cfg.validation.g_from_update and self.capture_refused is None
+
+    def check_capture(self, model, trusted_rows: int, microbatch_rows: int) -> None:
+        """Decide once, before the first reading, whether G can be copied off the updates (the
+        layout and the microbatch split are the same every step); if not, say why, once: G is then
+        built with a pass of its own, as without g_from_update."""
+        if not self.selector.cfg.validation.g_from_update or self.capture_checked:
+            return
+        self.capture_checked = True
+        self.capture_refused = capture_reason(model, self.engine, trusted_rows, microbatch_rows)
+        if self.capture_refused:
+            log.warning("G cannot be copied off the update (%s): it is built with a pass of its own",
+                        self.capture_refused)
+
+    def take_update(self, step: int, out: dict, record: dict) -> None:
+        """G for the next step from this update's trusted groups (``grpo_step``'s capture); a zero
+        one keeps G."""
+        refused, grads = out.pop("capture_refused", None), out.pop("trusted_gradient", None)
+        if refused or grads is None:  # check_capture said so already
+            return
+        reference = self.selector.reference or self.engine.empty_reference()
+        try:
+            reference.set_from_tensors(grads, step + 1)
+        except EmptyReferenceGradient:  # no trusted group had a gradient: G stays as it was
+            record["gradalign/reference_kept_stale"] = 1
+            return
+        self.selector.reference = reference
+
+    def record(self, step: int, ids: list[int], batch: list[ProblemRollouts], scores: InPassScores | None,
+               pool_at: int = 0) -> dict:
+        """Remember the alignment of the batch's pool problems (``ids``, the batch's groups from
+        ``pool_at``; the trusted groups before or after them); the step's selection metrics."""
+        picked = batch[pool_at:pool_at + len(ids)]
         if scores is None:  # an unread step (no G yet): visits and zero streaks only
             zero = np.array([not self.selector.run_problem.has_gradient(r) for r in picked], dtype=bool)
             self.schedule.record_visits(ids, step, zero)
             return self._step_record(ids, np.full(zero.shape, np.nan), zero)
         if scores.problem_ids != [r.problem_id for r in batch]:
             raise RuntimeError("in-pass scores are not in the batch's order")
-        cosine, zero = scores.cosine().numpy()[:len(ids)], scores.zero_gradient.numpy()[:len(ids)]
+        pool = slice(pool_at, pool_at + len(ids))
+        cosine, zero = scores.cosine().numpy()[pool], scores.zero_gradient.numpy()[pool]
         remembered = cosine  # simacc: direction x pass-rate spread, cos · 4a(1−a)
         if self.selector.cfg.method == "simacc":
             remembered = cosine * simacc_factor(torch.tensor([r.pass_rate for r in picked])).numpy()
@@ -110,8 +154,9 @@ class ZeroVarianceFeedback(MemoryFeedback):
     def reading(self, step: int, record: dict, trusted=None) -> None:
         return None
 
-    def record(self, step: int, ids: list[int], batch: list[ProblemRollouts], scores: None = None) -> dict:
-        zero = np.array([not self.has_gradient(r) for r in batch], dtype=bool)
+    def record(self, step: int, ids: list[int], batch: list[ProblemRollouts], scores: None = None,
+               pool_at: int = 0) -> dict:
+        zero = np.array([not self.has_gradient(r) for r in batch[pool_at:pool_at + len(ids)]], dtype=bool)
         self.schedule.record_visits(ids, step, zero)
         return self._step_record(ids, np.full(zero.shape, np.nan), zero)
 

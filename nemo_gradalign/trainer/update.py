@@ -11,6 +11,7 @@ from nemo_gradalign.megatron.in_pass import AlignmentReading
 from nemo_gradalign.megatron.policy import Policy
 from nemo_gradalign.megatron.problem_runner import LossSettings
 from nemo_gradalign.megatron.step import run_microbatches, shift_labels, split_rows
+from nemo_gradalign.megatron.update_reference import UpdateReference
 from nemo_gradalign.rollouts import ProblemRollouts
 
 
@@ -40,12 +41,14 @@ def pack(batch: list[ProblemRollouts], loss: LossSettings, dtype: torch.dtype = 
 
 def grpo_step(policy: Policy, optimizer, batch: list[ProblemRollouts], loss: LossSettings,
               clip_min: float, clip_max: float, inner_epochs: int, max_rows: int | None,
-              read_alignment: AlignmentReading | None = None) -> dict:
+              read_alignment: AlignmentReading | None = None, capture: UpdateReference | None = None) -> dict:
     """Clipped-ratio GRPO update: μ = ``inner_epochs`` optimizer steps over the whole batch.
 
     ``read_alignment``: also read each problem's ⟨g_i, Ĝ⟩ and ‖g_i‖² from the first inner
-    epoch's own backward (megatron/in_pass.py), returned as ``"alignment"``; the step's
-    arithmetic is unchanged (bit-identical weights and optimizer state)."""
+    epoch's own backward (megatron/in_pass.py), returned as ``"alignment"``. ``capture``: copy the
+    leading trusted groups' gradient off that backward (megatron/update_reference.py), returned as
+    ``"trusted_gradient"`` (or ``"capture_refused"``, the reason). The step's arithmetic is
+    unchanged either way (bit-identical weights and optimizer state)."""
     model = policy.model
     dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
     packed = pack(batch, loss, dtype)
@@ -54,6 +57,9 @@ def grpo_step(policy: Policy, optimizer, batch: list[ProblemRollouts], loss: Los
     if read_alignment is not None:  # refuses what it cannot read before any pass runs
         reading = read_alignment.open(model, batch, packed["token_scale"], microbatches,
                                       loss.baseline, loss.normalize_std)
+    refused = capture.open(model, microbatches) if capture is not None else None
+    callbacks = [f for f in (reading.next_microbatch if reading else None,
+                             capture.on_microbatch if capture is not None and not refused else None) if f]
     policy.zero_grad(optimizer)
     old = run_microbatches(model, microbatches, loss_fn=None, forward_only=True, temperature=loss.temperature)
     for mb, logp in zip(microbatches, old):  # only the last pipeline stage gets (and needs) them
@@ -67,9 +73,18 @@ def grpo_step(policy: Policy, optimizer, batch: list[ProblemRollouts], loss: Los
                 lambda logp, mb: grpo.clipped_surrogate(logp, mb["old_logprobs"], mb["advantages"],
                                                       mb["token_scale"], clip_min, clip_max),
                 finalize_grads=True, temperature=loss.temperature,
-                on_microbatch=read.next_microbatch if read is not None else None)
+                on_microbatch=_each(callbacks) if epoch == 0 and callbacks else None)
         if read is not None:
             result["alignment"] = read.scores()
+        if epoch == 0 and capture is not None:
+            result["trusted_gradient" if not refused else "capture_refused"] = refused or capture.grads
         policy.step(optimizer)
         losses.append(float(sum(out)) if out else float("nan"))
     return {"loss": losses[-1], **result}
+
+
+def _each(callbacks):
+    def on_microbatch(index: int) -> None:
+        for callback in callbacks:
+            callback(index)
+    return on_microbatch

@@ -47,6 +47,23 @@ def test_trusted_groups_are_trained_on_and_build_g_with_nothing_generated_for_g_
         assert sorted(drawn[2 * start:2 * (start + per_pass)]) == sorted(trusted_ids)
 
 
+@pytest.mark.slow
+def test_g_from_update_scores_nothing_after_the_first_step_and_resumes_exactly(tmp_path):
+    """validation.g_from_update: only step 1 builds G with a pass (no G exists yet); every later G is
+    the last update's trusted share (built at the step before), and kill -9 -> resume is exact."""
+    steps = 6
+    flags = [*TRUSTED, "++gradalign.validation.g_from_update=true", "gradalign.refresh_every=1"]
+    records = _train(tmp_path / "run", *flags, f"grpo.max_num_steps={steps}")
+    assert records[0]["tokens/scored"] > 0 and all(r["tokens/scored"] == 0 for r in records[1:])
+    for i, r in enumerate(records[1:], start=1):
+        assert r["tokens/generated"] == N * K * SEQ and r["tokens/read"] == N * K * SEQ
+        stale = any("gradalign/reference_kept_stale" in q for q in records[:i])
+        assert r["gradalign/reference_step"] == i or stale  # G copied off the update of step i
+    run = [*flags, "grpo.max_num_steps=8", "checkpointing.enabled=true", "checkpointing.save_period=2"]
+    a, b, killed_at = killed_and_resumed(lambda log_dir: _cmd(log_dir, *run), tmp_path / "killed", kill_at=4, last=8)
+    assert killed_at < len(a) and a == b  # the copied G is in the checkpoint: picks and cosines bit for bit
+
+
 def test_train_share_is_checked_with_its_field_before_any_rank():
     with pytest.raises(ConfigError, match=r"validation.train_share=0.5 trains the trusted set inside the memory "
                                           r"schedule's batch: set schedule=memory \(got 'step'\)"):

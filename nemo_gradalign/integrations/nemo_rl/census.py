@@ -27,7 +27,7 @@ from nemo_gradalign.config import ConfigError
 from nemo_gradalign.integrations.nemo_rl.config import IN_PASS_LOSS_REFUSALS, lookup, read_gradalign
 from nemo_gradalign.integrations.nemo_rl.preflight import preflight, with_default_block
 
-BEGIN, END = "<!-- census:begin -->", "<!-- census:end -->"
+BEGIN, END = "[//]: # (census begin)", "[//]: # (census end)"  # markdown that renders as nothing
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.docs:
         old = args.docs.read_text()
         head, rest = old.split(BEGIN, 1)
-        args.docs.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+        args.docs.write_text(f"{head}{BEGIN}\n\n{text}\n\n{END}{rest.split(END, 1)[1]}")
     print(text)
 
 
