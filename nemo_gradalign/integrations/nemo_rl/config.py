@@ -134,6 +134,8 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     refuse("env.should_use_nemo_gym", bool, "NeMo-Gym's rollout (run_nemo_gym_rollout_sync) rebuilds "
            "the batch from fixed keys; GradAlign cannot generate the validation prompts apart there", False)
     refuse("data.use_multiple_dataloader", bool, "multiple dataloaders are not supported", False)
+    refuse("data.default.processor", lambda v: v == "vlm_hf_data_processor", "vision and audio recipes run with "
+           "upstream's examples/run_vlm_grpo.py, and the entry starts run_grpo.py: not supported yet")
     found += trusted_refusals(master_config, cfg)
     if not cfg.steer:  # the trusted mix scores nothing: only the loop's shape matters
         return found
@@ -146,6 +148,8 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     refuse(f"{mc}.expert_tensor_parallel_size", lambda v: int(v) > 1, "expert tensor parallel is not "
            "supported", 1)
     refuse(f"{mc}.fp8_cfg.enabled", bool, "fp8 training is not supported", False)
+    refuse(f"{mc}.peft.enabled", bool, "LoRA trains the adapters: scoring that gradient exactly is not verified "
+           "yet", False)
     refuse("policy.precision", lambda v: v in ("float16", "fp16"), "fp16's dynamic loss scale would "
            "scale the scored gradients; use bfloat16", "bfloat16")
     if cfg.precondition != "none":
