@@ -11,11 +11,12 @@ from __future__ import annotations
 import re
 
 # What `gradalign` means in the demo: the trusted set trains and steers (half of each batch from it,
-# its groups' gradient is G, rebuilt every step), the memory picks the other half from the pool, and
-# zero-gradient visits count as an alignment of 0 and are skipped as GRESO skips them. Chosen once,
-# jointly, on tuning seeds 0-2 over the four regimes and both settings (docs/results.md): mean AUC
-# 0.590 over the 24 cells, against 0.585 with three quarters trusted and 0.569 with a quarter.
-DEFAULT_GRADALIGN = "gradalign-memory-r1-zero-t50"
+# its groups' gradient is G, copied off each update for the next step), the memory picks the other
+# half from the pool, and zero-gradient visits count as an alignment of 0 and are skipped as GRESO
+# skips them. Chosen on tuning seeds 0-2 over the four regimes and both settings (docs/results.md):
+# half trusted (mean AUC 0.590 over the 24 cells, against 0.585 with three quarters and 0.569 with a
+# quarter), then G off the update (ahead or level in all 24 cells at equal cost: 0.591 vs 0.584).
+DEFAULT_GRADALIGN = "gradalign-memory-r1-zero-t50-u"
 # the controls (issue 18) are budgeted too: at equal compute, does alignment add anything beyond
 # the trusted data (grpo-trusted, grpo-pooltrusted), or beyond GRESO's zero-variance skip (greso)?
 BUDGETED = ("grpo", "dapo", "greso", "grpo-trusted", "grpo-pooltrusted", "grpo-t50")

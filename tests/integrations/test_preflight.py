@@ -86,6 +86,7 @@ def test_the_step_schedule_sets_dynamic_sampling_and_the_multiplier(capsys):
     (["policy.megatron_cfg.expert_model_parallel_size=2"], ["policy.megatron_cfg.expert_model_parallel_size=2"]),
     (["policy.megatron_cfg.expert_tensor_parallel_size=2"], ["policy.megatron_cfg.expert_tensor_parallel_size=2"]),
     (["policy.megatron_cfg.fp8_cfg.enabled=true"], ["policy.megatron_cfg.fp8_cfg.enabled=True"]),
+    (["++gradalign.validation.g_from_update=true"], ["gradalign.validation.g_from_update=true"]),
     (["++policy.megatron_cfg.peft.enabled=true"], ["policy.megatron_cfg.peft.enabled=True", "LoRA"]),
     (["++data.default.processor=vlm_hf_data_processor"], ["data.default.processor='vlm_hf_data_processor'",
                                                           "run_vlm_grpo.py"]),

@@ -34,11 +34,12 @@ def test_demo_method_names():
                                                     "gradalign.refresh_every=4"] and not is_budgeted("gradalign-memory")
     assert method_overrides("gradalign-memory-r2")[-1] == "gradalign.refresh_every=2"
     # the demo's GradAlign: the variant that won on the tuning seeds (docs/results.md): the trusted set
-    # trains half of each batch and builds G every step, zero-gradient visits count
-    assert method_overrides("gradalign") == method_overrides("gradalign-memory-r1-zero-t50") == [
+    # trains half of each batch and builds G every step, copied off the update; zero-gradient visits count
+    assert method_overrides("gradalign") == method_overrides("gradalign-memory-r1-zero-t50-u") == [
         "gradalign.method=gradalign", "gradalign.schedule=memory", "gradalign.refresh_every=1",
         "+gradalign.memory.zero_gradient_scores_zero=true", "+gradalign.memory.zero_skip_step=0.5",
-        "+gradalign.validation.train_share=0.5"] and not is_budgeted("gradalign")
+        "+gradalign.validation.train_share=0.5", "+gradalign.validation.g_from_update=true"] \
+        and not is_budgeted("gradalign")
     assert "gradalign.schedule=round" in method_overrides("gradalign-round")
     with pytest.raises(ValueError, match="unknown demo method 'plain'"):
         method_overrides("plain")

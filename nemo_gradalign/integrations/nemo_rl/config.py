@@ -152,6 +152,9 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
            "yet", False)
     refuse("policy.precision", lambda v: v in ("float16", "fp16"), "fp16's dynamic loss scale would "
            "scale the scored gradients; use bfloat16", "bfloat16")
+    if cfg.validation.g_from_update:
+        found.append("gradalign.validation.g_from_update=true: copying G off the update is the embedded trainer's "
+                     "only; NeMo RL's workers build G from the step's trusted groups with their scoring pass")
     if cfg.precondition != "none":
         found.append(f"gradalign.precondition={cfg.precondition!r}: the Adam-preconditioned score is "
                      "only in the embedded trainer (the worker's optimizer state is not read yet)")
