@@ -146,3 +146,22 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float =
     worst = float((err / scale).max()) if err.numel() else 0.0
     assert worst <= rtol, f"max relative error {worst:.3e} > {rtol} (actual {actual}, expected {expected})"
     return worst
+
+
+def step_state(policy, optimizer) -> list[torch.Tensor]:
+    """Copies of a policy's weights and its optimizer's state: two steps are the same step when
+    every tensor is torch.equal."""
+    tensors = [p.detach().clone() for p in policy.model.parameters()]
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for entry in opt.optimizer.state.values():
+            tensors += [v.clone() for v in entry.values() if torch.is_tensor(v)]
+    return tensors
+
+
+def spawned_oracle(tmp_path_factory, oracle_rank):
+    """``oracle_rank(rank, out)`` run on one spawned rank (megatron initialised there); what it saved."""
+    from nemo_gradalign.megatron import parallel
+
+    out = tmp_path_factory.mktemp("oracle") / "oracle.pt"
+    parallel.spawn(oracle_rank, 1, str(out))
+    return torch.load(out)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import assert_close_rel, oracle_scores
+from helpers import assert_close_rel, oracle_scores, spawned_oracle
 from nemo_gradalign.integrations.nemo_rl.worker_mixin import GradAlignWorkerMixin
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.model import ModelSpec
@@ -100,9 +100,7 @@ def _oracle_rank(rank, out):
 
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("oracle") / "oracle.pt"
-    parallel.spawn(_oracle_rank, 1, str(out))
-    return torch.load(out)
+    return spawned_oracle(tmp_path_factory, _oracle_rank)
 
 
 @pytest.mark.parametrize("layout", [

@@ -15,7 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import assert_close_rel, edge_case_problems, oracle_scores, random_problems
+from helpers import (assert_close_rel, edge_case_problems, oracle_scores, random_problems, spawned_oracle,
+                     step_state)
 from nemo_gradalign.engine import EngineGroups, GradientEngine, ReferenceGradient, UnsupportedLayout
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.in_pass import AlignmentReading
@@ -37,14 +38,6 @@ ROWS = 8
 RTOL = 1e-9
 
 
-def _state(policy, optimizer) -> list[torch.Tensor]:
-    tensors = [p.detach().clone() for p in policy.model.parameters()]
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        for entry in opt.optimizer.state.values():
-            tensors += [v.clone() for v in entry.values() if torch.is_tensor(v)]
-    return tensors
-
-
 def _step(policy, optimizer, reading=None, max_rows=ROWS) -> dict:
     return grpo_step(policy, optimizer, BATCH, LOSS, 0.2, 0.2, inner_epochs=2, max_rows=max_rows,
                      read_alignment=reading)
@@ -63,16 +56,17 @@ def _in_pass_rank(rank, layout, out):
     opt = reading_policy.make_optimizer(1e-2)
     engine = GradientEngine(reading_policy.named_parameters(), EngineGroups.from_megatron(), "float64")
     reading = AlignmentReading(engine, engine.build_reference(VAL, ProblemRunner(reading_policy.model, LOSS)))
-    before = _state(reading_policy, opt)
+    before = step_state(reading_policy, opt)
     with pytest.raises(UnsupportedLayout, match=r"microbatches of 5 rollouts \(policy.max_rollouts_per_"
                        r"microbatch, evened out over the batch\) split problem 4 \(rollouts 4..5 "):
         _step(reading_policy, opt, reading, max_rows=5)
-    assert all(torch.equal(a, b) for a, b in zip(before, _state(reading_policy, opt)))
+    assert all(torch.equal(a, b) for a, b in zip(before, step_state(reading_policy, opt)))
     if layout == parallel.Layout(tp=2):
         _refuses_what_it_cannot_read(reading_policy, opt, reading)
     scores = _step(reading_policy, opt, reading)["alignment"]
     _step(reading_policy, opt, reading)  # a second reading step (after one optimizer update)
-    identical = all(torch.equal(a, b) for a, b in zip(_state(plain, plain_opt), _state(reading_policy, opt)))
+    identical = all(torch.equal(a, b) for a, b in zip(step_state(plain, plain_opt),
+                                                      step_state(reading_policy, opt)))
 
     table = torch.stack([scores.dot, scores.sqnorm, scores.cosine(), scores.zero_gradient.double()])
     replicas = [torch.empty_like(table) for _ in range(ps.get_data_parallel_world_size())]
@@ -107,9 +101,7 @@ def _oracle_rank(rank, out):
 
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("oracle") / "oracle.pt"
-    parallel.spawn(_oracle_rank, 1, str(out))
-    return torch.load(out)
+    return spawned_oracle(tmp_path_factory, _oracle_rank)
 
 
 @pytest.mark.parametrize("layout", [

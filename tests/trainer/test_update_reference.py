@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import assert_close_rel, oracle_scores, random_problems
+from helpers import assert_close_rel, oracle_scores, random_problems, spawned_oracle, step_state
 from nemo_gradalign.engine import EngineGroups, GradientEngine
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.in_pass import AlignmentReading
@@ -34,14 +34,6 @@ TRUSTED = [_K4[0], _K4[1]]  # 8 rows: the first microbatch of 8
 POOL = [_K4[2], _K4[3], _K2[0], _K2[1], _K2[2], _K2[3]]  # 4+4 | 2+2+2+2
 ROWS, RTOL = 8, 1e-9
 VAL = random_problems(101, 4)  # the G the in-pass reading of both runs is against
-
-
-def _state(policy, optimizer) -> list[torch.Tensor]:
-    tensors = [p.detach().clone() for p in policy.model.parameters()]
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        for entry in opt.optimizer.state.values():
-            tensors += [v.clone() for v in entry.values() if torch.is_tensor(v)]
-    return tensors
 
 
 def _run(capture: bool, max_rows: int = ROWS, read: bool = True):
@@ -63,7 +55,7 @@ def _capture_rank(rank, layout, out):
     parallel.init_distributed(layout)
     plain_policy, plain_opt, _, plain = _run(capture=False)
     policy, opt, engine, copied = _run(capture=True)
-    identical = all(torch.equal(a, b) for a, b in zip(_state(plain_policy, plain_opt), _state(policy, opt)))
+    identical = all(torch.equal(a, b) for a, b in zip(step_state(plain_policy, plain_opt), step_state(policy, opt)))
     identical &= torch.equal(plain["alignment"].dot, copied["alignment"].dot)
     refused = _run(capture=True, max_rows=6, read=False)[3]["capture_refused"]  # 6 | 2+4 | ...: trusted split
     # score the pool against the copied G at the weights it was copied at (a fresh policy, same init)
@@ -89,9 +81,7 @@ def _oracle_rank(rank, out):
 
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("oracle") / "oracle.pt"
-    parallel.spawn(_oracle_rank, 1, str(out))
-    return torch.load(out)
+    return spawned_oracle(tmp_path_factory, _oracle_rank)
 
 
 @pytest.mark.parametrize("layout", [
