@@ -25,6 +25,8 @@ class EngineGroups:
     pp_size: int = 1
     ep_rank: int = 0
     ep_size: int = 1
+    etp_rank: int = 0  # expert tensor parallel (megatron's expert_tensor_parallel_size)
+    etp_size: int = 1
     embedding: object | None = None
     vp_size: int = 1
     context_parallel: object | None = None  # ranks holding zig-zag shares of the same sequences
@@ -33,26 +35,19 @@ class EngineGroups:
     @classmethod
     def from_megatron(cls) -> "EngineGroups":
         """megatron's groups. With expert parallelism, one problem runs on a whole EP group:
-        partials are summed over TP×EP×PP and problems are split over expert-data-parallel.
-        Experts must be sharded like the dense layers (megatron's default
-        expert_tensor_parallel_size = TP): then expert TP ranks are the dense TP ranks and the
-        TP counting rule holds for both."""
+        partials are summed over the expert layout's ETP×EP×PP ranks and problems are split over
+        expert-data-parallel. The EP group must hold whole model replicas (TP divisible by ETP, EP×ETP
+        by TP — megatron's default ETP = TP, NeMo RL's ETP = 1 with EP a multiple of TP):
+        then dense parameters are counted in its first replica and every token reaches the
+        experts once per replica (engine/rules.py)."""
         from megatron.core import parallel_state as ps
 
         ep = ps.get_expert_model_parallel_world_size()
         tp = ps.get_tensor_model_parallel_world_size()
-        if ep > 1 and ps.get_expert_tensor_parallel_world_size() != tp:
-            raise UnsupportedLayout(
-                f"expert_tensor_parallel_size={ps.get_expert_tensor_parallel_world_size()} differs from "
-                f"TP={tp}: expert shards would not follow the dense TP counting rule and the lockstep "
-                "group (ETP×EP×PP) would not cover the dense TP group; not verified exact. Leave "
-                "expert_tensor_parallel_size unset (megatron's default: TP)")
         cp = ps.get_context_parallel_world_size()
-        if cp > 1 and ep > 1:
-            raise UnsupportedLayout(
-                f"context_parallel_size={cp} with expert_model_parallel_size={ep}: megatron folds CP "
-                "into the expert layout's data-parallel ranks, whose per-problem sums were not "
-                "verified exact; use one of them")
+        etp = ps.get_expert_tensor_parallel_world_size() if ep > 1 else tp
+        if ep > 1:
+            _check_expert_layout(tp, ep, etp, cp)
         return cls(
             context_parallel=ps.get_context_parallel_group() if cp > 1 else None,
             cp_size=cp,
@@ -61,6 +56,8 @@ class EngineGroups:
             data_parallel=ps.get_expert_data_parallel_group() if ep > 1 else ps.get_data_parallel_group(),
             ep_rank=ps.get_expert_model_parallel_rank(),
             ep_size=ep,
+            etp_rank=ps.get_expert_tensor_parallel_rank() if ep > 1 else 0,
+            etp_size=etp,
             tensor_parallel=ps.get_tensor_model_parallel_group(),
             tp_rank=ps.get_tensor_model_parallel_rank(),
             tp_size=tp,
@@ -68,6 +65,17 @@ class EngineGroups:
             embedding=ps.get_embedding_group(check_initialized=False),
             vp_size=ps.get_virtual_pipeline_model_parallel_world_size() or 1,
         )
+
+    @property
+    def replicas_per_expert_group(self) -> int:
+        """Model replicas in one expert-parallel group: how many times each token of a problem
+        reaches the experts when the whole group runs that problem (1 without EP)."""
+        return self.ep_size * self.etp_size // self.tp_size if self.ep_size > 1 else 1
+
+    @property
+    def counts_dense(self) -> bool:
+        """This rank's dense parameters are counted: it lies in its EP group's first replica."""
+        return self.ep_size == 1 or self.ep_rank * self.etp_size // self.tp_size == 0
 
     @property
     def dp_size(self) -> int:
@@ -101,3 +109,24 @@ class EngineGroups:
         if self.dp_size > 1:
             for tensor in tensors:
                 dist.all_reduce(tensor, group=self.data_parallel)
+
+
+def _check_expert_layout(tp: int, ep: int, etp: int, cp: int) -> None:
+    """Refuse expert layouts whose per-problem sums this engine has no rule for."""
+    from megatron.core import parallel_state as ps
+
+    if cp > 1:
+        raise UnsupportedLayout(
+            f"context_parallel_size={cp} with expert_model_parallel_size={ep}: megatron folds CP "
+            "into the expert layout's data-parallel ranks, whose per-problem sums were not "
+            "verified exact; use one of them")
+    if tp % etp or (ep * etp) % tp:
+        raise UnsupportedLayout(
+            f"expert_tensor_parallel_size={etp}, expert_model_parallel_size={ep}, TP={tp}: an "
+            "expert-parallel group must hold whole model replicas (TP divisible by ETP and EP×ETP by "
+            "TP), else one problem's expert gradient is split over expert-data-parallel ranks; not exact")
+    lockstep = set(dist.get_process_group_ranks(ps.get_expert_tensor_model_pipeline_parallel_group()))
+    if not set(dist.get_process_group_ranks(ps.get_model_parallel_group())) <= lockstep:
+        raise UnsupportedLayout(
+            "megatron's rank order put this rank's TP×PP ranks outside its expert ETP×EP×PP group: "
+            "the dense and expert partials would not add up in one reduction; use the default order tp-cp-ep-dp-pp")

@@ -8,14 +8,14 @@ parallelism a duplicated parameter's local grad covers only this rank's slice of
 the engine first sums those grads over TP (megatron's ``_allreduce_non_tensor_model_parallel_grads``
 rule, per problem, a few vectors of size h), after which they are ordinary duplicates.
 Under expert parallelism every rank of an expert-parallel group runs the same problem (the
-token dispatch spans the group); dense parameters are then duplicates across it (counted on EP
-rank 0) and each expert lives on one rank (counted there). Each expert saw every token once per
-EP rank, so its grad is EP times the problem's: the engine divides it by EP (exact for powers of 2).
-With TP>1 the allgather dispatcher gathers over TP×EP (``token_dispatcher.py``, token_dispatch),
-experts are TP-sharded (expert_tensor_parallel_size defaults to TP) and counted like any shard.
-megatron-core trains MoE with TP>1 only under sequence parallelism (``moe_layer.py``, forward):
-each TP rank then holds S/TP tokens, so the TP×EP gather still carries each token EP times (÷EP).
-Without SP (eval mode only) each TP rank holds all S tokens and the gather carries TP×EP copies:
+token dispatch spans the group). The group holds R = EP×ETP/TP whole model replicas (ETP = TP,
+megatron's default: R = EP, one per EP rank; ETP = 1, NeMo RL's default: EP/TP replicas of TP
+ranks each). Dense parameters are duplicates across the replicas (counted in the first, where
+ep_rank×ETP/TP = 0); each expert shard lives on one rank (counted there, duplicates over expert TP
+on its rank 0). Each replica dispatches every token of the problem once (under SP each TP rank
+its S/TP slice), so an expert's grad is R times the problem's: the engine divides it by R (exact
+for powers of 2). megatron-core trains MoE with TP>1 only under sequence parallelism
+(``moe_layer.py``, forward); without SP (eval mode only) each TP rank would dispatch all S tokens:
 refused, as not tested.
 Word embeddings tied across pipeline stages (``shared_embedding``) are one parameter held twice:
 the first stage's copy has the input half of its grad, the last stage's the output half. The
@@ -100,11 +100,11 @@ def check_expert_tokens(has_experts: bool, tp_size: int, ep_size: int, sequence_
 
 def counted_params(
     named_params: list[tuple[str, torch.nn.Parameter]], tp_rank: int, tp_size: int, pp_size: int,
-    ep_rank: int = 0, ep_size: int = 1, vp_size: int = 1,
+    ep_size: int = 1, vp_size: int = 1, *, counts_dense: bool = True, etp_rank: int = 0,
 ) -> CountedParams:
-    """Select the parameters this rank counts: all TP shards, duplicates only on TP rank 0;
-    dense parameters only on EP rank 0, experts wherever they live; a tied embedding on the
-    first pipeline stage only."""
+    """Select the parameters this rank counts: all TP shards, duplicates only on TP rank 0 (for
+    experts: expert-TP rank 0); dense parameters only where ``counts_dense`` (the EP group's first
+    replica), experts wherever they live; a tied embedding on the first pipeline stage only."""
     keep, names, partial, experts, tied = [], [], [], [], []
     for name, param in named_params:
         if not param.requires_grad:
@@ -116,11 +116,12 @@ def counted_params(
             tied.append(param)
             if is_shared_copy(param):
                 continue
-        if is_expert(param):
+        expert = is_expert(param)
+        if expert:
             experts.append(param)
-        elif ep_rank != 0:
+        elif not counts_dense:
             continue
-        if is_tensor_parallel_shard(param) or tp_rank == 0:
+        if is_tensor_parallel_shard(param) or (etp_rank if expert else tp_rank) == 0:
             keep.append(param)
             names.append(name)
     check_expert_tokens(bool(experts), tp_size, ep_size, bool(partial))  # SP marks the router

@@ -62,7 +62,8 @@ class GradientEngine:
         self.params = [p for _, p in named_params]
         self.groups = groups
         self.counted = counted_params(named_params, groups.tp_rank, groups.tp_size, groups.pp_size,
-                                      groups.ep_rank, groups.ep_size, groups.vp_size)
+                                      groups.ep_size, groups.vp_size, counts_dense=groups.counts_dense,
+                                      etp_rank=groups.etp_rank)
         self.reference_dtype = reference_dtype
         self.split_problems = split_problems
         self.device = self.params[0].device if self.params else torch.device("cpu")
@@ -130,14 +131,14 @@ class GradientEngine:
     def _complete_layout_grads(self) -> None:
         """Make this rank's grads its exact share of g (engine/rules.py): sequence-parallel
         grads are partial over TP, summed by one small all-reduce; expert grads saw each token
-        once per expert-parallel rank, divided by EP; a word embedding tied across pipeline
+        once per replica in the expert-parallel group, divided by that count; a word embedding tied across pipeline
         stages holds half of its grad on each end, summed over the embedding group; under
         context parallelism each rank's grads are its tokens' share, summed over CP — the full
         gradient's all-reduce, per problem, as ‖g‖² needs (megatron's DDP sums the same grads
         over its data×context-parallel group once per step)."""
         if self.groups.ep_size > 1:
             for param in self.counted.experts:
-                local_grad(param).div_(self.groups.ep_size)
+                local_grad(param).div_(self.groups.replicas_per_expert_group)
         _sum_grads(self.counted.sequence_parallel, self.groups.sum_tensor_parallel)
         _sum_grads(self.counted.tied_embedding, self.groups.sum_embedding)
         if self.groups.cp_size > 1:

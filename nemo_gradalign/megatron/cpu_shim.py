@@ -47,6 +47,9 @@ def apply() -> None:
     torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
     torch.cuda.manual_seed = lambda seed: torch.manual_seed(seed)
     torch.cuda.current_stream = lambda *a, **k: _NoStream()  # core >= 0.19 waits on it before a grad reduce
+    torch.cuda.Stream = _NoStream  # the all-to-all MoE dispatcher copies token counts on a side stream
+    torch.cuda.stream = lambda *a, **k: contextlib.nullcontext()
+    torch.distributed.all_to_all_single = _all_to_all_with_listed_splits(torch.distributed.all_to_all_single)
     mp_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
     mp_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
     import megatron.core.transformer.moe.moe_utils as moe_utils
@@ -56,13 +59,39 @@ def apply() -> None:
     _applied = True
 
 
+def _all_to_all_with_listed_splits(all_to_all_single):
+    """On CUDA the all-to-all dispatcher hands its split sizes over as host arrays; on CPU they
+    stay tensors, which gloo's binding does not take: pass them as lists."""
+
+    def call(output, input, output_split_sizes=None, input_split_sizes=None, *args, **kwargs):
+        listed = [s.tolist() if torch.is_tensor(s) else s for s in (output_split_sizes, input_split_sizes)]
+        return all_to_all_single(output, input, *listed, *args, **kwargs)
+
+    return call
+
+
 class _NoStream:
-    """CPU stand-in for the current CUDA stream: CPU work is already in order."""
+    """CPU stand-in for a CUDA stream: CPU work is already in order, and there is only one
+    (every stand-in is the current stream, so no tensor is recorded on a side stream)."""
+
+    def __init__(self, *_unused, **_unused_kw) -> None:
+        pass
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _NoStream)
+
+    __hash__ = object.__hash__
 
     def wait_event(self, *_unused) -> None:
         pass
 
     def wait_stream(self, *_unused) -> None:
+        pass
+
+    def record_event(self, *_unused) -> "_NoStream":  # an event that is always complete
+        return self
+
+    def synchronize(self) -> None:
         pass
 
 

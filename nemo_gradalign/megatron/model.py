@@ -34,6 +34,10 @@ class ModelSpec(BaseModel):
     dtype: Literal["float32", "float64", "bfloat16"] = "float32"
     sequence_parallel: bool = False
     num_experts: int | None = Field(None, ge=2)  # MoE MLPs (top-2 routing, no token dropping)
+    # how tokens reach the experts: megatron's all-gather, or all-to-all (NeMo RL's default)
+    moe_dispatcher: Literal["allgather", "alltoall"] = "allgather"
+    # aux-loss-free balancing (DeepSeek-V3): a router bias updated from token counts at each step
+    moe_expert_bias: bool = False
     seed: int = 1234
 
 
@@ -91,11 +95,13 @@ def full_shape(param: torch.Tensor, tp_size: int) -> torch.Size:
 def init_full_weights(model, seed: int, std: float) -> None:
     from megatron.core import parallel_state as ps
 
-    tp_rank, tp_size = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
+    dense = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
+    expert = ps.get_expert_tensor_parallel_rank(), ps.get_expert_tensor_parallel_world_size()
     names = _global_names(model)  # a tied embedding's last-stage copy: the embedding's own name
     for name, param in model.named_parameters():
-        full = _full_value(names[name], full_shape(param, tp_size), seed, std)
-        param.copy_(tp_shard(full, param, tp_rank, tp_size))
+        rank, size = expert if getattr(param, "allreduce", True) is False else dense  # experts: ETP shards
+        full = _full_value(names[name], full_shape(param, size), seed, std)
+        param.copy_(tp_shard(full, param, rank, size))
 
 
 class SequenceParallelNorm:
@@ -128,19 +134,20 @@ def _layer_spec(spec: ModelSpec, layers_here: int, context_parallel: bool):
     return TransformerBlockSubmodules(layer_specs=[layer] * layers_here, layer_norm=SequenceParallelNorm)
 
 
-def _moe_options(spec: ModelSpec, ep: int) -> dict:
+def _moe_options(spec: ModelSpec, ep: int, etp: int) -> dict:
     """Top-2 routing in float64, no auxiliary loss (its gradient is not the policy's) and no
-    capacity limit (no token is dropped), so every layout computes the same function; the
-    all-gather dispatcher, which runs on gloo."""
+    capacity limit (no token is dropped), so every layout computes the same function."""
     if spec.num_experts is None:
         if ep > 1:
             raise ValueError(f"expert parallel size {ep} needs model.num_experts")
         return {}
     if spec.num_experts % ep:
         raise ValueError(f"model.num_experts={spec.num_experts} is not divisible by EP={ep}")
+    bias = dict(moe_router_enable_expert_bias=True, moe_router_bias_update_rate=1e-2,
+                moe_router_score_function="sigmoid") if spec.moe_expert_bias else {}
     return dict(num_moe_experts=spec.num_experts, moe_router_topk=2, expert_model_parallel_size=ep,
-                moe_token_dispatcher_type="allgather", moe_router_load_balancing_type="none",
-                moe_router_dtype="fp64", add_bias_linear=False)
+                expert_tensor_parallel_size=etp, moe_token_dispatcher_type=spec.moe_dispatcher,
+                moe_router_load_balancing_type="none", moe_router_dtype="fp64", add_bias_linear=False, **bias)
 
 
 def check_split(spec: ModelSpec, tp: int, pp: int, prefix: str = "model.") -> None:
@@ -180,7 +187,7 @@ def build_gpt(spec: ModelSpec):
         attention_dropout=0.0,
         use_cpu_initialization=cpu_shim.needed(),
         gradient_accumulation_fusion=False,
-        **_moe_options(spec, ps.get_expert_model_parallel_world_size()),
+        **_moe_options(spec, ps.get_expert_model_parallel_world_size(), ps.get_expert_tensor_parallel_world_size()),
     )
     with cpu_shim.device_context():
         model = GPTModel(

@@ -22,6 +22,7 @@ class Layout:
     dp: int = 1
     ep: int = 1  # expert parallelism, carved out of the data-parallel ranks (as megatron does)
     cp: int = 1  # context parallelism: ranks holding zig-zag chunks of every sequence
+    etp: int | None = None  # expert tensor parallelism; None: megatron's default, TP (NeMo RL sets 1)
 
     @property
     def world_size(self) -> int:
@@ -29,7 +30,8 @@ class Layout:
 
     def __str__(self) -> str:
         return (f"TP={self.tp} PP={self.pp}" + (f" CP={self.cp}" if self.cp > 1 else "")
-                + f" DP={self.dp}" + (f" EP={self.ep}" if self.ep > 1 else ""))
+                + f" DP={self.dp}" + (f" EP={self.ep}" if self.ep > 1 else "")
+                + (f" ETP={self.etp}" if self.etp is not None else ""))
 
 
 def free_port() -> int:
@@ -56,11 +58,14 @@ def init_distributed(layout: Layout, seed: int = 1234) -> None:
             f"world size {dist.get_world_size()} does not match the layout {layout} "
             f"(needs tp*pp*cp*dp = {layout.world_size} ranks)"
         )
-    if layout.dp % layout.ep:
-        raise ValueError(f"expert parallel size {layout.ep} must divide the data-parallel size {layout.dp}")
+    etp = layout.tp if layout.etp is None else layout.etp
+    if (layout.tp * layout.cp * layout.dp) % (layout.ep * etp):
+        raise ValueError(f"expert parallel size {layout.ep} × expert tensor parallel size {etp} must divide "
+                         f"the ranks of a pipeline stage ({layout.tp * layout.cp * layout.dp})")
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
         expert_model_parallel_size=layout.ep, context_parallel_size=layout.cp,
+        expert_tensor_parallel_size=layout.etp,
     )
     model_parallel_cuda_manual_seed(seed)
 

@@ -75,11 +75,12 @@ def _tied_oracle_rank(rank, out):
                 for name, (loss, _) in SETTINGS.items()}, out)
 
 
-def _engine_rank(rank, layout, out, ddp=False, sequence_parallel=False, tied=False, read_small_at_once=False):
+def _engine_rank(rank, layout, out, ddp=False, sequence_parallel=False, tied=False, read_small_at_once=False,
+                 dispatcher="allgather"):
     parallel.init_distributed(layout)
     if read_small_at_once:  # packed scoring's deferred bias/norm reads flushed at every one
         PerProblemPartials.PENDING = 0
-    moe = MOE if layout.ep > 1 else {}
+    moe = {**MOE, "moe_dispatcher": dispatcher} if layout.ep > 1 else {}
     model = build_gpt(SPEC64.model_copy(update={"sequence_parallel": sequence_parallel, **moe,
                                                 **(TIED if tied else {})}))
     if ddp:
@@ -139,13 +140,19 @@ def test_engine_matches_oracle_with_sequence_parallelism(layout, oracle, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [parallel.Layout(dp=2, ep=2), parallel.Layout(tp=2, dp=2, ep=2)], ids=str)
-def test_engine_matches_oracle_with_expert_parallelism(layout, oracle, tmp_path):
-    """MoE, 2 experts per rank: the EP group runs each problem together; dense parameters count
-    once, experts where they live. With TP=2 the whole TP×EP group runs each problem, experts
-    are TP-sharded, and sequence parallelism is on, as megatron-core requires for MoE with TP>1
-    (its all-gather then carries each token EP times, as at TP=1)."""
-    _check_against_oracle(layout, oracle, tmp_path, ddp=True, sequence_parallel=layout.tp > 1)
+@pytest.mark.parametrize("layout,dispatcher", [
+    (parallel.Layout(dp=2, ep=2), "allgather"), (parallel.Layout(dp=2, ep=2), "alltoall"),
+    (parallel.Layout(tp=2, dp=2, ep=2), "allgather"),
+    (parallel.Layout(tp=2, dp=2, ep=2, etp=1), "alltoall"), (parallel.Layout(tp=2, dp=2, ep=4, etp=1), "alltoall"),
+], ids=lambda v: str(v))
+def test_engine_matches_oracle_with_expert_parallelism(layout, dispatcher, oracle, tmp_path):
+    """MoE, 4 experts: the EP group runs each problem together; dense parameters count once (in
+    the group's first replica), experts where they live, divided by the replicas in the group.
+    With TP=2 sequence parallelism is on, as megatron-core requires for MoE with TP>1. ETP=TP
+    (megatron's default): experts TP-sharded, one replica per EP rank. ETP=1 (NeMo RL's default):
+    whole experts; EP=2 is the TP group itself (1 replica), EP=4 spans two TP=2 replicas."""
+    _check_against_oracle(layout, oracle, tmp_path, ddp=True, sequence_parallel=layout.tp > 1,
+                          dispatcher=dispatcher)
 
 
 @pytest.mark.slow
@@ -170,10 +177,10 @@ def test_engine_matches_oracle_with_tied_embeddings(layout, ddp, tied_oracle, tm
 
 
 def _check_against_oracle(layout, oracle, tmp_path, ddp=False, sequence_parallel=False, tied=False,
-                          read_small_at_once=False):
+                          read_small_at_once=False, dispatcher="allgather"):
     out = tmp_path / "engine.pt"
     parallel.spawn(_engine_rank, layout.world_size, layout, str(out), ddp, sequence_parallel, tied,
-                   read_small_at_once)
+                   read_small_at_once, dispatcher)
     results = torch.load(out)
     worst = 0.0
     for name in results:
