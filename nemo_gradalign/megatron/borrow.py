@@ -10,7 +10,10 @@ overlap bookkeeping (the PP=1 schedule runs its last microbatch outside ``no_syn
 live hook would count it). So while borrowed: every hook is off, the pass runs under DDP's
 ``no_sync()`` as upstream's own split-step training does (``begin_train_step``), and on the way
 out the hooks, the grad buffers, ``.grad`` tensors, DDP's per-parameter flags, the bucket
-groups' microbatch flag and the RNG states are put back exactly.
+groups' microbatch flag, the module buffers and the RNG states are put back exactly. (Module
+buffers: a MoE router with aux-loss-free balancing counts the tokens each expert receives in
+every forward with grad, ``local_tokens_per_expert``, and the step's ``finalize_model_grads``
+moves the expert bias by those counts.)
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def borrowed(model):
     flags = [(b, b.is_last_microbatch) for b in _bucket_groups(model)]
     gathered = _gather_params(model)
     pre_hooks = _pause_forward_pre_hooks(model)
+    buffers = [(b, b.clone()) for b in torch.nn.Module.buffers(model)]  # DDP's ``buffers`` is its grad buffers
     try:
         for name in HOOKS:
             if hasattr(config, name):
@@ -54,6 +58,8 @@ def borrowed(model):
             group.param_gather_dispatched = dispatched
         for module, mode in training:
             module.training = mode
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
         grads.restore()
         rng.restore()
 

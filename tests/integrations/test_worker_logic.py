@@ -63,16 +63,38 @@ def as_nemo_rl_batch(problems: list[ProblemRollouts]) -> dict[str, torch.Tensor]
 VAL, POOL = fixed_k_problems(1, 6), fixed_k_problems(2, 8)
 
 
-def _oracle_rank(rank, out):
+# NeMo RL's MoE recipes: the all-to-all dispatcher, the router frozen (freeze_moe_router: true)
+MOE_SPEC = SPEC.model_copy(update={"num_experts": 4, "moe_dispatcher": "alltoall"})
+# megatron-core rounds router probabilities to float32 whatever the model's dtype: 16u (see
+# tests/engine/test_oracle.py), not the 1e-9 of a float64 dense model
+RTOL_MOE = 16 * 2.0 ** -24
+
+
+def nemo_rl_policy(spec: ModelSpec):
+    """The model as NeMo RL's worker holds it: a frozen MoE router (its megatron_cfg default),
+    then megatron's DDP."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    from nemo_gradalign.megatron.model import build_gpt
+
+    module = build_gpt(spec)
+    for name, param in module.named_parameters():
+        if ".router." in name:
+            param.requires_grad_(False)
+    return DistributedDataParallel(module.config, DistributedDataParallelConfig(grad_reduce_in_fp32=False), module)
+
+
+def _oracle_rank(rank, out, spec=SPEC):
     parallel.init_distributed(parallel.Layout())
-    torch.save(oracle_scores(Policy(SPEC).model.module, VAL, POOL, **ORACLE_LOSS), out)
+    torch.save(oracle_scores(nemo_rl_policy(spec).module, VAL, POOL, **ORACLE_LOSS), out)
 
 
-def _worker_rank(rank, layout, out):
+def _worker_rank(rank, layout, out, spec=SPEC):
     from megatron.core import parallel_state as ps
 
     parallel.init_distributed(layout)
-    policy = Policy(SPEC)
+    spec = spec.model_copy(update={"sequence_parallel": layout.tp > 1 and spec.num_experts is not None})
+    policy = Policy(spec) if spec.num_experts is None else type("P", (), {"model": nemo_rl_policy(spec)})
     logic = GradAlignWorkerLogic(policy.model, CFG, LOSS)
     dp, d = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     shard = lambda items: items[d * len(items) // dp:(d + 1) * len(items) // dp]  # contiguous, whole groups
@@ -115,4 +137,22 @@ def test_worker_logic_matches_oracle_at_tp2_and_tp2_dp2(tmp_path):
         got = torch.load(tmp_path / "w.pt")
         for key, want in (("dot", o_dot), ("sqnorm", o_sq), ("cosine", o_cos)):
             assert_close_rel(got[key], want, rtol=1e-9, floor=1e-4 * float(want.abs().max()))
+        assert got["informative"].tolist() == o_nonzero.tolist()
+
+
+@pytest.mark.slow
+def test_worker_logic_matches_oracle_with_expert_parallelism(tmp_path):
+    """MoE as NeMo RL's recipes run it (all-to-all dispatcher, frozen router, ETP=1, SP with TP):
+    each DP rank holds its own groups, the EP group's replicas score them together and each rank
+    returns its own. EP=2 at TP=1; EP=2 with TP=2×SP (the EP group is the TP group); EP=4 with
+    TP=2×SP (two replicas in one EP group, each with other groups)."""
+    parallel.spawn(_oracle_rank, 1, str(tmp_path / "oracle.pt"), MOE_SPEC)
+    o_dot, o_sq, o_cos, o_nonzero = torch.load(tmp_path / "oracle.pt")
+    for layout in (parallel.Layout(dp=2, ep=2), parallel.Layout(tp=2, dp=2, ep=2, etp=1),
+                   parallel.Layout(tp=2, dp=2, ep=4, etp=1)):
+        parallel.spawn(_worker_rank, layout.world_size, layout, str(tmp_path / "w.pt"), MOE_SPEC)
+        got = torch.load(tmp_path / "w.pt")
+        for key, want in (("dot", o_dot), ("sqnorm", o_sq), ("cosine", o_cos)):
+            worst = assert_close_rel(got[key], want, rtol=RTOL_MOE, floor=1e-4 * float(want.abs().max()))
+            print(f"{layout} {key}: max relative error {worst:.2e}")
         assert got["informative"].tolist() == o_nonzero.tolist()

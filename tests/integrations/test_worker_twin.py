@@ -70,6 +70,7 @@ class Host:
 
         gen = torch.Generator().manual_seed(1000 * step + ps.get_data_parallel_rank())
         batches = iter([torch.randint(1, SPEC.vocab_size, (2, 9), generator=gen) for _ in range(3)])  # 8 tokens: divisible by TP
+        # (with EP, DP ranks of one EP group train different tokens, as in NeMo RL)
         def forward_step(_iterator, model):
             tokens = next(batches)
             batch = slice_for_this_cp_rank({  # CP: this rank's zig-zag share, megatron's own slicing
@@ -90,6 +91,7 @@ class Host:
 
     def state(self) -> list[torch.Tensor]:
         tensors = [p.detach().clone() for p in self.model.parameters()]
+        tensors += [b.clone() for b in self.model.module.buffers()]  # e.g. a MoE router's expert bias
         for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
             for group in opt.optimizer.state.values():
                 tensors += [v.clone() for v in group.values() if torch.is_tensor(v)]
@@ -111,9 +113,14 @@ def gradalign_scores(host: Host) -> None:
         assert getattr(host.config, name) is value, f"{name} was not restored"
 
 
+# NeMo RL's MoE recipes: all-to-all dispatch; aux-loss-free balancing (a router bias moved by the
+# step from the tokens each expert got), which a scoring forward must not count
+MOE = {"num_experts": 4, "moe_dispatcher": "alltoall", "moe_expert_bias": True}
+
+
 def _twin_rank(rank, layout, out, sequence_parallel):
     parallel.init_distributed(layout)
-    spec = SPEC.model_copy(update={"sequence_parallel": sequence_parallel})
+    spec = SPEC.model_copy(update={"sequence_parallel": sequence_parallel, **(MOE if layout.ep > 1 else {})})
     same = []
     for options in DDP_CONFIGS:
         plain = Host(options, spec)
@@ -135,7 +142,8 @@ def _twin_rank(rank, layout, out, sequence_parallel):
     (parallel.Layout(dp=2), False),  # the fast tier's twin
     *(pytest.param(layout, sp, marks=pytest.mark.slow) for layout, sp in (
         (parallel.Layout(tp=2, dp=2), False), (parallel.Layout(pp=2, dp=2), False),
-        (parallel.Layout(tp=2, dp=2), True), (parallel.Layout(cp=2, dp=2), False))),
+        (parallel.Layout(tp=2, dp=2), True), (parallel.Layout(cp=2, dp=2), False),
+        (parallel.Layout(dp=2, ep=2), False), (parallel.Layout(tp=2, dp=2, ep=4, etp=1), True))),
 ], ids=lambda v: str(v) if isinstance(v, parallel.Layout) else ("SP" if v else ""))
 def test_scoring_leaves_the_hosts_training_bit_identical(layout, sequence_parallel, tmp_path):
     parallel.spawn(_twin_rank, layout.world_size, layout, str(tmp_path / "twin.pt"), sequence_parallel)

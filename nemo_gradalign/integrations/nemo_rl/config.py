@@ -142,11 +142,9 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     refuse(f"{mc}.enabled", lambda v: not v, "GradAlign scores on the Megatron policy worker (the "
            "DTensor backend is not supported)", False)
     refuse("policy.dtensor_cfg.enabled", bool, "the DTensor backend is not supported", False)
-    refuse(f"{mc}.expert_model_parallel_size", lambda v: int(v) > 1, "expert parallel is not supported "
-           "inside NeMo RL yet: an expert-parallel group must score the same groups together, while the "
-           "driver shards groups over every data-parallel rank (the engine's EP rule is exact)", 1)
-    refuse(f"{mc}.expert_tensor_parallel_size", lambda v: int(v) > 1, "expert tensor parallel is not "
-           "supported", 1)
+    found += expert_refusals(master_config)
+    refuse("policy.quant_cfg", lambda v: v is not None, "ModelOpt quantization-aware training runs upstream's "
+           "MegatronQuantPolicyWorker, which GradAlign's worker does not extend")
     refuse(f"{mc}.fp8_cfg.enabled", bool, "fp8 training is not supported", False)
     refuse(f"{mc}.peft.enabled", bool, "LoRA trains the adapters: scoring that gradient exactly is not verified "
            "yet", False)
@@ -162,6 +160,37 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
         found.append(f"gradalign.schedule={cfg.schedule!r}: inside NeMo RL the 'step' (select at "
                      "dynamic_sampling each step) and 'memory' (the training loader's sampler picks) "
                      "schedules are supported")
+    return found
+
+
+def expert_refusals(master_config: Any) -> list[str]:
+    """MoE recipes the separate scoring pass cannot score as the trainer trains them (the EP
+    group scores its replicas' groups in lockstep: megatron/expert_lockstep.py, engine/rules.py)."""
+    mc = "policy.megatron_cfg"
+    ep = int(lookup(master_config, f"{mc}.expert_model_parallel_size", 1) or 1)
+    if ep == 1:
+        return []
+    tp = int(lookup(master_config, f"{mc}.tensor_model_parallel_size", 1) or 1)
+    etp = int(lookup(master_config, f"{mc}.expert_tensor_parallel_size", None) or tp)
+    cp = int(lookup(master_config, f"{mc}.context_parallel_size", 1) or 1)
+    found = []
+    if cp > 1:
+        found.append(f"{mc}.context_parallel_size={cp}: with expert_model_parallel_size={ep}, megatron folds CP "
+                     "into the experts' data-parallel ranks, whose per-problem sums are not verified exact")
+    if tp % etp or (ep * etp) % tp:
+        found.append(f"{mc}.expert_tensor_parallel_size={etp}: with tensor_model_parallel_size={tp} and "
+                     f"expert_model_parallel_size={ep} an expert-parallel group does not hold whole model replicas "
+                     "(TP must be divisible by ETP and EP×ETP by TP): a problem's expert gradient would be split")
+    if lookup(master_config, f"{mc}.moe_token_dispatcher_type", "alltoall") == "flex":
+        found.append(f"{mc}.moe_token_dispatcher_type='flex': DeepEP/HybridEP dispatch is GPU-only and not verified "
+                     "exact here; use 'alltoall' (upstream's default) or 'allgather'")
+    balancing = lookup(master_config, f"{mc}.moe_router_load_balancing_type", "none")
+    if any(kind != "none" for kind in (balancing if isinstance(balancing, list) else [balancing])):
+        found.append(f"{mc}.moe_router_load_balancing_type={balancing!r}: the auxiliary loss adds its gradient to "
+                     "the trainer's, which the scoring pass does not compute; use 'none' (upstream's default)")
+    if lookup(master_config, "policy.router_replay.enabled", False):
+        found.append("policy.router_replay.enabled=True: training replays the generation's expert choices, the "
+                     "scoring pass routes with the router: not the trained gradient")
     return found
 
 

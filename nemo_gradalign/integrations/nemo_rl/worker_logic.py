@@ -5,6 +5,8 @@ whole groups with OUR engine — the same code the CPU tests run.
 NeMo RL batches are group-contiguous: rows [g·G, (g+1)·G) are the G generations of prompt g.
 ``run_all_workers_sharded_data`` hands each data-parallel rank its own whole groups, so the engine
 runs with ``split_problems=False``: scores stay local, the validation gradient is summed over DP.
+Under expert parallelism the replicas of one EP group first join their groups and score them
+together (megatron/expert_lockstep.py); each rank returns its own groups' scores.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from nemo_gradalign import grpo
 from nemo_gradalign.config import GradAlignConfig
 from nemo_gradalign.engine import EngineGroups, GradientEngine, ReferenceGradient
+from nemo_gradalign.megatron.expert_lockstep import check_router_losses, gather_expert_group
 from nemo_gradalign.megatron.problem_runner import LossSettings, ProblemRunner
 from nemo_gradalign.rollouts import ProblemRollouts
 
@@ -51,6 +54,7 @@ class GradAlignWorkerLogic:
     def __init__(self, model, cfg: GradAlignConfig, loss: dict, named_parameters=None,
                  groups: EngineGroups | None = None):
         loss = LossSettings(**loss)
+        check_router_losses(model)
         module = getattr(model, "module", model)
         named = list(named_parameters if named_parameters is not None else module.named_parameters())
         self.cfg = cfg
@@ -64,8 +68,8 @@ class GradAlignWorkerLogic:
 
     def build_reference(self, data: dict, group_size: int, step: int) -> dict:
         """Rebuild G from this rank's share of validation groups (DP-summed); returns metrics."""
-        groups = groups_from_batch(data["input_ids"], data["input_lengths"], data["token_mask"],
-                                   data["total_reward"], group_size)
+        groups = gather_expert_group(groups_from_batch(data["input_ids"], data["input_lengths"],
+                                                       data["token_mask"], data["total_reward"], group_size)).problems
         if self.reference is None:
             self.reference = self.engine.build_reference(groups, self.reference_runner, step)
         else:
@@ -79,11 +83,12 @@ class GradAlignWorkerLogic:
         """Per group of this rank's share: ⟨g, Ĝ⟩, ‖g‖², cosine and whether g can be non-zero."""
         if self.reference is None:
             raise RuntimeError("build_reference must run before score")
-        groups = groups_from_batch(data["input_ids"], data["input_lengths"], data["token_mask"],
-                                   data["total_reward"], group_size)
-        stats = self.engine.score(groups, self.runner, self.reference)
-        return {"dot": stats.dot, "sqnorm": stats.sqnorm, "cosine": stats.cosine(),
-                "informative": stats.informative}
+        lockstep = gather_expert_group(groups_from_batch(data["input_ids"], data["input_lengths"],
+                                                         data["token_mask"], data["total_reward"], group_size))
+        stats = self.engine.score(lockstep.problems, self.runner, self.reference)
+        mine = lockstep.mine
+        return {"dot": stats.dot[mine], "sqnorm": stats.sqnorm[mine], "cosine": stats.cosine()[mine],
+                "informative": stats.informative[mine]}
 
     def state_dict(self) -> dict:
         return {"reference": self.reference.state_dict() if self.reference else None}
