@@ -31,15 +31,16 @@ class EngineGroups:
     vp_size: int = 1
     context_parallel: object | None = None  # ranks holding zig-zag shares of the same sequences
     cp_size: int = 1
+    cp_rank: int = 0
 
     @classmethod
     def from_megatron(cls) -> "EngineGroups":
         """megatron's groups. With expert parallelism, one problem runs on a whole EP group:
         partials are summed over the expert layout's ETP×EP×PP ranks and problems are split over
-        expert-data-parallel. The EP group must hold whole model replicas (TP divisible by ETP, EP×ETP
-        by TP — megatron's default ETP = TP, NeMo RL's ETP = 1 with EP a multiple of TP):
-        then dense parameters are counted in its first replica and every token reaches the
-        experts once per replica (engine/rules.py)."""
+        expert-data-parallel. The EP group must hold whole model replicas of TP×CP ranks (TP
+        divisible by ETP, EP×ETP by TP×CP — megatron's default ETP = TP, NeMo RL's ETP = 1 with EP
+        a multiple of TP×CP): then dense parameters are counted in its first replica and every
+        token reaches the experts once per replica (engine/rules.py)."""
         from megatron.core import parallel_state as ps
 
         ep = ps.get_expert_model_parallel_world_size()
@@ -51,6 +52,7 @@ class EngineGroups:
         return cls(
             context_parallel=ps.get_context_parallel_group() if cp > 1 else None,
             cp_size=cp,
+            cp_rank=ps.get_context_parallel_rank(),
             model_parallel=ps.get_expert_tensor_model_pipeline_parallel_group() if ep > 1
             else ps.get_model_parallel_group(),
             data_parallel=ps.get_expert_data_parallel_group() if ep > 1 else ps.get_data_parallel_group(),
@@ -70,12 +72,12 @@ class EngineGroups:
     def replicas_per_expert_group(self) -> int:
         """Model replicas in one expert-parallel group: how many times each token of a problem
         reaches the experts when the whole group runs that problem (1 without EP)."""
-        return self.ep_size * self.etp_size // self.tp_size if self.ep_size > 1 else 1
+        return self.ep_size * self.etp_size // (self.tp_size * self.cp_size) if self.ep_size > 1 else 1
 
     @property
     def counts_dense(self) -> bool:
         """This rank's dense parameters are counted: it lies in its EP group's first replica."""
-        return self.ep_size == 1 or self.ep_rank * self.etp_size // self.tp_size == 0
+        return self.ep_size == 1 or self.ep_rank * self.etp_size // (self.tp_size * self.cp_size) == 0
 
     @property
     def dp_size(self) -> int:
@@ -115,18 +117,14 @@ def _check_expert_layout(tp: int, ep: int, etp: int, cp: int) -> None:
     """Refuse expert layouts whose per-problem sums this engine has no rule for."""
     from megatron.core import parallel_state as ps
 
-    if cp > 1:
+    if tp % etp or (ep * etp) % (tp * cp):
         raise UnsupportedLayout(
-            f"context_parallel_size={cp} with expert_model_parallel_size={ep}: megatron folds CP "
-            "into the expert layout's data-parallel ranks, whose per-problem sums were not "
-            "verified exact; use one of them")
-    if tp % etp or (ep * etp) % tp:
-        raise UnsupportedLayout(
-            f"expert_tensor_parallel_size={etp}, expert_model_parallel_size={ep}, TP={tp}: an "
+            f"expert_tensor_parallel_size={etp}, expert_model_parallel_size={ep}, TP={tp}, CP={cp}: an "
             "expert-parallel group must hold whole model replicas (TP divisible by ETP and EP×ETP by "
-            "TP), else one problem's expert gradient is split over expert-data-parallel ranks; not exact")
+            "TP×CP), else one problem's expert gradient is split over expert-data-parallel ranks; not exact")
     lockstep = set(dist.get_process_group_ranks(ps.get_expert_tensor_model_pipeline_parallel_group()))
-    if not set(dist.get_process_group_ranks(ps.get_model_parallel_group())) <= lockstep:
+    replica = [ps.get_model_parallel_group()] + ([ps.get_context_parallel_group()] if cp > 1 else [])
+    if not all(set(dist.get_process_group_ranks(group)) <= lockstep for group in replica):
         raise UnsupportedLayout(
-            "megatron's rank order put this rank's TP×PP ranks outside its expert ETP×EP×PP group: "
+            "megatron's rank order put this rank's TP×CP×PP ranks outside its expert ETP×EP×PP group: "
             "the dense and expert partials would not add up in one reduction; use the default order tp-cp-ep-dp-pp")

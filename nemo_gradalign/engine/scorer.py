@@ -133,7 +133,8 @@ class GradientEngine:
         grads are partial over TP, summed by one small all-reduce; expert grads saw each token
         once per replica in the expert-parallel group, divided by that count; a word embedding tied across pipeline
         stages holds half of its grad on each end, summed over the embedding group; under
-        context parallelism each rank's grads are its tokens' share, summed over CP — the full
+        context parallelism each rank's grads are its tokens' share, summed over CP (with EP the
+        dense ones only: the EP group spans the CP ranks, so the experts saw every chunk) — the full
         gradient's all-reduce, per problem, as ‖g‖² needs (megatron's DDP sums the same grads
         over its data×context-parallel group once per step)."""
         if self.groups.ep_size > 1:
@@ -141,7 +142,14 @@ class GradientEngine:
                 local_grad(param).div_(self.groups.replicas_per_expert_group)
         _sum_grads(self.counted.sequence_parallel, self.groups.sum_tensor_parallel)
         _sum_grads(self.counted.tied_embedding, self.groups.sum_embedding)
-        if self.groups.cp_size > 1:
+        if self.groups.cp_size > 1 and self.groups.ep_size > 1:  # experts already saw every CP chunk
+            experts = {id(p) for p in self.counted.experts}
+            dense = [p for p in self.counted.params if id(p) not in experts]
+            _sum_grads(dense, self.groups.sum_context_parallel)
+            if self.groups.cp_rank != 0:  # the expert reduction spans the CP ranks: count the sum once
+                for param in dense:
+                    local_grad(param).zero_()
+        elif self.groups.cp_size > 1:
             if self.flat is not None:
                 sum_in_place(self.flat.counted, self.groups.sum_context_parallel)
             else:

@@ -144,13 +144,16 @@ def test_engine_matches_oracle_with_sequence_parallelism(layout, oracle, tmp_pat
     (parallel.Layout(dp=2, ep=2), "allgather"), (parallel.Layout(dp=2, ep=2), "alltoall"),
     (parallel.Layout(tp=2, dp=2, ep=2), "allgather"),
     (parallel.Layout(tp=2, dp=2, ep=2, etp=1), "alltoall"), (parallel.Layout(tp=2, dp=2, ep=4, etp=1), "alltoall"),
+    (parallel.Layout(cp=2, dp=2, ep=2), "alltoall"), (parallel.Layout(cp=2, dp=2, ep=4), "alltoall"),
 ], ids=lambda v: str(v))
 def test_engine_matches_oracle_with_expert_parallelism(layout, dispatcher, oracle, tmp_path):
     """MoE, 4 experts: the EP group runs each problem together; dense parameters count once (in
     the group's first replica), experts where they live, divided by the replicas in the group.
     With TP=2 sequence parallelism is on, as megatron-core requires for MoE with TP>1. ETP=TP
     (megatron's default): experts TP-sharded, one replica per EP rank. ETP=1 (NeMo RL's default):
-    whole experts; EP=2 is the TP group itself (1 replica), EP=4 spans two TP=2 replicas."""
+    whole experts; EP=2 is the TP group itself (1 replica), EP=4 spans two TP=2 replicas. CP=2:
+    the EP group spans the CP ranks (a replica is its CP pair): dense grads summed over CP, experts
+    not (they saw both chunks)."""
     _check_against_oracle(layout, oracle, tmp_path, ddp=True, sequence_parallel=layout.tp > 1,
                           dispatcher=dispatcher)
 

@@ -145,11 +145,11 @@ def test_worker_logic_matches_oracle_with_expert_parallelism(tmp_path):
     """MoE as NeMo RL's recipes run it (all-to-all dispatcher, frozen router, ETP=1, SP with TP):
     each DP rank holds its own groups, the EP group's replicas score them together and each rank
     returns its own. EP=2 at TP=1; EP=2 with TP=2×SP (the EP group is the TP group); EP=4 with
-    TP=2×SP (two replicas in one EP group, each with other groups)."""
+    TP=2×SP, and with CP=2 (two replicas in one EP group, each with other groups)."""
     parallel.spawn(_oracle_rank, 1, str(tmp_path / "oracle.pt"), MOE_SPEC)
     o_dot, o_sq, o_cos, o_nonzero = torch.load(tmp_path / "oracle.pt")
     for layout in (parallel.Layout(dp=2, ep=2), parallel.Layout(tp=2, dp=2, ep=2, etp=1),
-                   parallel.Layout(tp=2, dp=2, ep=4, etp=1)):
+                   parallel.Layout(tp=2, dp=2, ep=4, etp=1), parallel.Layout(cp=2, dp=2, ep=4)):
         parallel.spawn(_worker_rank, layout.world_size, layout, str(tmp_path / "w.pt"), MOE_SPEC)
         got = torch.load(tmp_path / "w.pt")
         for key, want in (("dot", o_dot), ("sqnorm", o_sq), ("cosine", o_cos)):

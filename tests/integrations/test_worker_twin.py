@@ -11,7 +11,9 @@ training step shaped like the worker's ``train()``. Then
     score → train → score → train   ==   train → train
 
 for weights and optimizer state, bit for bit, at DP=2, TP=2×DP=2, PP=2×DP=2, TP=2×DP=2 with
-sequence parallelism and CP=2×DP=2 (DDP then reduces over data × context parallel). Scoring first is
+sequence parallelism and CP=2×DP=2 (DDP then reduces over data × context parallel), and MoE as NeMo RL
+runs it (all-to-all dispatch, aux-loss-free router bias) at DP=2×EP=2, TP=2×EP=4 (ETP=1, SP) and
+CP=2×EP=4 — weights, optimizer state and module buffers (the router's token counts). Scoring first is
 the case of NeMo RL's step 1 (dynamic_sampling runs before the first ``train()``). The
 distributed optimizer needs CUDA tensors in megatron-core and is not run here.
 """
@@ -143,7 +145,8 @@ def _twin_rank(rank, layout, out, sequence_parallel):
     *(pytest.param(layout, sp, marks=pytest.mark.slow) for layout, sp in (
         (parallel.Layout(tp=2, dp=2), False), (parallel.Layout(pp=2, dp=2), False),
         (parallel.Layout(tp=2, dp=2), True), (parallel.Layout(cp=2, dp=2), False),
-        (parallel.Layout(dp=2, ep=2), False), (parallel.Layout(tp=2, dp=2, ep=4, etp=1), True))),
+        (parallel.Layout(dp=2, ep=2), False), (parallel.Layout(tp=2, dp=2, ep=4, etp=1), True),
+        (parallel.Layout(cp=2, dp=2, ep=4), False))),
 ], ids=lambda v: str(v) if isinstance(v, parallel.Layout) else ("SP" if v else ""))
 def test_scoring_leaves_the_hosts_training_bit_identical(layout, sequence_parallel, tmp_path):
     parallel.spawn(_twin_rank, layout.world_size, layout, str(tmp_path / "twin.pt"), sequence_parallel)

@@ -174,13 +174,11 @@ def expert_refusals(master_config: Any) -> list[str]:
     etp = int(lookup(master_config, f"{mc}.expert_tensor_parallel_size", None) or tp)
     cp = int(lookup(master_config, f"{mc}.context_parallel_size", 1) or 1)
     found = []
-    if cp > 1:
-        found.append(f"{mc}.context_parallel_size={cp}: with expert_model_parallel_size={ep}, megatron folds CP "
-                     "into the experts' data-parallel ranks, whose per-problem sums are not verified exact")
-    if tp % etp or (ep * etp) % tp:
-        found.append(f"{mc}.expert_tensor_parallel_size={etp}: with tensor_model_parallel_size={tp} and "
-                     f"expert_model_parallel_size={ep} an expert-parallel group does not hold whole model replicas "
-                     "(TP must be divisible by ETP and EP×ETP by TP): a problem's expert gradient would be split")
+    if tp % etp or (ep * etp) % (tp * cp):
+        found.append(f"{mc}.expert_tensor_parallel_size={etp}: with tensor_model_parallel_size={tp}, "
+                     f"context_parallel_size={cp} and expert_model_parallel_size={ep} an expert-parallel group does "
+                     "not hold whole model replicas (TP must be divisible by ETP and EP×ETP by TP×CP): a problem's "
+                     "expert gradient would be split")
     if lookup(master_config, f"{mc}.moe_token_dispatcher_type", "alltoall") == "flex":
         found.append(f"{mc}.moe_token_dispatcher_type='flex': DeepEP/HybridEP dispatch is GPU-only and not verified "
                      "exact here; use 'alltoall' (upstream's default) or 'allgather'")
