@@ -28,6 +28,16 @@ class TrustedMixSampler(AlignmentMemorySampler):
         seed = np.random.SeedSequence([self.config.seed, 0x706F6F6C, index])
         return np.argsort(self.keys, kind="stable")[np.random.Generator(np.random.PCG64(seed)).permutation(self.num_problems)]
 
+    def __iter__(self):
+        """As the memory sampler's, with each step's trusted and pool rows interleaved so every
+        prefix of a batch holds the share (± one row): async GRPO's collector, when it gap-fills
+        a target, generates only a batch's first prompts."""
+        while self.position < self.steps_per_epoch:
+            pool = [int(i) for i in self.next_step().problem_ids]
+            trusted = [self.num_problems + j for j in self.last_trusted]
+            yield from interleaved(pool, trusted)
+        self.epoch, self.position = self.epoch + 1, 0
+
     def next_step(self) -> StepPlan:
         """The next ``batch_size`` problems of the passes (``step`` steps of them were handed out)."""
         picks, passes, start = [], {}, self.step * self.batch_size
@@ -42,3 +52,17 @@ class TrustedMixSampler(AlignmentMemorySampler):
         self.last_plan = plan
         self.last_trusted = self.trusted.next()
         return plan
+
+
+def interleaved(first: list, second: list) -> list:
+    """``first`` and ``second`` merged in order so that every prefix of length k holds
+    round(k·len(second)/n) items of ``second`` (n the total)."""
+    n, out, taken = len(first) + len(second), [], 0
+    for k in range(1, n + 1):
+        want = (2 * k * len(second) + n) // (2 * n) if n else 0
+        if want > taken:
+            out.append(second[taken])
+            taken += 1
+        else:
+            out.append(first[k - 1 - taken])
+    return out

@@ -128,8 +128,6 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
         if bad(value):
             found.append(f"{path}={value!r}: {why}")
 
-    refuse("grpo.async_grpo.enabled", bool, "GradAlign's sampler and feedback run in synchronous GRPO only "
-           "(async GRPO has no dynamic_sampling step to select at); run synchronous GRPO", False)
     refuse("data_plane.enabled", bool, "the data-plane trainer applies its own filtering; disable it", False)
     refuse("env.should_use_nemo_gym", bool, "NeMo-Gym's rollout (run_nemo_gym_rollout_sync) rebuilds "
            "the batch from fixed keys; GradAlign cannot generate the validation prompts apart there", False)
@@ -139,6 +137,9 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     found += trusted_refusals(master_config, cfg)
     if not cfg.steer:  # the trusted mix scores nothing: only the loop's shape matters
         return found
+    refuse("grpo.async_grpo.enabled", bool, "the steered flag's sampler and feedback run in synchronous GRPO only "
+           "(async GRPO's collector draws in another process, with no dynamic_sampling step to score at); run "
+           "synchronous GRPO, or gradalign.steer=false (the trusted mix runs in async GRPO)", False)
     refuse(f"{mc}.enabled", lambda v: not v, "GradAlign scores on the Megatron policy worker (the "
            "DTensor backend is not supported)", False)
     refuse("policy.dtensor_cfg.enabled", bool, "the DTensor backend is not supported", False)

@@ -49,9 +49,15 @@ def trusted_cost_line(master_config, cfg: GradAlignConfig, draw) -> str:
     source = ("gradalign.validation.dataset" if cfg.validation.dataset is not None else
               "the validation rows NeMo RL never evaluates")
     if not cfg.steer:
-        return (f"gradalign: the trusted mix (gradalign.steer=false): {draw.per_step} of each step's {prompts} prompts "
+        line = (f"gradalign: the trusted mix (gradalign.steer=false): {draw.per_step} of each step's {prompts} prompts "
                 f"come from {source} ({draw.keys.size:,} problems), the other {prompts - draw.per_step} from the pool "
                 "in seeded shuffled passes; no G, nothing scored")
+        if lookup(master_config, "grpo.async_grpo.enabled", False):
+            age = lookup(master_config, "grpo.async_grpo.max_trajectory_age_steps", None)
+            line += (f"; async GRPO: the trajectory collector draws the batches ahead of training (trained up to "
+                     f"{age} steps after they were drawn), trusted and pool prompts interleaved so a gap-filled "
+                     "batch keeps the share; its saved loader state resumes the draw")
+        return line
     return (f"gradalign: the trusted set trains and steers: {draw.per_step} of each step's {prompts} prompts come "
             f"from {source} ({draw.keys.size:,} problems), the memory picks the other "
             f"{prompts - draw.per_step}; G from their groups every {cfg.refresh_every} step(s): 0 responses "
