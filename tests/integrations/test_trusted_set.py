@@ -65,6 +65,11 @@ def test_the_flag_alone_trains_a_trusted_share_under_the_memory_schedule():
         "++data.num_workers=0"]
     with pytest.raises(ConfigError, match="grpo.async_grpo.enabled=True.*gradalign.steer=false"):
         preflight(recipe("gradalign.enabled=true", "grpo.async_grpo.enabled=true"))
+    # the data-plane trainer draws from the same loader (and saves its state the same way)
+    assert preflight(recipe("gradalign.enabled=true", "gradalign.steer=false", "++data_plane.enabled=true")) == [
+        "++data.num_workers=0"]
+    with pytest.raises(ConfigError, match="data_plane.enabled=True.*gradalign.steer=false"):
+        preflight(recipe("gradalign.enabled=true", "++data_plane.enabled=true"))
     step = recipe("gradalign.enabled=true", "gradalign.schedule=step", "gradalign.validation.dataset=/data/t.jsonl")
     assert read_gradalign(step).validation.train_share == 0.0  # the step schedule has no trusted share
 

@@ -128,7 +128,6 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
         if bad(value):
             found.append(f"{path}={value!r}: {why}")
 
-    refuse("data_plane.enabled", bool, "the data-plane trainer applies its own filtering; disable it", False)
     refuse("env.should_use_nemo_gym", bool, "NeMo-Gym's rollout (run_nemo_gym_rollout_sync) rebuilds "
            "the batch from fixed keys; GradAlign cannot generate the validation prompts apart there", False)
     refuse("data.use_multiple_dataloader", bool, "multiple dataloaders are not supported", False)
@@ -140,6 +139,9 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     refuse("grpo.async_grpo.enabled", bool, "the steered flag's sampler and feedback run in synchronous GRPO only "
            "(async GRPO's collector draws in another process, with no dynamic_sampling step to score at); run "
            "synchronous GRPO, or gradalign.steer=false (the trusted mix runs in async GRPO)", False)
+    refuse("data_plane.enabled", bool, "the data-plane trainer (grpo_train_sync) has no dynamic_sampling step to "
+           "score at and its own policy class; disable it, or use gradalign.steer=false (the trusted mix runs there: "
+           "it only replaces the loader both trainers draw from)", False)
     refuse(f"{mc}.enabled", lambda v: not v, "GradAlign scores on the Megatron policy worker (the "
            "DTensor backend is not supported)", False)
     refuse("policy.dtensor_cfg.enabled", bool, "the DTensor backend is not supported", False)
