@@ -171,3 +171,29 @@ def test_real_entry_refuses_before_anything_starts(override, named):
     assert proc.returncode != 0 and named in proc.stderr, proc.stderr[-2000:]
     assert "nothing was started" in proc.stderr and "Ray" not in proc.stdout
     assert seconds < 15, f"refusal took {seconds:.1f}s"
+
+
+def test_vision_and_audio_recipes_run_the_trusted_mix_through_upstreams_vlm_script():
+    """steer=false runs them (only the loader is replaced; its rows are the recipe's own), started with
+    run_vlm_grpo.py as upstream starts them; the steered flag cannot score images or audio."""
+    pytest.importorskip("nemo_rl.utils.config", reason="NeMo RL source not on PYTHONPATH")
+    from nemo_gradalign.integrations.nemo_rl.__main__ import upstream_script
+    from nemo_gradalign.integrations.nemo_rl.preflight import resolved_recipe
+
+    vlm = ("gradalign.enabled=true", "gradalign.steer=false", "++data.default.processor=vlm_hf_data_processor")
+    assert preflight(recipe(*vlm)) == ["++data.num_workers=0"]
+    assert upstream_script(recipe(*vlm)) == "run_vlm_grpo.py" and upstream_script(recipe()) == "run_grpo.py"
+    with pytest.raises(ConfigError, match="gradalign.validation.dataset='/data/t.jsonl': a named trusted set is read as text"):
+        preflight(recipe(*vlm, "++gradalign.validation.dataset=/data/t.jsonl"))
+    upstream_vlm = ROOT / "examples" / "configs" / "vlm_grpo_3B_megatron.yaml"
+    if not upstream_vlm.is_file():
+        pytest.skip("upstream's VLM recipe is not in this checkout")
+    real = resolved_recipe(str(ROOT / "examples" / "run_grpo.py"), ["--config", str(upstream_vlm), *vlm[:2]])
+    assert upstream_script(real) == "run_vlm_grpo.py" and preflight(real) == ["++data.num_workers=0"]
+    # run_vlm_grpo.py binds `setup` when it is run, after the entry has wrapped it
+    probe = ("import runpy, nemo_rl.algorithms.grpo as grpo\n"
+             "from nemo_gradalign.integrations.nemo_rl.entry import install_all\n"
+             f"install_all(); ns = runpy.run_path({str(ROOT / 'examples' / 'run_vlm_grpo.py')!r}, run_name='probe')\n"
+             "print(ns['setup'] is grpo.setup and hasattr(grpo.setup, '__gradalign_original__'))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip().endswith("True"), proc.stderr[-2000:]

@@ -2,7 +2,10 @@
 
 Checks the recipe first (preflight.py: every refusal before Ray or a GPU starts), installs
 GradAlign into the NeMo RL found on the path (the container's checkout) and runs that checkout's
-own ``examples/run_grpo.py`` with the same arguments plus the overrides preflight chose.
+own example script with the same arguments plus the overrides preflight chose: ``run_grpo.py``, or
+``run_vlm_grpo.py`` for the vision and audio recipes (``data.default.processor:
+vlm_hf_data_processor``), as upstream runs them. Both bind ``setup`` from ``nemo_rl.algorithms.grpo``
+when they are run, after GradAlign has wrapped it.
 """
 
 from __future__ import annotations
@@ -22,13 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     from nemo_gradalign.config import ConfigError
     from nemo_gradalign.integrations.nemo_rl.preflight import preflight, resolved_recipe
 
-    script = Path(nemo_rl.__file__).resolve().parents[1] / "examples" / "run_grpo.py"
-    if not script.is_file():
-        raise SystemExit(f"NeMo RL's examples/run_grpo.py not found next to {nemo_rl.__file__}; "
-                         "run from a NeMo RL source checkout (the NVIDIA container has one)")
+    examples = Path(nemo_rl.__file__).resolve().parents[1] / "examples"
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        extra = preflight(resolved_recipe(str(script), args))
+        recipe = resolved_recipe(str(_script(examples, "run_grpo.py")), args)
+        script = _script(examples, upstream_script(recipe))
+        extra = preflight(recipe)
     except ConfigError as err:
         raise SystemExit(f"GradAlign refuses this configuration (nothing was started):\n{err}") from None
 
@@ -37,6 +39,21 @@ def main(argv: list[str] | None = None) -> None:
     install_all()
     sys.argv = [str(script), *args, *extra]
     runpy.run_path(str(script), run_name="__main__")
+
+
+def upstream_script(recipe: dict) -> str:
+    """The example script upstream starts this recipe with."""
+    from nemo_gradalign.integrations.nemo_rl.config import VLM_PROCESSOR, lookup
+
+    return "run_vlm_grpo.py" if lookup(recipe, "data.default.processor", None) == VLM_PROCESSOR else "run_grpo.py"
+
+
+def _script(examples: Path, name: str) -> Path:
+    script = examples / name
+    if not script.is_file():
+        raise SystemExit(f"NeMo RL's examples/{name} not found in {examples}; run from a NeMo RL source "
+                         "checkout (the NVIDIA container has one)")
+    return script
 
 
 if __name__ == "__main__":

@@ -119,6 +119,9 @@ def in_pass_config_reason(master_config: Any, cfg: GradAlignConfig) -> str | Non
     return None
 
 
+VLM_PROCESSOR = "vlm_hf_data_processor"  # upstream starts these recipes with examples/run_vlm_grpo.py
+
+
 def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     mc = "policy.megatron_cfg"
     found = []
@@ -131,14 +134,15 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     refuse("env.should_use_nemo_gym", bool, "NeMo-Gym's rollout (run_nemo_gym_rollout_sync) rebuilds "
            "the batch from fixed keys; GradAlign cannot generate the validation prompts apart there", False)
     refuse("data.use_multiple_dataloader", bool, "multiple dataloaders are not supported", False)
-    refuse("data.default.processor", lambda v: v == "vlm_hf_data_processor", "vision and audio recipes run with "
-           "upstream's examples/run_vlm_grpo.py, and the entry starts run_grpo.py: not supported yet")
     found += trusted_refusals(master_config, cfg)
     if not cfg.steer:  # the trusted mix scores nothing: only the loop's shape matters
         return found
     refuse("grpo.async_grpo.enabled", bool, "the steered flag's sampler and feedback run in synchronous GRPO only "
            "(async GRPO's collector draws in another process, with no dynamic_sampling step to score at); run "
            "synchronous GRPO, or gradalign.steer=false (the trusted mix runs in async GRPO)", False)
+    refuse("data.default.processor", lambda v: v == VLM_PROCESSOR, "the scoring pass feeds the policy token ids "
+           "only, not the images or audio it trains on; use gradalign.steer=false (the trusted mix runs vision and "
+           "audio recipes, through upstream's run_vlm_grpo.py)")
     refuse("data_plane.enabled", bool, "the data-plane trainer (grpo_train_sync) has no dynamic_sampling step to "
            "score at and its own policy class; disable it, or use gradalign.steer=false (the trusted mix runs there: "
            "it only replaces the loader both trainers draw from)", False)

@@ -51,6 +51,10 @@ def refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     if not share or path is None:  # unnamed: the validation rows NeMo RL never evaluates (checked in setup)
         return []
     found = []
+    if lookup(master_config, "data.default.processor", None) == "vlm_hf_data_processor":
+        found.append(f"gradalign.validation.dataset={path!r}: a named trusted set is read as text (ResponseDataset), "
+                     "and this recipe's rows carry images or audio; leave it unset (the trusted share then comes "
+                     "from the validation rows NeMo RL never evaluates, read by the recipe's own dataset)")
     for block, what in (("validation", "which NeMo RL evaluates on"), ("train", "the pool itself")):
         for field, value in _named_data(master_config, block):
             if os.path.normpath(value) == os.path.normpath(path):
