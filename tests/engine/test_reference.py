@@ -150,13 +150,18 @@ def test_experts_with_tp_need_sequence_parallelism(sequence_parallel):
     setattr(expert, "tensor_model_parallel", True)
     setattr(expert, "allreduce", False)
     named = [("mlp.router.weight", router), ("mlp.experts.local_experts.0.linear_fc1.weight", expert)]
-    assert counted_params(named, 0, 1, 1, ep_rank=1, ep_size=2).experts == [expert]  # TP=1: no SP needed
+    # a rank outside its EP group's first replica counts no dense parameter, its experts still
+    second_replica = counted_params(named, 0, 1, 1, ep_size=2, counts_dense=False)
+    assert second_replica.experts == [expert] and second_replica.names == ["mlp.experts.local_experts.0.linear_fc1.weight"]
     if sequence_parallel:
-        on_rank1 = counted_params(named, 1, 2, 1, ep_rank=1, ep_size=2)
+        on_rank1 = counted_params(named, 1, 2, 1, ep_size=2, counts_dense=False)
         assert on_rank1.experts == [expert] and on_rank1.sequence_parallel == [router]
+        # an expert not marked as a TP shard (ETP=1 experts may not be) counts on expert-TP rank 0, whatever the TP rank
+        setattr(expert, "tensor_model_parallel", False)
+        assert counted_params(named, 1, 2, 1, ep_size=2, counts_dense=False, etp_rank=0).names == [named[1][0]]
     else:
         with pytest.raises(UnsupportedLayout, match="needs sequence parallelism"):
-            counted_params(named, 0, 2, 1, ep_rank=0, ep_size=2)
+            counted_params(named, 0, 2, 1, ep_size=2)
 
 
 @pytest.mark.slow

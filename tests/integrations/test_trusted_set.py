@@ -265,7 +265,9 @@ def test_entry_serves_the_trusted_share_through_setups_loader_and_generates_noth
     grpo = make_grpo(tmp_path, True)
 
     def setup(master_config, tokenizer, train, val_dataset, processor=None, policy_factory=None):
-        loader = StatefulDataLoader(train, batch_size=N, shuffle=True, collate_fn=collate, drop_last=True)
+        g = master_config["grpo"]  # upstream's sizing: q·N prompts a loader batch under dynamic sampling
+        size = int(N * g["batch_multiplier"]) if g["use_dynamic_sampling"] else N
+        loader = StatefulDataLoader(train, batch_size=size, shuffle=True, collate_fn=collate, drop_last=True)
         return ((policy_factory or Policy)(cluster="cluster", config={}), None, "cluster", loader, Stub([{"idx": 0}]),
                 "loss", "logger", CheckpointManager(tmp_path), {}, master_config)
 
@@ -302,3 +304,17 @@ def test_entry_serves_the_trusted_share_through_setups_loader_and_generates_noth
     idx = [list(b["idx"]) for _, b in zip(range(POOL // 2), result[3])]
     assert sorted(i for b in idx for i in b if i < POOL) == list(range(POOL))  # the pool's half: one pass
     assert all(sum(POOL <= i < POOL + 6 for i in b) == 2 and POOL <= b[0] for b in idx)  # interleaved, 2 trusted
+
+    # DAPO (dynamic sampling, batch_multiplier 2): each loader batch of 2N holds the share; upstream's
+    # dynamic sampling then keeps the groups with reward variance from both
+    dapo = master_config(enabled=True, schedule="memory", steer=False,
+                         validation={"dataset": _trusted_file(tmp_path), "train_share": 0.5})
+    dapo["grpo"].update(batch_multiplier=2, use_dynamic_sampling=True, num_prompts_per_step=N)
+    result = gradalign_setup(setup, make_grpo(tmp_path, True), {UPSTREAM_WORKER_FQN: "x"}, Policy, collate)(
+        dapo, TOKENIZER, pool, None)
+    assert "4 of each drawn batch's 8 prompts come from gradalign.validation.dataset" in capsys.readouterr().out
+    idx = [list(b["idx"]) for _, b in zip(range(POOL // 4), result[3])]
+    assert all(len(b) == 2 * N and sum(i >= POOL for i in b) == N for b in idx)
+    assert sorted(i for b in idx for i in b if i < POOL) == list(range(POOL))  # one pass of the pool
+    assert preflight(recipe("gradalign.enabled=true", "gradalign.steer=false", "grpo.use_dynamic_sampling=true",
+                            "grpo.batch_multiplier=3")) == ["++data.num_workers=0"]

@@ -28,3 +28,12 @@ def lookup(cfg: Any, dotted: str, default: Any = None) -> Any:
             return default
         node = section(node, part, None)
     return default if node is None else node
+
+
+def loader_prompts(cfg: Any) -> int:
+    """Prompts in one training-loader batch, as upstream's setup sizes it: N, or q·N when DAPO's
+    dynamic sampling draws batches of ``batch_multiplier`` q times a step's N."""
+    prompts = int(lookup(cfg, "grpo.num_prompts_per_step"))
+    if lookup(cfg, "grpo.use_dynamic_sampling", False):
+        return int(prompts * float(lookup(cfg, "grpo.batch_multiplier", 1)))
+    return prompts

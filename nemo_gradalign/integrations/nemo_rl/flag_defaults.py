@@ -23,14 +23,16 @@ def memory_defaults(master_config: Any, cfg: GradAlignConfig) -> dict[str, Any]:
     """``gradalign.schedule: memory`` generates what plain GRPO generates: the memory sampler picks
     N prompts before rollout, so dynamic sampling stays off and the multiplier 1 (both refused
     otherwise, naming the field). Its loader runs without worker processes (a worker would pick
-    batches ahead of the feedback and checkpoint a stale memory): ``data.num_workers`` becomes 0."""
+    batches ahead of the feedback and checkpoint a stale memory): ``data.num_workers`` becomes 0.
+    The trusted mix (``steer: false``) follows no feedback, so DAPO's dynamic sampling composes with it."""
     problems = []
-    if lookup(master_config, "grpo.use_dynamic_sampling", False):
+    # the trusted mix (steer=false) only replaces the loader: DAPO's refills draw more of its batches
+    if cfg.steer and lookup(master_config, "grpo.use_dynamic_sampling", False):
         problems.append("grpo.use_dynamic_sampling=true: gradalign.schedule=memory picks each step's N prompts "
                         "before rollout (plain GRPO's generation); DAPO's refills would draw loader batches the "
                         "memory does not follow. Set it to false (the memory already skips zero-gradient prompts)")
     multiplier = lookup(master_config, "grpo.batch_multiplier", 1)
-    if float(multiplier) != 1.0:
+    if cfg.steer and float(multiplier) != 1.0:
         problems.append(f"grpo.batch_multiplier={multiplier}: gradalign.schedule=memory draws N prompts a step; "
                         "set it to 1")
     if problems:

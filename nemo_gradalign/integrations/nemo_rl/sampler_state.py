@@ -113,14 +113,13 @@ def check_resume(checkpoint_dir, new_sampler) -> str | None:
 def trusted_draw(master_config, cfg, trusted_rows) -> TrustedDraw | None:
     """The trusted share of each step (trusted_set.py), its problems known by their raw rows' content;
     None without one. ConfigError naming the field when the share leaves no room."""
-    from nemo_gradalign.integrations.nemo_rl.config import lookup
+    from nemo_gradalign.integrations.nemo_rl.config_access import loader_prompts
 
     if trusted_rows is None:
         return None
     keys = keys_of(_row_bytes(row) for row in _hf_rows(trusted_rows))
     try:
-        return TrustedDraw.for_share(keys, cfg.validation.train_share,
-                                     int(lookup(master_config, "grpo.num_prompts_per_step")), cfg.memory.seed)
+        return TrustedDraw.for_share(keys, cfg.validation.train_share, loader_prompts(master_config), cfg.memory.seed)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
@@ -129,11 +128,12 @@ def checked_keys(master_config, cfg, dataset, trusted: TrustedDraw | None = None
                  log=lambda line: print(line, flush=True)) -> np.ndarray:
     """The training rows' keys, after checking the state this run resumes from (``check_resume``)."""
     from nemo_gradalign.integrations.nemo_rl.config import lookup
+    from nemo_gradalign.integrations.nemo_rl.config_access import loader_prompts
     from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler
 
     keys = dataset_keys(dataset)
     enabled = lookup(master_config, "checkpointing.enabled", False)
-    batch = int(lookup(master_config, "grpo.num_prompts_per_step")) - (trusted.per_step if trusted else 0)
+    batch = loader_prompts(master_config) - (trusted.per_step if trusted else 0)
 
     def fresh():
         draw = None if trusted is None else TrustedDraw(trusted.keys, trusted.per_step, trusted.seed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from nemo_gradalign.config import GradAlignConfig
 from nemo_gradalign.integrations.nemo_rl.config import lookup
+from nemo_gradalign.integrations.nemo_rl.config_access import loader_prompts
 
 WARN_ABOVE = 0.1  # of a step's generated responses
 
@@ -49,9 +50,14 @@ def trusted_cost_line(master_config, cfg: GradAlignConfig, draw) -> str:
     source = ("gradalign.validation.dataset" if cfg.validation.dataset is not None else
               "the validation rows NeMo RL never evaluates")
     if not cfg.steer:
-        line = (f"gradalign: the trusted mix (gradalign.steer=false): {draw.per_step} of each step's {prompts} prompts "
-                f"come from {source} ({draw.keys.size:,} problems), the other {prompts - draw.per_step} from the pool "
+        drawn = loader_prompts(master_config)
+        batch = f"each step's {prompts}" if drawn == prompts else f"each drawn batch's {drawn}"
+        line = (f"gradalign: the trusted mix (gradalign.steer=false): {draw.per_step} of {batch} prompts "
+                f"come from {source} ({draw.keys.size:,} problems), the other {drawn - draw.per_step} from the pool "
                 "in seeded shuffled passes; no G, nothing scored")
+        if drawn != prompts:
+            line += ("; DAPO's dynamic sampling then keeps the groups with reward variance from both, drawing "
+                     f"batches until {prompts} prompts are kept")
         if lookup(master_config, "grpo.async_grpo.enabled", False):
             age = lookup(master_config, "grpo.async_grpo.max_trajectory_age_steps", None)
             line += (f"; async GRPO: the trajectory collector draws the batches ahead of training (trained up to "
