@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from nemo_gradalign.engine.flat import FlatGradients, can_flatten
-from nemo_gradalign.engine.grads import accumulable, local_grad, zero_grads
+from nemo_gradalign.engine.grads import accumulable, local_grad, sum_grads, sum_in_place, zero_grads
 from nemo_gradalign.engine.groups import EngineGroups
 from nemo_gradalign.engine.reference import EMPTY_MESSAGE, EmptyReferenceGradient, ReferenceGradient
 from nemo_gradalign.engine.rules import counted_params
@@ -131,8 +131,8 @@ class GradientEngine:
     def _complete_layout_grads(self) -> None:
         """Make this rank's grads its exact share of g (engine/rules.py): sequence-parallel
         grads are partial over TP, summed by one small all-reduce; expert grads saw each token
-        once per replica in the expert-parallel group, divided by that count; a word embedding tied across pipeline
-        stages holds half of its grad on each end, summed over the embedding group; under
+        once per replica in the expert-parallel group, divided by that count; a word embedding
+        tied across pipeline stages holds half of its grad on each end, summed over the embedding group; under
         context parallelism each rank's grads are its tokens' share, summed over CP (with EP the
         dense ones only: the EP group spans the CP ranks, so the experts saw every chunk) — the full
         gradient's all-reduce, per problem, as ‖g‖² needs (megatron's DDP sums the same grads
@@ -140,20 +140,20 @@ class GradientEngine:
         if self.groups.ep_size > 1:
             for param in self.counted.experts:
                 local_grad(param).div_(self.groups.replicas_per_expert_group)
-        _sum_grads(self.counted.sequence_parallel, self.groups.sum_tensor_parallel)
-        _sum_grads(self.counted.tied_embedding, self.groups.sum_embedding)
-        if self.groups.cp_size > 1 and self.groups.ep_size > 1:  # experts already saw every CP chunk
-            experts = {id(p) for p in self.counted.experts}
-            dense = [p for p in self.counted.params if id(p) not in experts]
-            _sum_grads(dense, self.groups.sum_context_parallel)
-            if self.groups.cp_rank != 0:  # the expert reduction spans the CP ranks: count the sum once
-                for param in dense:
-                    local_grad(param).zero_()
-        elif self.groups.cp_size > 1:
-            if self.flat is not None:
-                sum_in_place(self.flat.counted, self.groups.sum_context_parallel)
-            else:
-                _sum_grads(self.counted.params, self.groups.sum_context_parallel)
+        sum_grads(self.counted.sequence_parallel, self.groups.sum_tensor_parallel)
+        sum_grads(self.counted.tied_embedding, self.groups.sum_embedding)
+        if self.groups.cp_size == 1:
+            return
+        if self.groups.ep_size == 1 and self.flat is not None:
+            sum_in_place(self.flat.counted, self.groups.sum_context_parallel)
+            return
+        # with EP the experts already saw every CP chunk, and the EP reduction spans the CP ranks
+        experts = {id(p) for p in self.counted.experts} if self.groups.ep_size > 1 else set()
+        shares = [p for p in self.counted.params if id(p) not in experts]
+        sum_grads(shares, self.groups.sum_context_parallel)
+        if self.groups.ep_size > 1 and self.groups.cp_rank != 0:  # so the dense sum is counted on CP rank 0 only
+            for param in shares:
+                local_grad(param).zero_()
 
     def _partials(self, reference: ReferenceGradient) -> torch.Tensor:
         if self.flat is not None:
@@ -218,32 +218,6 @@ class GradientEngine:
         parts = [torch.empty_like(local) for _ in range(self.groups.dp_size)]
         dist.all_gather(parts, local, group=self.groups.data_parallel)
         return torch.stack(parts)
-
-
-def _sum_grads(params: list[torch.nn.Parameter], all_reduce) -> None:
-    """Replace the params' grads by their sum over a group: one collective for all of them. A
-    grad that backward never reached is zeros (every rank of the group must take part)."""
-    if not params:
-        return
-    for param in params:
-        if local_grad(param) is None:
-            param.grad = torch.zeros_like(param)
-    grads = [local_grad(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    sum_in_place(flat, all_reduce)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def sum_in_place(tensor: torch.Tensor, all_reduce) -> None:
-    """``tensor`` summed over a group, in place. 16-bit tensors are summed in fp32: one rounding
-    when stored back, however many ranks add up (a 16-bit all-reduce rounds at every step)."""
-    wide = accumulable(tensor)
-    all_reduce(wide)
-    if wide is not tensor:
-        tensor.copy_(wide)
 
 
 def gathered_index(problem: int, dp_size: int, per_rank: int) -> int:

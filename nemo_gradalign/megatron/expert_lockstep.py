@@ -42,6 +42,11 @@ def gather_expert_group(problems: list) -> LockstepProblems:
     return LockstepProblems(joined, slice(start, start + len(problems)))
 
 
+def balances_with_a_loss(balancing) -> bool:
+    """megatron's ``moe_router_load_balancing_type`` (one type or a list) adds an auxiliary loss."""
+    return any(kind != "none" for kind in (balancing if isinstance(balancing, list) else [balancing]))
+
+
 def check_router_losses(model) -> None:
     """Refuse a MoE model whose router adds an auxiliary loss (load balancing or z-loss) to the
     trainer's gradient: the scoring pass scores the policy loss alone (recipes can set the
@@ -54,8 +59,7 @@ def check_router_losses(model) -> None:
     if not getattr(config, "num_moe_experts", None):
         return
     balancing = getattr(config, "moe_router_load_balancing_type", "none")
-    kinds = balancing if isinstance(balancing, list) else [balancing]
-    if any(kind != "none" for kind in kinds) or getattr(config, "moe_z_loss_coeff", None):
+    if balances_with_a_loss(balancing) or getattr(config, "moe_z_loss_coeff", None):
         raise UnsupportedLayout(
             f"the MoE router adds an auxiliary loss to the trained gradient (moe_router_load_balancing_type="
             f"{balancing!r}, moe_z_loss_coeff={getattr(config, 'moe_z_loss_coeff', None)!r}), which scoring "

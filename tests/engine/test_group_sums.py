@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from nemo_gradalign.engine.scorer import _sum_grads, sum_in_place
+from nemo_gradalign.engine.grads import sum_grads, sum_in_place
 from nemo_gradalign.megatron import parallel
 
 WORLD = 4
@@ -22,7 +22,7 @@ def _rank(rank, out):
     dist.init_process_group("gloo")
     param = torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))
     param.main_grad = torch.full((3,), VALUES[rank], dtype=torch.bfloat16)  # megatron DDP's buffer
-    _sum_grads([param], lambda t: dist.all_reduce(t))
+    sum_grads([param], lambda t: dist.all_reduce(t))
     flat = torch.full((3,), VALUES[rank], dtype=torch.bfloat16)  # a flat .grad buffer (CP's sum)
     sum_in_place(flat, lambda t: dist.all_reduce(t))
     if rank == 0:

@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def upstream_script(recipe: dict) -> str:
     """The example script upstream starts this recipe with."""
-    from nemo_gradalign.integrations.nemo_rl.config import VLM_PROCESSOR, lookup
+    from nemo_gradalign.integrations.nemo_rl.config_access import is_vision_or_audio
 
-    return "run_vlm_grpo.py" if lookup(recipe, "data.default.processor", None) == VLM_PROCESSOR else "run_grpo.py"
+    return "run_vlm_grpo.py" if is_vision_or_audio(recipe) else "run_grpo.py"
 
 
 def _script(examples: Path, name: str) -> Path:

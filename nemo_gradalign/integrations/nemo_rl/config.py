@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from nemo_gradalign.config import ConfigError, GradAlignConfig, parse_gradalign
-from nemo_gradalign.integrations.nemo_rl.config_access import lookup, section
+from nemo_gradalign.integrations.nemo_rl.config_access import VLM_PROCESSOR, lookup, section
 from nemo_gradalign.integrations.nemo_rl.flag_defaults import flag_defaults
 from nemo_gradalign.integrations.nemo_rl.trusted_set import refusals as trusted_refusals
+from nemo_gradalign.megatron.expert_lockstep import balances_with_a_loss
 
 
 # The flag's schedule inside NeMo RL when the recipe names none: the one with plain GRPO's generation
@@ -119,9 +120,6 @@ def in_pass_config_reason(master_config: Any, cfg: GradAlignConfig) -> str | Non
     return None
 
 
-VLM_PROCESSOR = "vlm_hf_data_processor"  # upstream starts these recipes with examples/run_vlm_grpo.py
-
-
 def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     mc = "policy.megatron_cfg"
     found = []
@@ -190,7 +188,7 @@ def expert_refusals(master_config: Any) -> list[str]:
         found.append(f"{mc}.moe_token_dispatcher_type='flex': DeepEP/HybridEP dispatch is GPU-only and not verified "
                      "exact here; use 'alltoall' (upstream's default) or 'allgather'")
     balancing = lookup(master_config, f"{mc}.moe_router_load_balancing_type", "none")
-    if any(kind != "none" for kind in (balancing if isinstance(balancing, list) else [balancing])):
+    if balances_with_a_loss(balancing):
         found.append(f"{mc}.moe_router_load_balancing_type={balancing!r}: the auxiliary loss adds its gradient to "
                      "the trainer's, which the scoring pass does not compute; use 'none' (upstream's default)")
     if lookup(master_config, "policy.router_replay.enabled", False):

@@ -30,6 +30,13 @@ def lookup(cfg: Any, dotted: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
+VLM_PROCESSOR = "vlm_hf_data_processor"  # upstream starts these recipes with examples/run_vlm_grpo.py
+
+
+def is_vision_or_audio(cfg: Any) -> bool:
+    return lookup(cfg, "data.default.processor", None) == VLM_PROCESSOR
+
+
 def loader_prompts(cfg: Any) -> int:
     """Prompts in one training-loader batch, as upstream's setup sizes it: N, or q·N when DAPO's
     dynamic sampling draws batches of ``batch_multiplier`` q times a step's N."""

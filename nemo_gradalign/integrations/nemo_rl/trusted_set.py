@@ -26,7 +26,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from nemo_gradalign.config import ConfigError, GradAlignConfig
-from nemo_gradalign.integrations.nemo_rl.config_access import lookup
+from nemo_gradalign.integrations.nemo_rl.config_access import is_vision_or_audio, lookup
 
 
 def _named_data(master_config: Any, block: str) -> list[tuple[str, str]]:
@@ -51,7 +51,7 @@ def refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     if not share or path is None:  # unnamed: the validation rows NeMo RL never evaluates (checked in setup)
         return []
     found = []
-    if lookup(master_config, "data.default.processor", None) == "vlm_hf_data_processor":
+    if is_vision_or_audio(master_config):
         found.append(f"gradalign.validation.dataset={path!r}: a named trusted set is read as text (ResponseDataset), "
                      "and this recipe's rows carry images or audio; leave it unset (the trusted share then comes "
                      "from the validation rows NeMo RL never evaluates, read by the recipe's own dataset)")

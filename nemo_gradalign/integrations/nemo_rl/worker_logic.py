@@ -45,6 +45,12 @@ def groups_from_batch(input_ids: torch.Tensor, input_lengths: torch.Tensor, toke
     return groups
 
 
+def _lockstep_groups(data: dict, group_size: int):
+    """This rank's groups, joined with the other replicas' of its expert-parallel group (if any)."""
+    return gather_expert_group(groups_from_batch(data["input_ids"], data["input_lengths"], data["token_mask"],
+                                                 data["total_reward"], group_size))
+
+
 class GradAlignWorkerLogic:
     """Validation gradient and group scores on this rank's shard; Stateful for checkpoints.
 
@@ -68,8 +74,7 @@ class GradAlignWorkerLogic:
 
     def build_reference(self, data: dict, group_size: int, step: int) -> dict:
         """Rebuild G from this rank's share of validation groups (DP-summed); returns metrics."""
-        groups = gather_expert_group(groups_from_batch(data["input_ids"], data["input_lengths"],
-                                                       data["token_mask"], data["total_reward"], group_size)).problems
+        groups = _lockstep_groups(data, group_size).problems
         if self.reference is None:
             self.reference = self.engine.build_reference(groups, self.reference_runner, step)
         else:
@@ -83,8 +88,7 @@ class GradAlignWorkerLogic:
         """Per group of this rank's share: ⟨g, Ĝ⟩, ‖g‖², cosine and whether g can be non-zero."""
         if self.reference is None:
             raise RuntimeError("build_reference must run before score")
-        lockstep = gather_expert_group(groups_from_batch(data["input_ids"], data["input_lengths"],
-                                                         data["token_mask"], data["total_reward"], group_size))
+        lockstep = _lockstep_groups(data, group_size)
         stats = self.engine.score(lockstep.problems, self.runner, self.reference)
         mine = lockstep.mine
         return {"dot": stats.dot[mine], "sqnorm": stats.sqnorm[mine], "cosine": stats.cosine()[mine],
