@@ -12,6 +12,11 @@ autograd uses, touching no gradient; dividing by c_i (dot) and c_i² (squared no
 so cosines are those of the share itself. KL is not in this trainer's loss
 (grpo.clipped_surrogate): nothing is left out of the score.
 
+Microbatches that split a problem (fewer rows than its rollouts, or unequal spans across a
+boundary) are read token by token instead (projected_read.py): the dot stays exact, the squared
+norm of weights is estimated from a seeded projection of dimension ``projection_dim``² per weight
+shard (projections.py gives its variance); ``projection_dim=None`` refuses such splits.
+
 Counting rules are the engine's: references only for its counted parameters, partials summed
 over TP×PP. Every data-parallel rank of the embedded trainer trains the whole batch (DDP
 averages identical replicas), so every rank reads every problem: nothing to gather.
@@ -28,6 +33,8 @@ from nemo_gradalign.engine import GradientEngine, ReferenceGradient
 from nemo_gradalign.engine.rules import UnsupportedLayout
 from nemo_gradalign.engine.scorer import ProblemStats
 from nemo_gradalign.megatron.per_problem import PerProblemPartials, unsupported_reason
+from nemo_gradalign.megatron.projected_read import ProjectedPartials
+from nemo_gradalign.megatron.projections import Projections
 from nemo_gradalign.rollouts import ProblemRollouts
 
 
@@ -39,6 +46,7 @@ class InPassScores:
     dot: torch.Tensor  # ⟨g_i, Ĝ⟩, float64, on the scorer's scale (token-mean g_i)
     sqnorm: torch.Tensor  # ‖g_i‖², float64
     zero_gradient: torch.Tensor  # bool: g_i = 0 exactly (dot = sqnorm = 0)
+    projected_dim: int = 0  # 0: sqnorm exact; else weights' share estimated at this k_out·k_in
 
     def cosine(self) -> torch.Tensor:
         """cos(g_i, G); 0 where g_i = 0."""
@@ -47,11 +55,21 @@ class InPassScores:
 
 class AlignmentReading:
     """Handed to ``grpo_step(read_alignment=...)``: the engine (counting rules, process groups)
-    and the unit-norm reference G the batch's problems are read against."""
+    and the unit-norm reference G the batch's problems are read against; ``projection_dim``:
+    k_out = k_in of the projections a split problem's norm is estimated with (None: refuse)."""
 
-    def __init__(self, engine: GradientEngine, reference: ReferenceGradient):
+    def __init__(self, engine: GradientEngine, reference: ReferenceGradient, projection_dim: int | None = None,
+                 seed: int = 0):
         self.engine = engine
         self.reference = reference
+        self.projection_dim, self.seed = projection_dim, seed
+        self._projections: Projections | None = None
+
+    def projections(self) -> Projections | None:
+        """The same projection matrices every step (made once, on first use)."""
+        if self.projection_dim is not None and self._projections is None:
+            self._projections = shard_projections(self.projection_dim, self.seed)
+        return self._projections
 
     def open(self, model, batch: list[ProblemRollouts], token_scale: torch.Tensor,
              microbatches: list[dict], baseline: str, normalize_std: bool) -> "InPassRead":
@@ -67,8 +85,18 @@ class AlignmentReading:
                              "(build the GradientEngine on the trained model's named_parameters())")
         rows = microbatches[0]["tokens"].shape[0]
         spans = microbatch_spans(batch, rows, len(microbatches))
+        if splits_a_problem(spans) and self.projection_dim is None:
+            raise UnsupportedLayout(split_reason(batch, spans, rows) + "; or set a projection dimension")
         refs = {id(p): r for p, r in zip(self.engine.counted.params, self.reference.buffers)}
-        return InPassRead(self.engine, model, batch, token_scale, spans, rows, refs, baseline, normalize_std)
+        return InPassRead(self.engine, model, batch, token_scale, spans, rows, refs, baseline, normalize_std,
+                          self.projections())
+
+
+def shard_projections(dim: int, seed: int) -> Projections:
+    """Projections seeded per tensor and pipeline rank (the same on every data-parallel rank)."""
+    from megatron.core import parallel_state as ps
+
+    return Projections(dim, dim, seed, ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank())
 
 
 def layout_reason(model, engine: GradientEngine) -> str | None:
@@ -104,20 +132,49 @@ def loss_scale(config, device) -> float:
 
 def microbatch_spans(batch: list[ProblemRollouts], rows: int, n_microbatches: int) -> list[list]:
     """Per microbatch of ``rows`` rows (split_rows of the batch's rollouts in order), the
-    (problem index, first row, end row) of each problem in it; refuses a problem split across
-    two microbatches (its squared norm is not the sum of its parts')."""
+    (problem index, first row, end row) of each problem's rows in it; a problem split across
+    microbatches has a span in each."""
     spans, at = [[] for _ in range(n_microbatches)], 0
     for index, problem in enumerate(batch):
-        first, last = at // rows, (at + problem.k - 1) // rows
-        if first != last:
-            raise UnsupportedLayout(
-                f"in-pass alignment needs whole problems per microbatch: the step's microbatches of "
-                f"{rows} rollouts (policy.max_rollouts_per_microbatch, evened out over the batch) split "
-                f"problem {problem.problem_id} (rollouts {at}..{at + problem.k - 1} of the batch); set "
-                "it to a multiple of the rollouts per problem that divides the batch, or unset it")
-        spans[first].append((index, at - first * rows, at + problem.k - first * rows))
+        for row in range(at, at + problem.k):
+            mb, local = divmod(row, rows)
+            if spans[mb] and spans[mb][-1][0] == index:
+                spans[mb][-1] = (index, spans[mb][-1][1], local + 1)
+            else:
+                spans[mb].append((index, local, local + 1))
         at += problem.k
     return spans
+
+
+def splits_a_problem(spans: list[list]) -> bool:
+    problems = [p for mb in spans for p, _, _ in mb]
+    return len(problems) != len(set(problems))
+
+
+def split_reason(batch: list[ProblemRollouts], spans: list[list], rows: int) -> str:
+    """The first split problem, named as a user can find it."""
+    seen = set()
+    for mb in spans:
+        for p, _, _ in mb:
+            if p in seen:
+                problem, first = batch[p], sum(q.k for q in batch[:p])
+                return (f"in-pass alignment needs whole problems per microbatch: the step's microbatches of "
+                        f"{rows} rollouts (policy.max_rollouts_per_microbatch, evened out over the batch) split "
+                        f"problem {problem.problem_id} (rollouts {first}..{first + problem.k - 1} of the batch); set "
+                        "it to a multiple of the rollouts per problem that divides the batch, or unset it")
+            seen.add(p)
+    return ""
+
+
+def row_owners(spans: list[list], rows: int) -> list[torch.Tensor]:
+    """Per microbatch, [rows] problem index of each row (-1: a padding row)."""
+    owners = []
+    for mb in spans:
+        owner = torch.full((rows,), -1, dtype=torch.long)
+        for p, r0, r1 in mb:
+            owner[r0:r1] = p
+        owners.append(owner)
+    return owners
 
 
 class InPassRead:
@@ -125,7 +182,7 @@ class InPassRead:
     forward (run_microbatches' ``on_microbatch``); ``scores()`` after it, on every rank."""
 
     def __init__(self, engine: GradientEngine, model, batch, token_scale, spans, rows: int, refs,
-                 baseline: str, normalize_std: bool):
+                 baseline: str, normalize_std: bool, projections: Projections | None = None):
         self.engine, self.batch, self.spans, self.rows = engine, batch, spans, rows
         at, shares = 0, []
         for problem in batch:  # c_i = N_i / N, exactly as the step weighs the problem's tokens
@@ -134,7 +191,15 @@ class InPassRead:
         self.shares = torch.stack(shares) if shares else torch.zeros(0, dtype=torch.float64)
         self.informative = torch.tensor([p.has_gradient(baseline, normalize_std) for p in batch],
                                         dtype=torch.bool)
-        self.reader = PerProblemPartials(model, refs, len(batch), freeze_weights=False)
+        self.owners = row_owners(spans, rows) if splits_a_problem(spans) else None
+        if self.owners is None:
+            self.reader = PerProblemPartials(model, refs, len(batch), freeze_weights=False)
+        else:
+            if projections is None:
+                raise UnsupportedLayout(split_reason(batch, spans, rows))
+            names = {id(p): name for name, p in model.named_parameters()}
+            self.reader = ProjectedPartials(model, refs, names, len(batch), projections)
+        self.projected_dim = projections.dim if self.owners is not None else 0
 
     def __enter__(self):
         self.reader.__enter__()
@@ -144,15 +209,18 @@ class InPassRead:
         return self.reader.__exit__(*exc)
 
     def next_microbatch(self, index: int) -> None:
-        self.reader.next_microbatch(self.spans[index], self.rows)
+        if self.owners is None:
+            self.reader.next_microbatch(self.spans[index], self.rows)
+        else:
+            self.reader.next_microbatch(self.owners[index])
 
     def scores(self) -> InPassScores:
         """Summed over TP×PP (one all-reduce of [n, 2]); g_i's dot and squared norm per problem."""
-        local = self.reader.partials
+        local = self.reader.partials if self.owners is None else self.reader.partials()
         self.engine.groups.sum_model_parallel(local)
         local = local.cpu()
         keep = self.informative & (self.shares > 0)
         share = torch.where(keep, self.shares, torch.ones_like(self.shares))
         dot = torch.where(keep, local[:, 0] / share, torch.zeros_like(share))
         sqnorm = torch.where(keep, local[:, 1] / share.square(), torch.zeros_like(share))
-        return InPassScores([p.problem_id for p in self.batch], dot, sqnorm, ~keep)
+        return InPassScores([p.problem_id for p in self.batch], dot, sqnorm, ~keep, self.projected_dim)

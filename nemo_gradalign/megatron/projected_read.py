@@ -1,0 +1,187 @@
+"""Per-problem ⟨g_i, G⟩ (exact) and ‖g_i‖² (projected) read from a training pass whose
+microbatches split problems: a group's rollouts over several microbatches, or several problems'
+sequences packed into one row.
+
+Every token belongs to one problem (``owners``, -1 for none), and every counted parameter's
+gradient is a sum over tokens (per_problem.py lists the kinds). So:
+
+- the dot is summed token by token, ⟨δ_t x_tᵀ, R⟩ = δ_tᵀ (R x_t), into its problem: exact in any
+  split, the flops of one forward product of the layer;
+- small parameters (biases, layer norms) keep each open problem's exact gradient (their size
+  per problem), so their share of the squared norm is exact;
+- weights (linear, embedding) keep each open problem's projection S g (projections.py: k_out·k_in
+  numbers per weight shard), summed over parts; ‖S g‖² estimates their share of ‖g_i‖².
+
+Nothing here touches a gradient autograd computes; hooks read x (forward) and δ (backward).
+Under data parallelism with a problem's rows on several ranks, ``partials(data_parallel=group)``
+adds the parts (dots, exact small grads and projections) over the group before any norm is taken.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nemo_gradalign.engine.grads import accumulable
+from nemo_gradalign.megatron.per_problem import _module_kinds, wide_product
+from nemo_gradalign.megatron.projections import Projections
+
+
+class ProjectedPartials:
+    """Context manager: hooks on ``model``; ``next_microbatch(owners)`` before each microbatch's
+    forward (owners: [rows] or [rows, seq] problem index, -1 for none); ``partials()`` is this
+    rank's [n, 2] float64 (dot, estimated squared norm) afterwards."""
+
+    CHUNK_ELEMENTS = 1 << 24  # tokens are read this many [tokens, out] elements at a time
+
+    def __init__(self, model, references: dict[int, torch.Tensor], names: dict[int, str], n_problems: int,
+                 projections: Projections):
+        self.model, self.references, self.names = model, references, names
+        self.projections = projections
+        first = next(model.parameters())
+        self._device = first.device
+        self._dtype = accumulable(torch.empty(0, dtype=first.dtype)).dtype
+        self.n = n_problems
+        self.dot = torch.zeros(n_problems, dtype=torch.float64, device=self._device)
+        self.sketches: dict[str, torch.Tensor] = {}  # name -> [n, k_out, k_in]
+        self.small: dict[str, torch.Tensor] = {}  # name -> [n, numel], exact per-problem grads
+        self._owners: torch.Tensor | None = None
+        self._handles = []
+
+    def next_microbatch(self, owners: torch.Tensor) -> None:
+        self._owners = owners.to(self._device, torch.long)
+
+    def __enter__(self):
+        kinds = _module_kinds()
+        for module in self.model.modules():
+            kind = kinds.get(type(module))
+            if kind and any(id(p) in self.references for p in module.parameters(recurse=False)):
+                self._handles.append(module.register_forward_hook(self._forward_hook(kind)))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        return False
+
+    def partials(self, data_parallel=None) -> torch.Tensor:
+        """[n, 2]: dot and estimated ‖g‖² over this rank's counted parameters (parts on the
+        ``data_parallel`` group's ranks added first)."""
+        names = sorted(self.small) + sorted(self.sketches)
+        if data_parallel is not None and torch.distributed.get_world_size(data_parallel) > 1:
+            flat = torch.cat([self.dot] + [self._state(name).reshape(-1) for name in names])
+            torch.distributed.all_reduce(flat, group=data_parallel)
+            self.dot, at = flat[:self.n].clone(), self.n
+            for name in names:
+                state = self._state(name)
+                state.copy_(flat[at:at + state.numel()].view_as(state))
+                at += state.numel()
+        dot, sq = self.dot.clone(), torch.zeros_like(self.dot)
+        for name in sorted(self.small):
+            grads = self.small[name]
+            dot += grads @ self._reference_of_name(name)
+            sq += (grads * grads).sum(1)
+        for name in sorted(self.sketches):
+            sq += self.sketches[name].square().sum((1, 2))
+        return torch.stack([dot, sq], 1)
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _forward_hook(self, kind: str):
+        def hook(module, args, output):
+            out = output[0] if isinstance(output, tuple) else output
+            if not out.requires_grad or self._owners is None:
+                return
+            inputs, owners = args[0].detach(), self._owners
+            out.register_hook(lambda grad: self._backward(kind, module, inputs, owners, grad))
+        return hook
+
+    def _backward(self, kind, module, inputs, owners, grad) -> None:
+        with torch.no_grad():
+            getattr(self, "_" + kind)(module, inputs, owners, grad)
+
+    def _tokens(self, owners: torch.Tensor, x: torch.Tensor, sequence_first: bool):
+        """Flat indices of the tokens that belong to a problem and their owners; x is [s, b, ·]
+        (or [b, s, ·])."""
+        seq, rows = (x.shape[0], x.shape[1]) if sequence_first else (x.shape[1], x.shape[0])
+        if owners.dim() == 1:
+            owners = owners.unsqueeze(1).expand(rows, seq)
+        flat = (owners.T if sequence_first else owners).reshape(-1)
+        index = (flat >= 0).nonzero().squeeze(1)
+        return index, flat[index]
+
+    def _linear(self, module, inputs, owners, grad) -> None:
+        index, own = self._tokens(owners, grad, sequence_first=True)
+        x = inputs.reshape(-1, inputs.shape[-1])[index]
+        delta = grad.reshape(-1, grad.shape[-1])[index]
+        weight = module.weight
+        if id(weight) in self.references:
+            ref = self._reference(weight, delta.dtype)
+            p_out, p_in = self._projection(weight)
+            step = max(1, self.CHUNK_ELEMENTS // max(weight.shape[0], p_out.shape[1] * p_in.shape[1]))
+            sketch = self._sketch(weight)
+            for j in range(0, len(own), step):
+                xj, dj, oj = x[j:j + step], delta[j:j + step], own[j:j + step]
+                rx = wide_product(xj.unsqueeze(0), ref.T.unsqueeze(0))[0]  # R x_t, [t, out]
+                self.dot.index_add_(0, oj, (rx * accumulable(dj)).sum(1).double())
+                self._add_sketch(sketch, oj, accumulable(dj) @ p_out, accumulable(xj) @ p_in)
+        bias = getattr(module, "bias", None)
+        if bias is not None and id(bias) in self.references:
+            self._small(bias).index_add_(0, own, accumulable(delta).double())
+
+    def _layernorm(self, module, inputs, owners, grad) -> None:
+        index, own = self._tokens(owners, grad, sequence_first=True)
+        delta = accumulable(grad.reshape(-1, grad.shape[-1])[index]).double()
+        if module.weight is not None and id(module.weight) in self.references:
+            x_hat = F.layer_norm(inputs, module.normalized_shape, None, None, module.eps)
+            x_hat = accumulable(x_hat.reshape(-1, x_hat.shape[-1])[index]).double()
+            self._small(module.weight).index_add_(0, own, delta * x_hat)
+        if module.bias is not None and id(module.bias) in self.references:
+            self._small(module.bias).index_add_(0, own, delta)
+
+    def _embedding(self, module, inputs, owners, grad) -> None:
+        # ids [b, s], δ [b, s, d]; a vocab-parallel shard owns rows [start, start + rows) of E
+        weight = module.weight
+        if id(weight) not in self.references:
+            return
+        index, own = self._tokens(owners, grad, sequence_first=False)
+        ids = inputs.reshape(-1)[index] - getattr(module, "vocab_start_index", 0)
+        mine = (ids >= 0) & (ids < weight.shape[0])
+        ids, own = ids[mine], own[mine]
+        delta = accumulable(grad.reshape(-1, grad.shape[-1])[index][mine])
+        ref = self._reference(weight, delta.dtype)
+        self.dot.index_add_(0, own, (delta * ref[ids]).sum(1).double())
+        p_out, p_in = self._projection(weight)
+        self._add_sketch(self._sketch(weight), own, p_out[ids], delta @ p_in)
+
+    # -- state ---------------------------------------------------------------------------------
+    def _add_sketch(self, sketch, owners, a, b) -> None:
+        """sketch[owner_t] += a_t b_tᵀ for every token t."""
+        sketch.index_add_(0, owners, (a.unsqueeze(2) * b.unsqueeze(1)).double())
+
+    def _projection(self, weight):
+        return self.projections.of(self.names[id(weight)], weight.shape[0], weight.shape[1], self._dtype,
+                                   self._device)
+
+    def _sketch(self, weight) -> torch.Tensor:
+        name = self.names[id(weight)]
+        if name not in self.sketches:
+            p = self.projections
+            self.sketches[name] = torch.zeros(self.n, p.k_out, p.k_in, dtype=torch.float64, device=self._device)
+        return self.sketches[name]
+
+    def _small(self, param) -> torch.Tensor:
+        name = self.names[id(param)]
+        if name not in self.small:
+            self.small[name] = torch.zeros(self.n, param.numel(), dtype=torch.float64, device=self._device)
+        return self.small[name]
+
+    def _state(self, name: str) -> torch.Tensor:
+        return self.small[name] if name in self.small else self.sketches[name]
+
+    def _reference(self, param, dtype) -> torch.Tensor:
+        return self.references[id(param)].reshape(param.shape).to(dtype)
+
+    def _reference_of_name(self, name: str) -> torch.Tensor:
+        param = next(p for p in self.model.parameters() if self.names.get(id(p)) == name)
+        return self.references[id(param)].reshape(-1).double()
