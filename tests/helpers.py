@@ -165,3 +165,73 @@ def spawned_oracle(tmp_path_factory, oracle_rank):
     out = tmp_path_factory.mktemp("oracle") / "oracle.pt"
     parallel.spawn(oracle_rank, 1, str(out))
     return torch.load(out)
+
+
+def oracle_parameter_gradients(model, problems, **loss) -> list[dict[str, torch.Tensor]]:
+    """Per problem, {parameter name: float64 g_i} of a TP=1 model (``oracle_gradient`` cut up)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    result = []
+    for problem in problems:
+        flat, _ = oracle_gradient(model, problem, **loss)
+        parts, at = {}, 0
+        for name, p in named:
+            parts[name] = flat[at:at + p.numel()].view(p.shape)
+            at += p.numel()
+        result.append(parts)
+    return result
+
+
+def sign_projection(rows: int, k: int, *seed_parts) -> torch.Tensor:
+    """megatron/projections.py's documented recipe, written out again: sha256 of the '/'-joined
+    parts, its first 8 bytes little-endian, 63 bits; torch's CPU int8 draws of 0/1 -> ±1/√k."""
+    import hashlib
+
+    seed = int.from_bytes(hashlib.sha256("/".join(map(str, seed_parts)).encode()).digest()[:8], "little")
+    gen = torch.Generator().manual_seed(seed & ((1 << 63) - 1))
+    return (torch.randint(0, 2, (rows, k), generator=gen, dtype=torch.int8).double() * 2 - 1) / k ** 0.5
+
+
+def projected_shards(model, counted_params) -> tuple[tuple, list, list]:
+    """What this rank's in-pass reader projects and keeps exactly, for ``oracle_projected_sqnorm``:
+    ((tp rank, tp size, pp rank, dp rank), [(name the reader sees, global name, partition dim or -1)]
+    of its counted 2-D weights, [global names] of its other counted parameters)."""
+    from megatron.core import parallel_state as ps
+
+    from nemo_gradalign.megatron.model import _global_names
+
+    counted = {id(p) for p in counted_params}
+    inner = model.module if hasattr(model, "module") else model
+    prefix = "module." if inner is not model else ""
+    global_names = _global_names(inner)
+    shards, small = [], []
+    for name, p in model.named_parameters():
+        if id(p) not in counted:
+            continue
+        global_name = global_names[name[len(prefix):]]
+        if p.dim() == 2:
+            split = p.partition_dim if getattr(p, "tensor_model_parallel", False) else -1
+            shards.append((name, global_name, split))
+        else:
+            small.append(global_name)
+    where = (ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size(),
+             ps.get_pipeline_model_parallel_rank(), ps.get_data_parallel_rank())
+    return where, shards, small
+
+
+def oracle_projected_sqnorm(grads: dict, ranks: list, dim: int, seed: int) -> float:
+    """Σ over every rank's projected weight shards of ‖Pₒᵀ g Pᵢ‖², plus the exact ‖g‖² of the
+    rest: the reader's estimate of ‖g‖², from the oracle's g (``ranks``: projected_shards of
+    every rank; data-parallel replicas hold the same shards with the same seeds)."""
+    total, small = 0.0, set()
+    for (tp, tp_size, pp, dp), shards, small_here in ranks:
+        if dp:
+            continue
+        small |= set(small_here)
+        for local, global_name, split in shards:
+            g = grads[global_name]
+            if split >= 0:
+                g = g.chunk(tp_size, dim=split)[tp]
+            p_out = sign_projection(g.shape[0], dim, seed, local, tp, pp, "out")
+            p_in = sign_projection(g.shape[1], dim, seed, local, tp, pp, "in")
+            total += float((p_out.T @ g @ p_in).square().sum())
+    return total + sum(float(grads[n].square().sum()) for n in small)

@@ -50,7 +50,7 @@ class MemoryFeedback:
         if self.from_update and current is not None and current.ready:
             record["gradalign/reference_step"] = current.built_at_step
             record["gradalign/generation"] = self.schedule.note_reference(current.built_at_step)
-            return AlignmentReading(self.engine, current)
+            return self._reading(current)
         try:
             reference = self.selector.validation_reference(step, metrics, trusted)
         except EmptyReferenceGradient:
@@ -62,7 +62,11 @@ class MemoryFeedback:
             self.compute.add("scored", metrics["gradalign/scored_tokens"])
             record.update(metrics)
         record["gradalign/generation"] = self.schedule.note_reference(reference.built_at_step)
-        return AlignmentReading(self.engine, reference)
+        return self._reading(reference)
+
+    def _reading(self, reference) -> AlignmentReading:
+        cfg = self.selector.cfg
+        return AlignmentReading(self.engine, reference, cfg.in_pass_projection, cfg.seed)
 
     @property
     def from_update(self) -> bool:

@@ -92,12 +92,13 @@ def check_in_pass_readable(recipe: EmbeddedRecipe) -> None:
     cap = recipe.policy.max_rollouts_per_microbatch
     rows = recipe.grpo.num_prompts_per_step * k
     per = microbatch_rows(rows, cap)
-    if per % k:
+    if per % k and recipe.gradalign.in_pass_projection is None:
         fits = next(microbatch_rows(rows, m) for m in range(cap, 0, -1) if microbatch_rows(rows, m) % k == 0)
         raise ValueError(f"policy.max_rollouts_per_microbatch={cap} evens the step's {rows} rollouts out to "
                          f"microbatches of {per}, which split problems of grpo.num_generations_per_prompt={k} "
-                         f"rollouts; gradalign.schedule=memory reads alignment from the training pass and needs "
-                         f"whole problems per microbatch: use e.g. {fits}, or unset it")
+                         f"rollouts; with gradalign.in_pass_projection=null the memory schedule reads alignment from "
+                         f"the training pass only for whole problems per microbatch: use e.g. {fits}, unset it, or "
+                         "set a projection dimension")
 
 
 def preflight(recipe: EmbeddedRecipe) -> dict:

@@ -76,21 +76,26 @@ def test_memory_schedule_generates_what_plain_grpo_does_counts_its_compute_and_f
         assert math.isfinite(r["gradalign/mean_cosine"]) == any(c is not None for c in cosines)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("policy.max_rollouts_per_microbatch=6",
-     "policy.max_rollouts_per_microbatch=6 evens the step's 16 rollouts out to microbatches of 6, which split "
-     "problems of grpo.num_generations_per_prompt=4 rollouts; gradalign.schedule=memory reads alignment from the "
-     "training pass and needs whole problems per microbatch: use e.g. 4, or unset it"),
+_SPLIT = ("policy.max_rollouts_per_microbatch=6 evens the step's 16 rollouts out to microbatches of 6, which "
+          "split problems of grpo.num_generations_per_prompt=4 rollouts; with gradalign.in_pass_projection=null "
+          "the memory schedule reads alignment from the training pass only for whole problems per microbatch: "
+          "use e.g. 4, unset it, or set a projection dimension")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # split problems are read with projected norms by default (megatron/projected_read.py)
+    (["policy.max_rollouts_per_microbatch=6"], None),
+    (["policy.max_rollouts_per_microbatch=6", "gradalign.in_pass_projection=null"], _SPLIT),
     # 12 is a multiple of 4, but 16 rollouts evened out over 2 microbatches are 8 + 8: accepted
-    ("policy.max_rollouts_per_microbatch=12", None),
-    ("policy.model.tie_embeddings=true",
+    (["policy.max_rollouts_per_microbatch=12", "gradalign.in_pass_projection=null"], None),
+    (["policy.model.tie_embeddings=true"],
      "policy.model.tie_embeddings=True: gradalign.schedule=memory reads alignment from the training pass, which "
      "cannot attribute it to problems (one parameter fed by two modules)"),
-    ("policy.model.num_experts=2", "policy.model.num_experts=2: gradalign.schedule=memory"),
-    ("grpo.num_prompts_per_step=17", "grpo.num_prompts_per_step=17 exceeds the pool (16 problems)"),
-])
-def test_layouts_the_training_pass_cannot_be_read_in_are_refused_before_any_rank(override, message):
-    recipe = load_embedded_recipe(RECIPE, [*TINY, *MEMORY, f"++{override}"])
+    (["policy.model.num_experts=2"], "policy.model.num_experts=2: gradalign.schedule=memory"),
+    (["grpo.num_prompts_per_step=17"], "grpo.num_prompts_per_step=17 exceeds the pool (16 problems)"),
+], ids=lambda v: "+".join(v) if isinstance(v, list) else None)
+def test_layouts_the_training_pass_cannot_be_read_in_are_refused_before_any_rank(overrides, message):
+    recipe = load_embedded_recipe(RECIPE, [*TINY, *MEMORY, *(f"++{o}" for o in overrides)])
     if message is None:
         preflight(recipe)
         return
@@ -100,13 +105,11 @@ def test_layouts_the_training_pass_cannot_be_read_in_are_refused_before_any_rank
 
 
 def test_refusal_from_the_command_line_is_one_line_and_starts_nothing(tmp_path):
-    proc = subprocess.run(_cmd(tmp_path / "run", *MEMORY, "++policy.max_rollouts_per_microbatch=6"),
+    proc = subprocess.run(_cmd(tmp_path / "run", *MEMORY, "++policy.max_rollouts_per_microbatch=6",
+                               "++gradalign.in_pass_projection=null"),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and not (tmp_path / "run").exists()  # no run folder: no rank was started
-    assert proc.stderr.strip().splitlines() == [
-        "error: policy.max_rollouts_per_microbatch=6 evens the step's 16 rollouts out to microbatches of 6, "
-        "which split problems of grpo.num_generations_per_prompt=4 rollouts; gradalign.schedule=memory reads "
-        "alignment from the training pass and needs whole problems per microbatch: use e.g. 4, or unset it"]
+    assert proc.stderr.strip().splitlines() == ["error: " + _SPLIT]
 
 
 def test_memory_block_and_method_are_checked_with_their_field():

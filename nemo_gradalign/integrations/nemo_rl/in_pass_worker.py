@@ -4,9 +4,10 @@ why the first pass of a step is g times the group's share of the loss).
 
 The driver arms the next ``train()`` with the groups it believes this data-parallel rank trains
 (the same sharded flat data ``gradalign_score`` gets). ``arm`` refuses, with a one-line reason and
-before any pass, what the hooks cannot read exactly under upstream's ``train()``: sequence
-packing or dynamic batching (rows reordered or packed), a group split across microbatches, more
-than one optimizer step per call, layouts ``in_pass.layout_reason`` refuses. ``open`` runs at
+before any pass, what the hooks cannot read under upstream's ``train()``: sequence packing or
+dynamic batching (rows reordered or packed), more than one optimizer step per call, a group split
+across microbatches without ``gradalign.in_pass_projection`` (with it, the split groups' dots are
+exact and their squared norms projected: megatron/projected_read.py), layouts ``in_pass.layout_reason`` refuses. ``open`` runs at
 ``train()``: it checks the rows it is handed are the armed groups and the loss is the one armed
 for, and returns the reading; the caller wraps upstream's ``train()`` in it. A forward pre-hook
 on the model (ours) moves the reader to the next microbatch: upstream's rows [m·mbs, (m+1)·mbs)
@@ -44,8 +45,9 @@ def loss_fn_reason(loss_fn) -> str | None:
     return None
 
 
-def policy_reason(policy_cfg: dict, rows: int, group_size: int, dp: int) -> str | None:
-    """Why upstream's train() on this rank's ``rows`` rows cannot be read per group (None: it can)."""
+def policy_reason(policy_cfg: dict, rows: int, group_size: int, dp: int, projection: int | None = None) -> str | None:
+    """Why upstream's train() on this rank's ``rows`` rows cannot be read per group (None: it can).
+    Microbatches that split groups are read with projected norms (``projection``: k, else refused)."""
     get = lambda *path: _get(policy_cfg, path)
     for section in ("sequence_packing", "dynamic_batching"):
         if get(section, "enabled"):
@@ -60,10 +62,12 @@ def policy_reason(policy_cfg: dict, rows: int, group_size: int, dp: int) -> str 
     if rows * dp != gbs:
         return (f"policy.train_global_batch_size={gbs} is not the step's {rows * dp} rows: train() takes "
                 f"{max(1, rows * dp // gbs)} optimizer steps and only the first is read at ρ = 1")
-    if mbs % group_size or rows % mbs:
+    if rows % mbs:
+        return (f"policy.train_micro_batch_size={mbs} does not divide the {rows} rows of a data-parallel rank")
+    if mbs % group_size and projection is None:
         return (f"policy.train_micro_batch_size={mbs} splits groups of grpo.num_generations_per_prompt="
-                f"{group_size} across microbatches (or does not divide the {rows} rows of a data-parallel "
-                "rank); set it to a multiple of the group size that divides them")
+                f"{group_size} across microbatches and gradalign.in_pass_projection=null; set it to a multiple "
+                "of the group size, or a projection dimension")
     return None
 
 
@@ -98,7 +102,7 @@ class ArmedRead:
     def arm(cls, logic, model, data: dict, group_size: int, policy_cfg: dict, dp: int) -> "ArmedRead":
         """The armed read, or UnsupportedLayout naming what cannot be read (before any pass)."""
         reason = (layout_reason(model, logic.engine) or mtp_reason(model)
-                  or policy_reason(policy_cfg, len(data["input_ids"]), group_size, dp))
+                  or policy_reason(policy_cfg, len(data["input_ids"]), group_size, dp, logic.cfg.in_pass_projection))
         if reason is None and (logic.reference is None or not logic.reference.ready):
             reason = "no validation gradient G has been built yet"
         if reason:
@@ -125,7 +129,7 @@ class ArmedRead:
         refs = {id(p): r for p, r in zip(logic.engine.counted.params, logic.reference.buffers)}
         loss = logic.runner.loss
         read = InPassRead(logic.engine, model, self.groups, shares, spans, mbs, refs, loss.baseline,
-                          loss.normalize_std)
+                          loss.normalize_std, logic.projections())
         return TrainReading(model, read, len(spans))
 
     def _same_rows(self, data) -> bool:
