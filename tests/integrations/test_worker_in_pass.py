@@ -9,6 +9,8 @@ clipped surrogate over global_valid_toks) on a float64 GPT over real gloo ranks.
 - the first step's per-group dot, ‖g‖² and cosine equal the brute-force oracle (helpers.py,
   one autograd call per rollout, exact-fraction advantages) to 1e-9 relative, gathered over DP
   in rank order; zero-gradient groups are flagged as the oracle finds them;
+- microbatches of 1–2 rows split the groups of 4: the dot stays exact, ‖g‖² is the documented
+  projection of the oracle's gradient (to 1e-9), training bit-identical as above;
 - what cannot be read is refused with its one-line reason, and the step trains as without.
 """
 
@@ -17,7 +19,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import assert_close_rel, oracle_scores, spawned_oracle
+from helpers import (assert_close_rel, oracle_parameter_gradients, oracle_projected_sqnorm, oracle_scores,
+                     projected_shards, spawned_oracle)
 from nemo_gradalign.integrations.nemo_rl.worker_mixin import GradAlignWorkerMixin
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.model import ModelSpec
@@ -35,6 +38,7 @@ FP32_RUNS = [(SPEC64.model_copy(update={"dtype": "float32"}), dict(overlap_grad_
              for o in (True, False)]
 STEP2 = fixed_k_problems(3, len(POOL))
 CFG_JSON = CFG.model_dump(mode="json")
+EXACT = CFG.model_copy(update={"in_pass_projection": None}).model_dump(mode="json")
 
 
 class ReadingWorker(GradAlignWorkerMixin, TwinPolicyWorker):
@@ -58,15 +62,15 @@ def _shard(problems) -> tuple[dict, dict]:
     return part, train
 
 
-def _train(worker, problems, read: bool) -> dict | None:
+def _train(worker, problems, read: bool, cfg: dict = CFG_JSON) -> dict | None:
     """One GRPO step as grpo_train runs it: (arm,) prev-logprobs pass (PP=1), train()."""
     arm, train = _shard(problems)
     if read:
-        assert worker.gradalign_arm_in_pass(data=arm, group_size=G, cfg=CFG_JSON, loss=LOSS) is None
+        assert worker.gradalign_arm_in_pass(data=arm, group_size=G, cfg=cfg, loss=LOSS) is None
     if worker.config.pipeline_model_parallel_size == 1:
         train["prev_logprobs"] = worker.get_logprobs(train)
     worker.train(train, ClippedPGLoss())
-    return worker.gradalign_in_pass_scores(cfg=CFG_JSON, loss=LOSS) if read else None
+    return worker.gradalign_in_pass_scores(cfg=cfg, loss=LOSS) if read else None
 
 
 def _reading_rank(rank, layout, out):
@@ -123,6 +127,61 @@ def test_train_reads_the_oracles_scores_and_trains_bit_identically(layout, oracl
     print(f"{layout}: in-pass (worker train) vs oracle, max relative error {worst:.2e}")
 
 
+# microbatches that split groups (1 or 2 rows against groups of G = 4): dots exact, squared norms the
+# documented projection of the oracle's gradient (a small k, so the check is of the sketch itself)
+SPLIT_CFG = CFG.model_copy(update={"in_pass_projection": 4, "seed": 11}).model_dump(mode="json")
+
+
+def _split_rank(rank, layout, mbs, out):
+    parallel.init_distributed(layout)
+    policy, same, first = {**POLICY, "train_micro_batch_size": mbs}, [], None
+    for options in DDP_OPTIONS:
+        plain = TwinPolicyWorker(options, SPEC64, policy)
+        _train(plain, POOL, read=False)
+        _train(plain, STEP2, read=False)
+        reading = ReadingWorker(options, SPEC64, policy)
+        reading.gradalign_build_reference(data=_shard(VAL)[0], group_size=G, step=0, cfg=SPLIT_CFG, loss=LOSS)
+        scores = [_train(reading, POOL, read=True, cfg=SPLIT_CFG), _train(reading, STEP2, read=True, cfg=SPLIT_CFG)]
+        assert all("reason" not in s for s in scores), scores
+        first = first or scores[0]
+        same.append(all(torch.equal(a, b) for a, b in zip(plain.state(), reading.state())))
+    projected = projected_shards(reading.model, reading._gradalign.engine.counted.params)
+    found = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(found, (first, same, projected))
+    if rank == 0:
+        torch.save(found, out)
+
+
+def _split_oracle_rank(rank, out):
+    parallel.init_distributed(parallel.Layout())
+    model = Policy(SPEC64).model.module
+    torch.save((oracle_scores(model, VAL, POOL, **ORACLE_LOSS), oracle_parameter_gradients(model, POOL, **ORACLE_LOSS)),
+               out)
+
+
+@pytest.mark.parametrize("layout, mbs", [
+    (parallel.Layout(dp=2), 2),
+    *(pytest.param(layout, mbs, marks=pytest.mark.slow) for layout, mbs in (
+        (parallel.Layout(tp=2), 1), (parallel.Layout(pp=2), 2), (parallel.Layout(tp=2, dp=2), 1)))], ids=str)
+def test_train_reads_groups_split_across_microbatches(layout, mbs, tmp_path, tmp_path_factory):
+    parallel.spawn(_split_rank, layout.world_size, layout, mbs, str(tmp_path / "read.pt"))
+    parallel.spawn(_split_oracle_rank, 1, str(tmp_path / "oracle.pt"))
+    ranks = torch.load(tmp_path / "read.pt")
+    (o_dot, _, _, o_nonzero), grads = torch.load(tmp_path / "oracle.pt")
+    assert all(all(same) for _, same, _ in ranks), f"{layout}: training differs with reading on"
+    dp_ranks = sorted({r[2][0][3] for r in ranks})
+    got = {k: torch.cat([next(r[0] for r in ranks if r[2][0][3] == d and r[2][0][0] == 0 and r[2][0][2] == 0)[k]
+                         for d in dp_ranks]) for k in ("dot", "sqnorm", "informative")}
+    assert got["informative"].tolist() == o_nonzero.tolist() and o_nonzero.any() and not o_nonzero.all()
+    keep = o_nonzero
+    want_sq = torch.tensor([oracle_projected_sqnorm(g, [r[2] for r in ranks], 4, 11) for g in grads],
+                           dtype=torch.float64)
+    worst = max(assert_close_rel(got["dot"][keep], o_dot[keep], rtol=1e-9),
+                assert_close_rel(got["sqnorm"][keep], want_sq[keep], rtol=1e-9))
+    print(f"{layout}, {mbs} rows per microbatch: split groups read in the worker's train(), max relative error "
+          f"{worst:.2e} (dot exact, squared norm projected at k=4x4)")
+
+
 def _refusal_rank(rank, out):
     parallel.init_distributed(parallel.Layout())
     worker = ReadingWorker(DDP_OPTIONS[1], SPEC64, POLICY)
@@ -133,11 +192,15 @@ def _refusal_rank(rank, out):
     for name, change in (("packing", {"sequence_packing": {"enabled": True}}),
                          ("dynamic", {"dynamic_batching": {"enabled": True}}),
                          ("virtual", {"megatron_cfg": {"virtual_pipeline_model_parallel_size": 2}}),
-                         ("split", {"train_micro_batch_size": G // 2}),
+                         ("split", {"train_micro_batch_size": G // 2}),  # read, with projected norms
+                         ("uneven", {"train_micro_batch_size": 3}),
                          ("two_steps", {"train_global_batch_size": len(POOL) * G // 2})):
         worker.cfg = {**POLICY, **change}
         found[name] = worker.gradalign_arm_in_pass(data=arm, **kw)
     worker.cfg = POLICY
+    exact = ReadingWorker(DDP_OPTIONS[1], SPEC64, {**POLICY, "train_micro_batch_size": G // 2})
+    exact.gradalign_build_reference(data=_shard(VAL)[0], step=0, **{**kw, "cfg": EXACT})
+    found["split_exact_only"] = exact.gradalign_arm_in_pass(data=arm, **{**kw, "cfg": EXACT})
     worker.model.module.config.hidden_dropout = 0.1
     found["dropout"] = worker.gradalign_arm_in_pass(data=arm, **kw)
     worker.model.module.config.hidden_dropout = 0.0
@@ -169,9 +232,11 @@ def test_what_cannot_be_read_is_refused_with_its_reason(tmp_path):
         "dynamic": "policy.dynamic_batching.enabled=true reorders and packs the trained rows",
         "virtual": "policy.megatron_cfg.virtual_pipeline_model_parallel_size > 1 interleaves microbatches over "
                    "chunks",
-        "split": "policy.train_micro_batch_size=2 splits groups of grpo.num_generations_per_prompt=4 across "
-                 "microbatches (or does not divide the 32 rows of a data-parallel rank); set it to a multiple "
-                 "of the group size that divides them",
+        "split": None,
+        "split_exact_only": "policy.train_micro_batch_size=2 splits groups of grpo.num_generations_per_prompt=4 across "
+                 "microbatches and gradalign.in_pass_projection=null; set it to a multiple of the group size, or a "
+                 "projection dimension",
+        "uneven": "policy.train_micro_batch_size=3 does not divide the 32 rows of a data-parallel rank",
         "two_steps": "policy.train_global_batch_size=16 is not the step's 32 rows: train() takes 2 optimizer "
                      "steps and only the first is read at ρ = 1",
         "dropout": "dropout (hidden_dropout=0.1, attention_dropout=0.0): the training pass's gradient is not g_i",
