@@ -40,6 +40,9 @@ SHAPES = {  # name -> (model, problems, prompt tokens, response tokens, rows per
     "939M": (ModelSpec(hidden_size=2048, **_GPT), 16, 128, 896, 8),
     "tiny": (ModelSpec(num_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=128,
                        max_sequence_length=32), 4, 8, 24, 16),
+    # a CPU-sized step with a realistic shape ratio: groups of 8 in microbatches of 2 rows
+    "cpu": (ModelSpec(num_layers=4, hidden_size=256, num_attention_heads=4, vocab_size=512,
+                      max_sequence_length=256), 4, 64, 192, 2),
 }
 
 

@@ -58,7 +58,8 @@ def _field(line: str) -> str:
 def static_read_reasons(recipe: dict) -> list[str]:
     """Why the trained groups cannot be read in the pass, from the recipe alone (empty: they can)."""
     reasons = []
-    if read_gradalign(recipe).in_pass == "off":
+    cfg = read_gradalign(recipe)
+    if cfg.in_pass == "off":
         reasons.append("gradalign.in_pass=off")
     for key, default, _ in IN_PASS_LOSS_REFUSALS:
         value = lookup(recipe, f"loss_fn.{key}", default)
@@ -73,7 +74,7 @@ def static_read_reasons(recipe: dict) -> list[str]:
             reasons.append(key.removesuffix("_size").replace("_", " "))
     group = int(lookup(recipe, "grpo.num_generations_per_prompt"))
     micro = int(lookup(recipe, "policy.train_micro_batch_size"))
-    if micro % group:
+    if micro % group and cfg.in_pass_projection is None:  # else read with projected norms
         reasons.append(f"microbatch {micro} < group {group}" if micro < group else f"microbatch {micro} splits groups")
     prompts, batch = int(lookup(recipe, "grpo.num_prompts_per_step")), int(lookup(recipe, "policy.train_global_batch_size"))
     if prompts * group > batch:
