@@ -48,7 +48,9 @@ def test_memory_seed_follows_gradalign_seed_unless_set():
     (["grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=4"],
      ["grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=4"]),
     (["data.use_multiple_dataloader=true"], ["data.use_multiple_dataloader=True"]),
-    (["grpo.async_grpo.enabled=true"], ["grpo.async_grpo.enabled=True"]),
+    # async GRPO runs the memory sampler in an actor (async_memory.py) with G from the trusted share
+    (["grpo.async_grpo.enabled=true", "gradalign.validation.train_share=0"],
+     ["grpo.async_grpo.enabled=True", "gradalign.validation.train_share=0"]),
     (["gradalign.memory.skip_cap=1.5"], ["gradalign.memory.skip_cap", "1.5"]),
     (["gradalign.method=dot"], ["schedule='memory'", "'dot'"]),
 ], ids=["dynamic-sampling", "multiplier", "multiple-loaders", "async", "memory-knob", "method"])

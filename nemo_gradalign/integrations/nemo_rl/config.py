@@ -135,9 +135,14 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     found += trusted_refusals(master_config, cfg)
     if not cfg.steer:  # the trusted mix scores nothing: only the loop's shape matters
         return found
-    refuse("grpo.async_grpo.enabled", bool, "the steered flag's sampler and feedback run in synchronous GRPO only "
-           "(async GRPO's collector draws in another process, with no dynamic_sampling step to score at); run "
-           "synchronous GRPO, or gradalign.steer=false (the trusted mix runs in async GRPO)", False)
+    if lookup(master_config, "grpo.async_grpo.enabled", False):
+        if cfg.schedule != "memory":
+            found.append(f"grpo.async_grpo.enabled=True: gradalign.schedule={cfg.schedule!r} selects at dynamic_sampling, "
+                         "which async GRPO never calls; use gradalign.schedule=memory (the sampler picks before rollout)")
+        elif not cfg.validation.train_share:
+            found.append("grpo.async_grpo.enabled=True: with gradalign.validation.train_share=0 G would come from the "
+                         "validation prompts' own rollouts, which only synchronous GRPO's rollout call generates; "
+                         "leave the trusted share on (G from the batch's trusted groups)")
     refuse("data.default.processor", lambda v: v == VLM_PROCESSOR, "the scoring pass feeds the policy token ids "
            "only, not the images or audio it trains on; use gradalign.steer=false (the trusted mix runs vision and "
            "audio recipes, through upstream's run_vlm_grpo.py)")

@@ -13,7 +13,8 @@
    every worker's validation gradient and the loader's cadence, and the dynamic_sampling hook is
    installed. ``gradalign.schedule: memory`` (memory_mode.py): the training loader is replaced by
    the memory sampler's, over the same dataset, and the hook records the trained groups' alignment
-   instead of selecting, read from the workers' own train() where that is exact (``gradalign.in_pass``).
+   instead of selecting, read from the workers' own train() where that is exact (``gradalign.in_pass``);
+   in async GRPO the sampler lives in a Ray actor the collector's loader asks (async_memory.py).
    ``gradalign.steer: false`` (the trusted mix): only the training loader is replaced (the trusted
    share, the pool's in seeded passes); upstream's policy, hooks and checkpoints stay as they are.
 """
@@ -23,8 +24,8 @@ from __future__ import annotations
 import functools
 import inspect
 
-from nemo_gradalign.config import GradAlignConfig
-from nemo_gradalign.integrations.nemo_rl import memory_mode, sampler_state, trusted_set
+from nemo_gradalign.config import ConfigError, GradAlignConfig
+from nemo_gradalign.integrations.nemo_rl import async_memory, memory_mode, sampler_state, trusted_set
 from nemo_gradalign.integrations.nemo_rl import validation_loader as loader_state
 from nemo_gradalign.integrations.nemo_rl.config import (check_supported, in_pass_config_reason, lookup,
                                                         read_gradalign, scoring_loss)
@@ -65,6 +66,10 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         # and the memory a resume would load
         cfg, trusted, trusted_rows = trusted_set.resolve(master_config, cfg, dataset, val_dataset,
                                                          lambda line: print(line, flush=True))
+        if cfg.steer and lookup(master_config, "grpo.async_grpo.enabled", False) and trusted is None:
+            raise ConfigError("grpo.async_grpo.enabled=true: the steered flag builds G from the batch's trusted "
+                              "groups there, and no trusted set trains (see the line above); name one in "
+                              "gradalign.validation.dataset")
         draw = sampler_state.trusted_draw(master_config, cfg, trusted)
         keys = sampler_state.checked_keys(master_config, cfg, dataset, draw) if cfg.schedule == "memory" else None
         if draw is not None:
@@ -78,12 +83,14 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         loaders = [i for i, x in enumerate(result) if type(x).__name__ in LOADER_TYPES]
         checkpointer = next(x for x in result if type(x).__name__ == "CheckpointManager")
         loader, take_validation, sampler = None, (lambda: None), None
+        asynchronous = cfg.steer and bool(lookup(master_config, "grpo.async_grpo.enabled", False))
         if cfg.schedule == "memory":
             rows = None if draw is None else trusted_set.PoolAndTrusted(result[loaders[0]].dataset, trusted_rows)
-            result[loaders[0]], sampler = memory_mode.memory_training_loader(
-                result[loaders[0]], cfg, collate, checkpointer.get_latest_checkpoint_path(),
-                lookup(master_config, "data"), getattr(grpo_module, "load_dataloader_state", None), keys,
-                trusted=draw, rows=rows)
+            make = functools.partial(async_memory.async_memory_loader, keys=keys, trusted=draw, rows=rows) \
+                if asynchronous else functools.partial(memory_mode.memory_training_loader, keys=keys, trusted=draw, rows=rows)
+            result[loaders[0]], sampler = make(
+                result[loaders[0]], cfg, collate, checkpoint_dir=checkpointer.get_latest_checkpoint_path(),
+                data_config=lookup(master_config, "data"), load_state=getattr(grpo_module, "load_dataloader_state", None))
         if not cfg.steer:
             return tuple(result)
         scorer = GroupScorer(policy, cfg, tokenizer.pad_token_id, scoring_loss(master_config, cfg))
@@ -101,9 +108,10 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
             if reason:
                 print(f"gradalign: in-pass reading off ({reason}): each trained group is scored with a "
                       "separate backward", flush=True)
-            memory_mode.install(grpo_module, memory_mode.MemoryFeedback(
-                sampler, scorer.statistics, take_validation, in_pass=None if reason else scorer,
-                simacc=cfg.method == "simacc", refresh_every=cfg.refresh_every))
+            kind, hook = ((async_memory.AsyncMemoryFeedback, async_memory.install) if asynchronous
+                          else (memory_mode.MemoryFeedback, memory_mode.install))
+            hook(grpo_module, kind(sampler, scorer.statistics, take_validation, in_pass=None if reason else scorer,
+                                   simacc=cfg.method == "simacc", refresh_every=cfg.refresh_every))
         else:
             install_hook(grpo_module, scorer, take_validation)
         return tuple(result)

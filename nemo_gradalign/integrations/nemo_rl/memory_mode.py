@@ -174,7 +174,7 @@ class MemoryFeedback:
         steps (every step until a first G exists); None otherwise, or when none of them has a
         gradient (G as it was)."""
         trusted = [g for g, i in enumerate(groups) if i >= self.sampler.num_problems]
-        drawn = sorted(self.sampler.num_problems + j for j in self.sampler.last_trusted)
+        drawn = self._drawn_trusted(sorted(groups[g] for g in trusted))
         if sorted(groups[g] for g in trusted) != drawn:
             raise RuntimeError(f"the trained trusted groups {sorted(groups[g] for g in trusted)} are not the "
                                f"ones the sampler drew for step {step} ({drawn})")
@@ -182,6 +182,10 @@ class MemoryFeedback:
         if not due or not _varies(batch, group_size)[trusted].any():
             return None
         return batch.select_indices([g * group_size + r for g in trusted for r in range(group_size)])
+
+    def _drawn_trusted(self, trained: list[int]) -> list[int]:
+        """The trusted rows the sampler drew for the step being fed back."""
+        return sorted(self.sampler.num_problems + j for j in self.sampler.last_trusted)
 
     def _record(self, ids, step, generation, stats, informative, rates) -> dict[str, float]:
         memory = self.sampler.memory
