@@ -321,3 +321,30 @@ def test_entry_serves_the_trusted_share_through_setups_loader_and_generates_noth
     assert sorted(i for b in idx for i in b if i < POOL) == list(range(POOL))  # one pass of the pool
     assert preflight(recipe("gradalign.enabled=true", "gradalign.steer=false", "grpo.use_dynamic_sampling=true",
                             "grpo.batch_multiplier=3")) == ["++data.num_workers=0"]
+
+    # async GRPO, steered: the loader's sampler asks the memory actor (on real Ray); upstream's
+    # advantage estimator is wrapped for the feedback, dynamic_sampling is left alone
+    ray = pytest.importorskip("ray")
+    from nemo_gradalign.integrations.nemo_rl.async_memory import FeedbackFirstEstimator
+    from nemo_gradalign.integrations.nemo_rl.memory_service import RemoteMemorySampler
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        async_grpo = make_grpo(tmp_path, True)
+        async_grpo._create_advantage_estimator = lambda master_config: "upstream's estimator"
+        steered = master_config(enabled=True, schedule="memory", validation={"dataset": _trusted_file(tmp_path),
+                                                                            "train_share": 0.5})
+        steered["grpo"].update(batch_multiplier=1, use_dynamic_sampling=False, num_prompts_per_step=N,
+                               async_grpo={"enabled": True, "max_trajectory_age_steps": 1})
+        hooks = (async_grpo.dynamic_sampling, async_grpo.run_multi_turn_rollout)
+        result = gradalign_setup(setup, async_grpo, {UPSTREAM_WORKER_FQN: "x"}, Policy, collate)(
+            steered, TOKENIZER, pool, None)
+        assert isinstance(result[3].sampler, RemoteMemorySampler) and result[0].worker_extension_cls_fqn is not None
+        assert (async_grpo.dynamic_sampling, async_grpo.run_multi_turn_rollout) == hooks
+        estimator = async_grpo._create_advantage_estimator(steered)
+        assert isinstance(estimator, FeedbackFirstEstimator) and estimator._estimator == "upstream's estimator"
+        idx = [list(b["idx"]) for _, b in zip(range(POOL // 2), result[3])]
+        assert sorted(i for b in idx for i in b if i < POOL) == list(range(POOL))  # unseen first: one pass
+        assert all(sum(POOL <= i < POOL + 6 for i in b) == 2 and POOL <= b[0] for b in idx)  # interleaved
+    finally:
+        ray.shutdown()
