@@ -25,6 +25,7 @@ Anything the hooks cannot attribute exactly is refused before the step starts.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -63,13 +64,9 @@ class AlignmentReading:
         self.engine = engine
         self.reference = reference
         self.projection_dim, self.seed = projection_dim, seed
-        self._projections: Projections | None = None
 
     def projections(self) -> Projections | None:
-        """The same projection matrices every step (made once, on first use)."""
-        if self.projection_dim is not None and self._projections is None:
-            self._projections = shard_projections(self.projection_dim, self.seed)
-        return self._projections
+        return None if self.projection_dim is None else shard_projections(self.projection_dim, self.seed)
 
     def open(self, model, batch: list[ProblemRollouts], token_scale: torch.Tensor,
              microbatches: list[dict], baseline: str, normalize_std: bool) -> "InPassRead":
@@ -92,8 +89,10 @@ class AlignmentReading:
                           self.projections())
 
 
+@functools.lru_cache(maxsize=None)
 def shard_projections(dim: int, seed: int) -> Projections:
-    """Projections seeded per tensor and pipeline rank (the same on every data-parallel rank)."""
+    """Projections seeded per tensor and pipeline rank (the same on every data-parallel rank); one
+    per process (a rank), so every step reads with the same matrices, made once."""
     from megatron.core import parallel_state as ps
 
     return Projections(dim, dim, seed, ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank())

@@ -12,9 +12,9 @@ gradient is a sum over tokens (per_problem.py lists the kinds). So:
 - weights (linear, embedding) keep each open problem's projection S g (projections.py: k_out·k_in
   numbers per weight shard), summed over parts; ‖S g‖² estimates their share of ‖g_i‖².
 
-Nothing here touches a gradient autograd computes; hooks read x (forward) and δ (backward).
-Under data parallelism with a problem's rows on several ranks, ``partials(data_parallel=group)``
-adds the parts (dots, exact small grads and projections) over the group before any norm is taken.
+Nothing here touches a gradient autograd computes; hooks read x (forward) and δ (backward). A
+problem's rows must all be on this rank (its parts on other data-parallel ranks would have to be
+added before any norm is taken; NeMo RL's shards hold whole groups, which the worker checks).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class ProjectedPartials:
         self.dot = torch.zeros(n_problems, dtype=torch.float64, device=self._device)
         self.sketches: dict[str, torch.Tensor] = {}  # name -> [n, k_out, k_in]
         self.small: dict[str, torch.Tensor] = {}  # name -> [n, numel], exact per-problem grads
+        self._small_refs: dict[str, torch.Tensor] = {}  # name -> its reference, flat, float64
         self._owners: torch.Tensor | None = None
         self._handles = []
 
@@ -65,22 +66,12 @@ class ProjectedPartials:
         self._handles.clear()
         return False
 
-    def partials(self, data_parallel=None) -> torch.Tensor:
-        """[n, 2]: dot and estimated ‖g‖² over this rank's counted parameters (parts on the
-        ``data_parallel`` group's ranks added first)."""
-        names = sorted(self.small) + sorted(self.sketches)
-        if data_parallel is not None and torch.distributed.get_world_size(data_parallel) > 1:
-            flat = torch.cat([self.dot] + [self._state(name).reshape(-1) for name in names])
-            torch.distributed.all_reduce(flat, group=data_parallel)
-            self.dot, at = flat[:self.n].clone(), self.n
-            for name in names:
-                state = self._state(name)
-                state.copy_(flat[at:at + state.numel()].view_as(state))
-                at += state.numel()
+    def partials(self) -> torch.Tensor:
+        """[n, 2]: dot and estimated ‖g‖² over this rank's counted parameters."""
         dot, sq = self.dot.clone(), torch.zeros_like(self.dot)
         for name in sorted(self.small):
             grads = self.small[name]
-            dot += grads @ self._reference_of_name(name)
+            dot += grads @ self._small_refs[name]
             sq += (grads * grads).sum(1)
         for name in sorted(self.sketches):
             sq += self.sketches[name].square().sum((1, 2))
@@ -174,14 +165,8 @@ class ProjectedPartials:
         name = self.names[id(param)]
         if name not in self.small:
             self.small[name] = torch.zeros(self.n, param.numel(), dtype=torch.float64, device=self._device)
+            self._small_refs[name] = self.references[id(param)].reshape(-1).double()
         return self.small[name]
-
-    def _state(self, name: str) -> torch.Tensor:
-        return self.small[name] if name in self.small else self.sketches[name]
 
     def _reference(self, param, dtype) -> torch.Tensor:
         return self.references[id(param)].reshape(param.shape).to(dtype)
-
-    def _reference_of_name(self, name: str) -> torch.Tensor:
-        param = next(p for p in self.model.parameters() if self.names.get(id(p)) == name)
-        return self.references[id(param)].reshape(-1).double()

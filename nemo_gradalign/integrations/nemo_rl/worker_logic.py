@@ -71,16 +71,13 @@ class GradAlignWorkerLogic:
             loss, aggregation=grpo.reference_aggregation(loss.aggregation, cfg.reference_weighting))
         self.reference_runner = ProblemRunner(model, reference_loss, cfg.max_rollouts_per_microbatch, cfg.pack_rows)
         self.reference: ReferenceGradient | None = None
-        self._projections = None
 
     def projections(self):
-        """The in-pass read's projections for split groups (None: gradalign.in_pass_projection=null),
-        made once: the same matrices every step."""
+        """The in-pass read's projections for split groups (None: gradalign.in_pass_projection=null)."""
         from nemo_gradalign.megatron.in_pass import shard_projections
 
-        if self.cfg.in_pass_projection is not None and self._projections is None:
-            self._projections = shard_projections(self.cfg.in_pass_projection, self.cfg.seed)
-        return self._projections
+        dim = self.cfg.in_pass_projection
+        return None if dim is None else shard_projections(dim, self.cfg.seed)
 
     def build_reference(self, data: dict, group_size: int, step: int) -> dict:
         """Rebuild G from this rank's share of validation groups (DP-summed); returns metrics."""
