@@ -69,6 +69,10 @@ def static_read_reasons(recipe: dict) -> list[str]:
     for section in ("sequence_packing", "dynamic_batching"):
         if lookup(recipe, f"policy.{section}.enabled", False):
             reasons.append(section.replace("_", " "))
+    # Megatron-Bridge builds Transformer Engine layers unless transformer_impl is "local"; the
+    # per-problem hooks read megatron-core's own layers only (the worker refuses TE when armed)
+    if lookup(recipe, f"{mc}.transformer_impl", "transformer_engine") != "local":
+        reasons.append("Transformer Engine layers")
     for key in ("context_parallel_size", "expert_model_parallel_size", "virtual_pipeline_model_parallel_size"):
         if int(lookup(recipe, f"{mc}.{key}", 1) or 1) > 1:
             reasons.append(key.removesuffix("_size").replace("_", " "))
