@@ -134,10 +134,26 @@ def test_the_collector_draws_from_the_memory_the_driver_feeds_and_a_checkpoint_r
         torch.load(f"{path}/train_dataloader.pt", weights_only=False)["state"]))
     again = ray.get(Collector.remote(resumed).draw.remote(5))  # torchdata applies a loaded state on iteration
     assert again == later  # the same decisions from the same memory and position
+    restored = ray.get(resumed_view.service.state_dict.remote())["memory"]  # drawing records nothing
+    _same_memory(saved_memory, restored)
     unfed = Collector.remote(_run()[0])  # the same draws without any feedback: other decisions
     assert ray.get(unfed.draw.remote(6)) == drawn and ray.get(unfed.draw.remote(5)) != later
-    restored = ray.get(resumed_view.service.state_dict.remote())["memory"]  # drawing records nothing
-    for key, value in saved_memory.items():
-        same = np.array_equal(np.asarray(value), np.asarray(restored[key]), equal_nan=True) \
-            if not isinstance(value, (int, float)) else value == restored[key]
-        assert same, (key, value, restored[key])
+
+    # training goes on in both runs: the resumed one's feedback continues the steps and ends in
+    # the same memory as the uninterrupted one's
+    for run_view, batches in ((view, later), (resumed_view, again)):
+        run_estimator = async_memory.FeedbackFirstEstimator(UpstreamEstimator(), async_memory.AsyncMemoryFeedback(
+            run_view, _statistics, lambda: None, refresh_every=1), MASTER)
+        for rows in batches[:2]:
+            batch = _trained(rows)
+            run_estimator.compute_advantage(rewards=batch["total_reward"], repeated_batch=batch)
+    _same_memory(ray.get(view.service.state_dict.remote())["memory"],
+                 ray.get(resumed_view.service.state_dict.remote())["memory"])
+    assert int(view.memory.visits.sum()) == len(trained) + sum(i < POOL for rows in later[:2] for i in rows)
+
+
+def _same_memory(a: dict, b: dict) -> None:
+    for key, value in a.items():
+        same = np.array_equal(np.asarray(value), np.asarray(b[key]), equal_nan=True) \
+            if not isinstance(value, (int, float)) else value == b[key]
+        assert same, (key, value, b[key])

@@ -45,12 +45,12 @@ def async_memory_loader(upstream_loader, cfg, collate, keys, trusted, rows, chec
 
 
 class AsyncMemoryFeedback(MemoryFeedback):
-    """MemoryFeedback over a MemoryView: the step fed back is the trainer's count, and the
-    trusted groups are whatever the trained batch holds (the collector assembles a batch from
+    """MemoryFeedback over a MemoryView: the step fed back counts on from the memory's latest
+    (MemoryView.begin_step), and the trusted groups are whatever the trained batch holds (the collector assembles a batch from
     groups of several decided batches, so no decided batch is compared with it)."""
 
     def __call__(self, batch, master_config):
-        self.sampler.trained += 1
+        self.sampler.begin_step()
         return super().__call__(batch, master_config)
 
     def _drawn_trusted(self, trained: list[int]) -> list[int]:

@@ -59,8 +59,11 @@ class MemoryService:
     def visits(self) -> np.ndarray:
         return self.sampler.memory.visits.copy()
 
-    def decided_steps(self) -> int:
-        return self.sampler.step
+    def next_feedback_step(self) -> int:
+        """One past the latest step any visit was recorded at (0 before any): the trained steps
+        count on across a resume, as the memory's visit steps must never go back."""
+        last = self.sampler.memory.last_step
+        return int(last.max()) + 1 if last.size else 0
 
     def state_dict(self) -> dict:
         return self.sampler.state_dict()
@@ -131,8 +134,9 @@ class _RemoteMemory:
 
 
 class MemoryView:
-    """The driver's side: MemoryFeedback's ``sampler`` in async GRPO. ``step`` counts the trained
-    steps (the collector decides ahead, so the sampler's own count is not the trained step);
+    """The driver's side: MemoryFeedback's ``sampler`` in async GRPO. ``step`` is one past the
+    trained step being fed back (``begin_step`` sets it from the memory, so it counts on after a
+    resume; the collector decides ahead, so the sampler's own count is not the trained step);
     there is no ``last_plan``: a trained batch's groups may come from several decided batches."""
 
     def __init__(self, service, sampler: RemoteMemorySampler, config, trusted: Any):
@@ -140,9 +144,7 @@ class MemoryView:
         self.num_problems = sampler.num_problems
         self.memory = _RemoteMemory(service)
         self.last_plan = None
-        self.trained = 0
+        self.step = 0
 
-    @property
-    def step(self) -> int:
-        """One past the step being fed back (MemoryFeedback reads ``step - 1``)."""
-        return self.trained
+    def begin_step(self) -> None:
+        self.step = _get(self.service.next_feedback_step.remote()) + 1
