@@ -104,7 +104,9 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
             take_validation = store.take
         _checkpoint_with_gradalign(checkpointer, scorer, loader)
         if sampler is not None:
-            reason = in_pass_config_reason(master_config, cfg)
+            reason = in_pass_config_reason(master_config, cfg) or (
+                "async GRPO: the collector's checkpoint would not wait for a read pending in train()"
+                if asynchronous else None)
             if reason:
                 print(f"gradalign: in-pass reading off ({reason}): each trained group is scored with a "
                       "separate backward", flush=True)
