@@ -6,7 +6,8 @@ Every token belongs to one problem (``owners``, -1 for none), and every counted 
 gradient is a sum over tokens (per_problem.py lists the kinds). So:
 
 - the dot is summed token by token, ⟨δ_t x_tᵀ, R⟩ = δ_tᵀ (R x_t), into its problem: exact in any
-  split, the flops of one forward product of the layer;
+  split, the flops of one forward product of the layer (in the accumulation dtype, fp32 for 16-bit
+  models, so G is not rounded: not yet measured on a GPU, where a 16-bit product would be faster);
 - small parameters (biases, layer norms) keep each open problem's exact gradient (their size
   per problem), so their share of the squared norm is exact;
 - weights (linear, embedding) keep each open problem's projection S g (projections.py: k_out·k_in
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from nemo_gradalign.engine.grads import accumulable
-from nemo_gradalign.megatron.per_problem import _module_kinds, wide_product
+from nemo_gradalign.megatron.per_problem import _module_kinds
 from nemo_gradalign.megatron.projections import Projections
 
 
@@ -107,13 +108,13 @@ class ProjectedPartials:
         delta = grad.reshape(-1, grad.shape[-1])[index]
         weight = module.weight
         if id(weight) in self.references:
-            ref = self._reference(weight, delta.dtype)
+            ref = self._reference(weight, self._dtype)  # G unrounded: fp32 for 16-bit models
             p_out, p_in = self._projection(weight)
             step = max(1, self.CHUNK_ELEMENTS // max(weight.shape[0], p_out.shape[1] * p_in.shape[1]))
             sketch = self._sketch(weight)
             for j in range(0, len(own), step):
                 xj, dj, oj = x[j:j + step], delta[j:j + step], own[j:j + step]
-                rx = wide_product(xj.unsqueeze(0), ref.T.unsqueeze(0))[0]  # R x_t, [t, out]
+                rx = accumulable(xj) @ ref.T  # R x_t, [t, out], in the accumulation dtype
                 self.dot.index_add_(0, oj, (rx * accumulable(dj)).sum(1).double())
                 self._add_sketch(sketch, oj, accumulable(dj) @ p_out, accumulable(xj) @ p_in)
         bias = getattr(module, "bias", None)
@@ -140,7 +141,7 @@ class ProjectedPartials:
         mine = (ids >= 0) & (ids < weight.shape[0])
         ids, own = ids[mine], own[mine]
         delta = accumulable(grad.reshape(-1, grad.shape[-1])[index][mine])
-        ref = self._reference(weight, delta.dtype)
+        ref = self._reference(weight, self._dtype)
         self.dot.index_add_(0, own, (delta * ref[ids]).sum(1).double())
         p_out, p_in = self._projection(weight)
         self._add_sketch(self._sketch(weight), own, p_out[ids], delta @ p_in)
