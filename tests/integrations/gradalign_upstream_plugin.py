@@ -12,7 +12,9 @@ GRADALIGN_UPSTREAM_FLAG:
   upstream's function unchanged and the scorer must never run.
 - ``on``: every dynamic_sampling call sees ``gradalign.enabled=true`` and a scorer that ties all
   groups (so the batch order is upstream's): what remains is the hook itself — whole-group std
-  handed to upstream's filter, the true per-row std restored, the metrics added.
+  handed to upstream's filter, the true per-row std restored, the metrics added. ``async_grpo_train``
+  runs with the async feedback hook (upstream's advantage estimator wrapped) and counts the trained
+  batches it is handed.
 - ``reverse``: as ``on`` but the last group scores best, to show which upstream assertions depend
   on batch order (selection legitimately reorders).
 """
@@ -25,7 +27,7 @@ import os
 import torch
 
 MODE = os.environ.get("GRADALIGN_UPSTREAM_FLAG", "off")
-CALLS = {"hook": 0, "scored": 0}
+CALLS = {"hook": 0, "scored": 0, "async_fed": 0, "async_groups": 0}
 
 
 def _never_score(batch, master_config, validation=None):
@@ -69,8 +71,40 @@ def pytest_configure(config):
         return hooked(*args, **kwargs)
 
     grpo.dynamic_sampling = counting
+    if MODE != "off":
+        _hook_async(grpo)
+
+
+def _hook_async(grpo) -> None:
+    """async_grpo_train runs with the steered flag's feedback hook installed as the entry installs
+    it (async_memory.install: upstream's advantage estimator wrapped); the feedback checks what it
+    is handed, upstream's trained repeated_batch, is whole groups carrying their dataset idx, and
+    counts them (the workers' scoring and the memory actor are tested in test_async_memory.py)."""
+    from nemo_gradalign.integrations.nemo_rl import async_memory
+    from nemo_gradalign.integrations.nemo_rl.config import lookup
+    from nemo_gradalign.integrations.nemo_rl.memory_mode import group_ids
+
+    def feedback(batch, master_config):
+        groups = group_ids(batch["idx"], int(lookup(master_config, "grpo.num_generations_per_prompt")))
+        assert len(batch["total_reward"]) == len(batch["idx"])
+        CALLS["async_fed"] += 1
+        CALLS["async_groups"] += len(groups)
+        return {"gradalign/fed_groups": float(len(groups))}
+
+    original = grpo.async_grpo_train
+
+    def async_grpo_train(*args, **kwargs):
+        uninstall = async_memory.install(grpo, feedback)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            uninstall()
+
+    grpo.async_grpo_train = async_grpo_train
 
 
 def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"gradalign hook (GRADALIGN_UPSTREAM_FLAG={MODE}): dynamic_sampling went "
-                                f"through the hook {CALLS['hook']} times, scored {CALLS['scored']} batches")
+                                f"through the hook {CALLS['hook']} times, scored {CALLS['scored']} batches; "
+                                f"async_grpo_train fed back {CALLS['async_fed']} trained batches "
+                                f"({CALLS['async_groups']} groups) through the estimator hook")
