@@ -51,7 +51,9 @@ class ProjectedPartials:
         self._handles = []
 
     def next_microbatch(self, owners: torch.Tensor) -> None:
-        self._owners = owners.to(self._device, torch.long)
+        """``owners`` on the host: the microbatch's problems are known without a device sync."""
+        here = sorted(set(owners.reshape(-1).tolist()) - {-1})
+        self._owners = (owners.to(self._device, torch.long), torch.tensor(here, dtype=torch.long, device=self._device))
 
     def __enter__(self):
         kinds = _module_kinds()
@@ -84,12 +86,13 @@ class ProjectedPartials:
             out = output[0] if isinstance(output, tuple) else output
             if not out.requires_grad or self._owners is None:
                 return
-            inputs, owners = args[0].detach(), self._owners
-            out.register_hook(lambda grad: self._backward(kind, module, inputs, owners, grad))
+            inputs, (owners, here) = args[0].detach(), self._owners
+            out.register_hook(lambda grad: self._backward(kind, module, inputs, owners, here, grad))
         return hook
 
-    def _backward(self, kind, module, inputs, owners, grad) -> None:
+    def _backward(self, kind, module, inputs, owners, here, grad) -> None:
         with torch.no_grad():
+            self._here = here  # the problems of the microbatch whose backward this is
             getattr(self, "_" + kind)(module, inputs, owners, grad)
 
     def _tokens(self, owners: torch.Tensor, x: torch.Tensor, sequence_first: bool):
@@ -110,13 +113,15 @@ class ProjectedPartials:
         if id(weight) in self.references:
             ref = self._reference(weight, self._dtype)  # G unrounded: fp32 for 16-bit models
             p_out, p_in = self._projection(weight)
-            step = max(1, self.CHUNK_ELEMENTS // max(weight.shape[0], p_out.shape[1] * p_in.shape[1]))
+            narrow = min(weight.shape)  # δ_tᵀ(R x_t) = (Rᵀδ_t)ᵀx_t: the product through the smaller side
+            step = max(1, self.CHUNK_ELEMENTS // max(narrow, p_out.shape[1] * p_in.shape[1]))
             sketch = self._sketch(weight)
             for j in range(0, len(own), step):
-                xj, dj, oj = x[j:j + step], delta[j:j + step], own[j:j + step]
-                rx = accumulable(xj) @ ref.T  # R x_t, [t, out], in the accumulation dtype
-                self.dot.index_add_(0, oj, (rx * accumulable(dj)).sum(1).double())
-                self._add_sketch(sketch, oj, accumulable(dj) @ p_out, accumulable(xj) @ p_in)
+                xj, dj, oj = accumulable(x[j:j + step]), accumulable(delta[j:j + step]), own[j:j + step]
+                # in the accumulation dtype: fp32 for 16-bit models, G not rounded
+                term = (xj @ ref.T) * dj if weight.shape[0] == narrow else (dj @ ref) * xj
+                self.dot.index_add_(0, oj, term.sum(1).double())
+                self._add_sketch(sketch, oj, dj @ p_out, xj @ p_in)
         bias = getattr(module, "bias", None)
         if bias is not None and id(bias) in self.references:
             self._small(bias).index_add_(0, own, accumulable(delta).double())
@@ -148,8 +153,12 @@ class ProjectedPartials:
 
     # -- state ---------------------------------------------------------------------------------
     def _add_sketch(self, sketch, owners, a, b) -> None:
-        """sketch[owner_t] += a_t b_tᵀ for every token t."""
-        sketch.index_add_(0, owners, (a.unsqueeze(2) * b.unsqueeze(1)).double())
+        """sketch[p] += Σ_{t of p} a_t b_tᵀ for the microbatch's problems p: one batched product
+        through their token masks (a handful of problems a microbatch), no per-token k×k outer."""
+        here = self._here
+        mask = (owners.unsqueeze(0) == here.unsqueeze(1)).to(a.dtype)  # [problems here, tokens]
+        local = torch.bmm((mask.unsqueeze(2) * a.unsqueeze(0)).transpose(1, 2), b.expand(len(here), -1, -1))
+        sketch.index_add_(0, here, local.double())
 
     def _projection(self, weight):
         return self.projections.of(self.names[id(weight)], weight.shape[0], weight.shape[1], self._dtype,
