@@ -123,7 +123,7 @@ class GradAlignConfig(_Strict):
     # where a training microbatch splits a problem (fewer rows than its rollouts), its squared norm
     # is estimated from seeded k×k sign projections of each weight shard's gradient (the dot stays
     # exact; megatron/projections.py bounds the error); null: such splits are refused / fall back
-    in_pass_projection: int | None = Field(32, gt=0)
+    in_pass_projection: int | None = Field(32, gt=0, strict=True)
     seed: int = 42
     # false (NeMo RL, with a trusted share): the trusted set trains, nothing steers: the pool's share is
     # drawn in seeded shuffled passes, no G, nothing scored (the embedded grpo.trusted_share control)

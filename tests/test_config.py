@@ -25,6 +25,8 @@ def test_defaults_and_omegaconf_input():
     ({"uninformative": "drop"}, "gradalign.uninformative", "'drop'"),
     ({"advantage": {"baseline": "median"}}, "gradalign.advantage.baseline", "'median'"),
     ({"topk": 3}, "gradalign.topk", "3"),
+    ({"in_pass_projection": 0}, "gradalign.in_pass_projection", "0"),
+    ({"in_pass_projection": True}, "gradalign.in_pass_projection", "True"),  # not silently k = 1
 ])
 def test_bad_field_is_named_with_its_value(block, field, value):
     with pytest.raises(ConfigError) as err:
