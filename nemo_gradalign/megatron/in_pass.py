@@ -65,9 +65,6 @@ class AlignmentReading:
         self.reference = reference
         self.projection_dim, self.seed = projection_dim, seed
 
-    def projections(self) -> Projections | None:
-        return None if self.projection_dim is None else shard_projections(self.projection_dim, self.seed)
-
     def open(self, model, batch: list[ProblemRollouts], token_scale: torch.Tensor,
              microbatches: list[dict], baseline: str, normalize_std: bool) -> "InPassRead":
         """Check everything (cheap) and return the reader for this step's reading pass."""
@@ -82,19 +79,20 @@ class AlignmentReading:
                              "(build the GradientEngine on the trained model's named_parameters())")
         rows = microbatches[0]["tokens"].shape[0]
         spans = microbatch_spans(batch, rows, len(microbatches))
-        if splits_a_problem(spans) and self.projection_dim is None:
-            raise UnsupportedLayout(split_reason(batch, spans, rows) + "; or set a projection dimension")
         refs = {id(p): r for p, r in zip(self.engine.counted.params, self.reference.buffers)}
         return InPassRead(self.engine, model, batch, token_scale, spans, rows, refs, baseline, normalize_std,
-                          self.projections())
+                          shard_projections(self.projection_dim, self.seed))
 
 
 @functools.lru_cache(maxsize=None)
-def shard_projections(dim: int, seed: int) -> Projections:
+def shard_projections(dim: int | None, seed: int) -> Projections | None:
     """Projections seeded per tensor and pipeline rank (the same on every data-parallel rank); one
-    per process (a rank), so every step reads with the same matrices, made once."""
+    per process (a rank), so every step reads with the same matrices, made once. None: no
+    projection dimension (split problems are refused)."""
     from megatron.core import parallel_state as ps
 
+    if dim is None:
+        return None
     return Projections(dim, dim, seed, ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank())
 
 
@@ -145,35 +143,15 @@ def microbatch_spans(batch: list[ProblemRollouts], rows: int, n_microbatches: in
     return spans
 
 
-def splits_a_problem(spans: list[list]) -> bool:
-    problems = [p for mb in spans for p, _, _ in mb]
-    return len(problems) != len(set(problems))
-
-
-def split_reason(batch: list[ProblemRollouts], spans: list[list], rows: int) -> str:
-    """The first split problem, named as a user can find it."""
+def split_problem(spans: list[list]) -> int | None:
+    """The first problem whose rows are in two microbatches (None: every problem is whole)."""
     seen = set()
     for mb in spans:
         for p, _, _ in mb:
             if p in seen:
-                problem, first = batch[p], sum(q.k for q in batch[:p])
-                return (f"in-pass alignment needs whole problems per microbatch: the step's microbatches of "
-                        f"{rows} rollouts (policy.max_rollouts_per_microbatch, evened out over the batch) split "
-                        f"problem {problem.problem_id} (rollouts {first}..{first + problem.k - 1} of the batch); set "
-                        "it to a multiple of the rollouts per problem that divides the batch, or unset it")
+                return p
             seen.add(p)
-    return ""
-
-
-def row_owners(spans: list[list], rows: int) -> list[torch.Tensor]:
-    """Per microbatch, [rows] problem index of each row (-1: a padding row)."""
-    owners = []
-    for mb in spans:
-        owner = torch.full((rows,), -1, dtype=torch.long)
-        for p, r0, r1 in mb:
-            owner[r0:r1] = p
-        owners.append(owner)
-    return owners
+    return None
 
 
 class InPassRead:
@@ -190,15 +168,20 @@ class InPassRead:
         self.shares = torch.stack(shares) if shares else torch.zeros(0, dtype=torch.float64)
         self.informative = torch.tensor([p.has_gradient(baseline, normalize_std) for p in batch],
                                         dtype=torch.bool)
-        self.owners = row_owners(spans, rows) if splits_a_problem(spans) else None
-        if self.owners is None:
-            self.reader = PerProblemPartials(model, refs, len(batch), freeze_weights=False)
+        split = split_problem(spans)
+        if split is None:
+            self.reader, self.projected_dim = PerProblemPartials(model, refs, len(batch), freeze_weights=False), 0
+        elif projections is None:
+            problem, first = batch[split], sum(q.k for q in batch[:split])
+            raise UnsupportedLayout(
+                f"in-pass alignment needs whole problems per microbatch: the step's microbatches of {rows} rollouts "
+                f"(policy.max_rollouts_per_microbatch, evened out over the batch) split problem {problem.problem_id} "
+                f"(rollouts {first}..{first + problem.k - 1} of the batch); set it to a multiple of the rollouts per "
+                "problem that divides the batch, or unset it; or set a projection dimension")
         else:
-            if projections is None:
-                raise UnsupportedLayout(split_reason(batch, spans, rows))
             names = {id(p): name for name, p in model.named_parameters()}
             self.reader = ProjectedPartials(model, refs, names, len(batch), projections)
-        self.projected_dim = projections.dim if self.owners is not None else 0
+            self.projected_dim = projections.dim
 
     def __enter__(self):
         self.reader.__enter__()
@@ -208,14 +191,11 @@ class InPassRead:
         return self.reader.__exit__(*exc)
 
     def next_microbatch(self, index: int) -> None:
-        if self.owners is None:
-            self.reader.next_microbatch(self.spans[index], self.rows)
-        else:
-            self.reader.next_microbatch(self.owners[index])
+        self.reader.next_microbatch(self.spans[index], self.rows)
 
     def scores(self) -> InPassScores:
         """Summed over TP×PP (one all-reduce of [n, 2]); g_i's dot and squared norm per problem."""
-        local = self.reader.partials if self.owners is None else self.reader.partials()
+        local = self.reader.partials
         self.engine.groups.sum_model_parallel(local)
         local = local.cpu()
         keep = self.informative & (self.shares > 0)

@@ -1,8 +1,7 @@
 """Per-problem ⟨g_i, G⟩ (exact) and ‖g_i‖² (projected) read from a training pass whose
-microbatches split problems: a group's rollouts over several microbatches, or several problems'
-sequences packed into one row.
+microbatches split problems: a group's rollouts over several microbatches.
 
-Every token belongs to one problem (``owners``, -1 for none), and every counted parameter's
+Every token belongs to one problem (its row's, -1 for a padding row), and every counted parameter's
 gradient is a sum over tokens (per_problem.py lists the kinds). So:
 
 - the dot is summed token by token, ⟨δ_t x_tᵀ, R⟩ = δ_tᵀ (R x_t), into its problem: exact in any
@@ -24,14 +23,16 @@ import torch
 import torch.nn.functional as F
 
 from nemo_gradalign.engine.grads import accumulable
+from nemo_gradalign.megatron.packed_rows import Span
 from nemo_gradalign.megatron.per_problem import _module_kinds
 from nemo_gradalign.megatron.projections import Projections
 
 
 class ProjectedPartials:
-    """Context manager: hooks on ``model``; ``next_microbatch(owners)`` before each microbatch's
-    forward (owners: [rows] or [rows, seq] problem index, -1 for none); ``partials()`` is this
-    rank's [n, 2] float64 (dot, estimated squared norm) afterwards."""
+    """Context manager: hooks on ``model``; ``next_microbatch(spans, rows)`` before each
+    microbatch's forward (as PerProblemPartials takes them, but a problem may have spans in several
+    microbatches); ``partials`` is this rank's [n, 2] float64 (dot, estimated squared norm)
+    afterwards."""
 
     CHUNK_ELEMENTS = 1 << 24  # tokens are read this many [tokens, out] elements at a time
 
@@ -47,13 +48,17 @@ class ProjectedPartials:
         self.sketches: dict[str, torch.Tensor] = {}  # name -> [n, k_out, k_in]
         self.small: dict[str, torch.Tensor] = {}  # name -> [n, numel], exact per-problem grads
         self._small_refs: dict[str, torch.Tensor] = {}  # name -> its reference, flat, float64
-        self._owners: torch.Tensor | None = None
+        self._owners: tuple[torch.Tensor, torch.Tensor] | None = None  # (row owners, problems here)
         self._handles = []
 
-    def next_microbatch(self, owners: torch.Tensor) -> None:
-        """``owners`` on the host: the microbatch's problems are known without a device sync."""
-        here = sorted(set(owners.reshape(-1).tolist()) - {-1})
-        self._owners = (owners.to(self._device, torch.long), torch.tensor(here, dtype=torch.long, device=self._device))
+    def next_microbatch(self, spans: list[Span], rows: int) -> None:
+        """Each row's problem (-1: a padding row) and the microbatch's problems, made on the host:
+        no device sync."""
+        owners = torch.full((rows,), -1, dtype=torch.long)
+        for p, r0, r1 in spans:
+            owners[r0:r1] = p
+        here = torch.tensor(sorted({p for p, _, _ in spans}), dtype=torch.long)
+        self._owners = (owners.to(self._device), here.to(self._device))
 
     def __enter__(self):
         kinds = _module_kinds()
@@ -69,6 +74,7 @@ class ProjectedPartials:
         self._handles.clear()
         return False
 
+    @property
     def partials(self) -> torch.Tensor:
         """[n, 2]: dot and estimated ‖g‖² over this rank's counted parameters."""
         dot, sq = self.dot.clone(), torch.zeros_like(self.dot)
@@ -91,21 +97,20 @@ class ProjectedPartials:
         return hook
 
     def _backward(self, kind, module, inputs, owners, here, grad) -> None:
+        """``here``: the problems of the microbatch whose backward this is."""
         with torch.no_grad():
-            self._here = here  # the problems of the microbatch whose backward this is
-            getattr(self, "_" + kind)(module, inputs, owners, grad)
+            getattr(self, "_" + kind)(module, inputs, owners, here, grad)
 
     def _tokens(self, owners: torch.Tensor, x: torch.Tensor, sequence_first: bool):
         """Flat indices of the tokens that belong to a problem and their owners; x is [s, b, ·]
-        (or [b, s, ·])."""
+        (or [b, s, ·]), owners [b] (a row's problem)."""
         seq, rows = (x.shape[0], x.shape[1]) if sequence_first else (x.shape[1], x.shape[0])
-        if owners.dim() == 1:
-            owners = owners.unsqueeze(1).expand(rows, seq)
+        owners = owners.unsqueeze(1).expand(rows, seq)
         flat = (owners.T if sequence_first else owners).reshape(-1)
         index = (flat >= 0).nonzero().squeeze(1)
         return index, flat[index]
 
-    def _linear(self, module, inputs, owners, grad) -> None:
+    def _linear(self, module, inputs, owners, here, grad) -> None:
         index, own = self._tokens(owners, grad, sequence_first=True)
         x = inputs.reshape(-1, inputs.shape[-1])[index]
         delta = grad.reshape(-1, grad.shape[-1])[index]
@@ -121,12 +126,12 @@ class ProjectedPartials:
                 # in the accumulation dtype: fp32 for 16-bit models, G not rounded
                 term = (xj @ ref.T) * dj if weight.shape[0] == narrow else (dj @ ref) * xj
                 self.dot.index_add_(0, oj, term.sum(1).double())
-                self._add_sketch(sketch, oj, dj @ p_out, xj @ p_in)
+                self._add_sketch(sketch, oj, here, dj @ p_out, xj @ p_in)
         bias = getattr(module, "bias", None)
         if bias is not None and id(bias) in self.references:
             self._small(bias).index_add_(0, own, accumulable(delta).double())
 
-    def _layernorm(self, module, inputs, owners, grad) -> None:
+    def _layernorm(self, module, inputs, owners, here, grad) -> None:
         index, own = self._tokens(owners, grad, sequence_first=True)
         delta = accumulable(grad.reshape(-1, grad.shape[-1])[index]).double()
         if module.weight is not None and id(module.weight) in self.references:
@@ -136,7 +141,7 @@ class ProjectedPartials:
         if module.bias is not None and id(module.bias) in self.references:
             self._small(module.bias).index_add_(0, own, delta)
 
-    def _embedding(self, module, inputs, owners, grad) -> None:
+    def _embedding(self, module, inputs, owners, here, grad) -> None:
         # ids [b, s], δ [b, s, d]; a vocab-parallel shard owns rows [start, start + rows) of E
         weight = module.weight
         if id(weight) not in self.references:
@@ -149,13 +154,12 @@ class ProjectedPartials:
         ref = self._reference(weight, self._dtype)
         self.dot.index_add_(0, own, (delta * ref[ids]).sum(1).double())
         p_out, p_in = self._projection(weight)
-        self._add_sketch(self._sketch(weight), own, p_out[ids], delta @ p_in)
+        self._add_sketch(self._sketch(weight), own, here, p_out[ids], delta @ p_in)
 
     # -- state ---------------------------------------------------------------------------------
-    def _add_sketch(self, sketch, owners, a, b) -> None:
-        """sketch[p] += Σ_{t of p} a_t b_tᵀ for the microbatch's problems p: one batched product
-        through their token masks (a handful of problems a microbatch), no per-token k×k outer."""
-        here = self._here
+    def _add_sketch(self, sketch, owners, here, a, b) -> None:
+        """sketch[p] += Σ_{t of p} a_t b_tᵀ for the microbatch's problems p (``here``): one batched
+        product through their token masks (a handful of problems a microbatch), no per-token k×k outer."""
         mask = (owners.unsqueeze(0) == here.unsqueeze(1)).to(a.dtype)  # [problems here, tokens]
         local = torch.bmm((mask.unsqueeze(2) * a.unsqueeze(0)).transpose(1, 2), b.expand(len(here), -1, -1))
         sketch.index_add_(0, here, local.double())

@@ -10,7 +10,7 @@ Entries are random signs / √k (integer draws: the same on every CPU kernel set
 by (seed, parameter name, tensor and pipeline rank): identical on every data-parallel rank,
 independent per shard, so shards' ‖S g‖² add as the shards' ‖g‖² do.
 
-Variance (``relative_variance_bound``): for Gaussian entries and g with singular values σ,
+Variance: for Gaussian entries and g with singular values σ,
 Var ‖S g‖² = ‖g‖⁴ [(2/k_out)((1 + 1/k_in) ρ + 1/k_in) + 2ρ/k_in], ρ = Σσ⁴ / (Σσ²)² ∈ (0, 1]
 (condition on P_in, then average: each step is a Gaussian quadratic form). Random signs have
 a fourth moment of 1 instead of 3, which only removes non-negative terms: the Gaussian value
@@ -59,16 +59,3 @@ class Projections:
                 sign_matrix(out_dim, self.k_out, _seed(self.seed, name, *self.shard, "out"), dtype, device),
                 sign_matrix(in_dim, self.k_in, _seed(self.seed, name, *self.shard, "in"), dtype, device))
         return self._cache[key]
-
-
-def relative_variance_bound(k_out: int, k_in: int, rho: float = 1.0) -> float:
-    """Var ‖S g‖² / ‖g‖⁴ for one projected shard (module docstring); ρ = 1 is the worst case
-    (a rank-one gradient)."""
-    return (2 / k_out) * ((1 + 1 / k_in) * rho + 1 / k_in) + 2 * rho / k_in
-
-
-def concentration(g: torch.Tensor) -> float:
-    """ρ = Σσ⁴ / (Σσ²)² = ‖gᵀg‖²_F / ‖g‖⁴_F of a matrix (1 for rank one, 1/r for r equal σ)."""
-    g = g.double()
-    sq = float((g * g).sum())
-    return float((g.T @ g).square().sum()) / sq ** 2 if sq > 0 else 0.0

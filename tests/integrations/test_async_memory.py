@@ -70,8 +70,9 @@ class Collector:
 def _run(checkpoint_dir=None, load_state=None):
     draw = TrustedDraw(problem_keys.keys_of(f"t{j}".encode() for j in range(TRUSTED)), PER_STEP, CFG.memory.seed)
     keys = problem_keys.keys_of(f"p{i}".encode() for i in range(POOL))
-    return async_memory.async_memory_loader(UpstreamLoader(), CFG, as_tensor, keys, draw,
-                                            list(range(POOL + TRUSTED)), checkpoint_dir, None, load_state)
+    return async_memory.async_memory_loader(UpstreamLoader(), CFG, as_tensor, checkpoint_dir=checkpoint_dir,
+                                            load_state=load_state, keys=keys, trusted=draw,
+                                            rows=list(range(POOL + TRUSTED)))
 
 
 class Batch(dict):

@@ -17,31 +17,24 @@ from __future__ import annotations
 import functools
 
 from nemo_gradalign.integrations.nemo_rl import memory_service
-from nemo_gradalign.integrations.nemo_rl.memory_mode import MemoryFeedback
-from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler
+from nemo_gradalign.integrations.nemo_rl.memory_mode import MemoryFeedback, restore
+from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler, memory_dataloader
 
 
-def async_memory_loader(upstream_loader, cfg, collate, keys, trusted, rows, checkpoint_dir=None,
-                        data_config=None, load_state=None, start=memory_service.start):
+def async_memory_loader(upstream_loader, cfg, collate, checkpoint_dir=None, data_config=None, load_state=None,
+                        keys=None, trusted=None, rows=None, start=memory_service.start):
     """(loader, view): the collector's loader over the service actor, restored from
-    ``checkpoint_dir`` by upstream's ``load_dataloader_state``; the driver's view of the memory."""
-    import os
-
-    from torchdata.stateful_dataloader import StatefulDataLoader
-
-    from nemo_gradalign.integrations.nemo_rl.sampler_state import CHECKPOINT_FILE
-
+    ``checkpoint_dir`` by upstream's ``load_dataloader_state``; the driver's view of the memory.
+    The arguments are memory_training_loader's (``trusted`` and ``rows`` required here)."""
     dataset = upstream_loader.dataset
     pool_rows = int(upstream_loader.batch_size) - trusted.per_step
-    local = AlignmentMemorySampler(len(dataset), pool_rows, cfg.memory, keys=keys, trusted=trusted)  # checks
+    local = AlignmentMemorySampler(len(dataset), pool_rows, cfg.memory, keys=keys, trusted=trusted)  # checks, sizes
     service = start(len(dataset), pool_rows, cfg.memory, keys, trusted)
     sampler = memory_service.RemoteMemorySampler(service, local.num_problems, local.loader_batch_size,
-                                                 local.steps_per_epoch, trusted.keys.size)
-    loader = StatefulDataLoader(rows, batch_size=local.loader_batch_size, sampler=sampler, drop_last=True,
-                                collate_fn=collate, num_workers=0)
-    if checkpoint_dir is not None and os.path.isfile(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)):
-        load_state(loader, str(checkpoint_dir), data_config)
-    return loader, memory_service.MemoryView(service, sampler, cfg.memory, trusted)
+                                                 local.steps_per_epoch, trusted)
+    loader = memory_dataloader(rows, sampler, collate)
+    restore(loader, checkpoint_dir, data_config, load_state)
+    return loader, memory_service.MemoryView(service, local.num_problems, cfg.memory, trusted)
 
 
 class AsyncMemoryFeedback(MemoryFeedback):

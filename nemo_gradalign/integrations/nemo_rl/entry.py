@@ -86,11 +86,11 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         asynchronous = cfg.steer and bool(lookup(master_config, "grpo.async_grpo.enabled", False))
         if cfg.schedule == "memory":
             rows = None if draw is None else trusted_set.PoolAndTrusted(result[loaders[0]].dataset, trusted_rows)
-            make = functools.partial(async_memory.async_memory_loader, keys=keys, trusted=draw, rows=rows) \
-                if asynchronous else functools.partial(memory_mode.memory_training_loader, keys=keys, trusted=draw, rows=rows)
+            make = async_memory.async_memory_loader if asynchronous else memory_mode.memory_training_loader
             result[loaders[0]], sampler = make(
                 result[loaders[0]], cfg, collate, checkpoint_dir=checkpointer.get_latest_checkpoint_path(),
-                data_config=lookup(master_config, "data"), load_state=getattr(grpo_module, "load_dataloader_state", None))
+                data_config=lookup(master_config, "data"), load_state=getattr(grpo_module, "load_dataloader_state", None),
+                keys=keys, trusted=draw, rows=rows)
         if not cfg.steer:
             return tuple(result)
         scorer = GroupScorer(policy, cfg, tokenizer.pad_token_id, scoring_loss(master_config, cfg))

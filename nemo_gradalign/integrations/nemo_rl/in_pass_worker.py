@@ -32,7 +32,7 @@ import torch
 from nemo_gradalign.engine.rules import UnsupportedLayout
 from nemo_gradalign.integrations.nemo_rl.config import IN_PASS_LOSS_REFUSALS
 from nemo_gradalign.integrations.nemo_rl.worker_logic import groups_from_batch
-from nemo_gradalign.megatron.in_pass import InPassRead, layout_reason, microbatch_spans
+from nemo_gradalign.megatron.in_pass import InPassRead, layout_reason, microbatch_spans, shard_projections
 
 
 def loss_fn_reason(loss_fn) -> str | None:
@@ -129,7 +129,7 @@ class ArmedRead:
         refs = {id(p): r for p, r in zip(logic.engine.counted.params, logic.reference.buffers)}
         loss = logic.runner.loss
         read = InPassRead(logic.engine, model, self.groups, shares, spans, mbs, refs, loss.baseline,
-                          loss.normalize_std, logic.projections())
+                          loss.normalize_std, shard_projections(logic.cfg.in_pass_projection, logic.cfg.seed))
         return TrainReading(model, read, len(spans))
 
     def _same_rows(self, data) -> bool:

@@ -53,12 +53,19 @@ def memory_training_loader(upstream_loader, cfg: GradAlignConfig, collate, check
     kind = FeedbackFirstSampler if cfg.steer else TrustedMixSampler  # steer=false: no feedback to wait for
     sampler = kind(len(dataset), from_pool, cfg.memory, keys=keys, trusted=trusted)
     loader = memory_dataloader(dataset if rows is None else rows, sampler, collate)
-    if checkpoint_dir is not None and os.path.isfile(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)):
-        if load_state is not None:
-            load_state(loader, str(checkpoint_dir), data_config)
-        else:  # NeMo RL without load_dataloader_state: the file is the loader's state_dict
-            loader.load_state_dict(torch.load(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)))
+    restore(loader, checkpoint_dir, data_config, load_state)
     return loader, sampler
+
+
+def restore(loader, checkpoint_dir, data_config, load_state: Callable | None) -> None:
+    """Load the checkpoint's loader state (train_dataloader.pt) into ``loader``, if there is one:
+    through upstream's ``load_dataloader_state``, or as the file's state_dict where NeMo RL has none."""
+    if checkpoint_dir is None or not os.path.isfile(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)):
+        return
+    if load_state is not None:
+        load_state(loader, str(checkpoint_dir), data_config)
+    else:
+        loader.load_state_dict(torch.load(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)))
 
 
 class FeedbackFirstSampler(AlignmentMemorySampler):

@@ -89,11 +89,10 @@ def _get(ref):
 class RemoteMemorySampler(Sampler[int]):
     """The loader's sampler: each step's rows from the service; its state is the service's."""
 
-    def __init__(self, service, num_problems: int, loader_batch_size: int, steps_per_epoch: int,
-                 trusted_rows: int):
+    def __init__(self, service, num_problems: int, loader_batch_size: int, steps_per_epoch: int, trusted):
         self.service, self.num_problems = service, num_problems
         self.loader_batch_size, self.steps_per_epoch = loader_batch_size, steps_per_epoch
-        self.trusted_rows = trusted_rows  # rows of the trusted set after the pool's (memory_dataloader)
+        self.trusted = trusted  # the trusted share's draw: memory_dataloader sizes the rows by it
 
     def __len__(self) -> int:
         return self.steps_per_epoch * self.loader_batch_size
@@ -139,9 +138,9 @@ class MemoryView:
     resume; the collector decides ahead, so the sampler's own count is not the trained step);
     there is no ``last_plan``: a trained batch's groups may come from several decided batches."""
 
-    def __init__(self, service, sampler: RemoteMemorySampler, config, trusted: Any):
+    def __init__(self, service, num_problems: int, config, trusted: Any):
         self.service, self.config, self.trusted = service, config, trusted
-        self.num_problems = sampler.num_problems
+        self.num_problems = num_problems
         self.memory = _RemoteMemory(service)
         self.last_plan = None
         self.step = 0

@@ -72,13 +72,6 @@ class GradAlignWorkerLogic:
         self.reference_runner = ProblemRunner(model, reference_loss, cfg.max_rollouts_per_microbatch, cfg.pack_rows)
         self.reference: ReferenceGradient | None = None
 
-    def projections(self):
-        """The in-pass read's projections for split groups (None: gradalign.in_pass_projection=null)."""
-        from nemo_gradalign.megatron.in_pass import shard_projections
-
-        dim = self.cfg.in_pass_projection
-        return None if dim is None else shard_projections(dim, self.cfg.seed)
-
     def build_reference(self, data: dict, group_size: int, step: int) -> dict:
         """Rebuild G from this rank's share of validation groups (DP-summed); returns metrics."""
         groups = _lockstep_groups(data, group_size).problems
