@@ -169,16 +169,51 @@ def spawned_oracle(tmp_path_factory, oracle_rank):
 
 def oracle_parameter_gradients(model, problems, **loss) -> list[dict[str, torch.Tensor]]:
     """Per problem, {parameter name: float64 g_i} of a TP=1 model (``oracle_gradient`` cut up)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    result = []
-    for problem in problems:
-        flat, _ = oracle_gradient(model, problem, **loss)
-        parts, at = {}, 0
-        for name, p in named:
+    return [by_parameter(model, oracle_gradient(model, problem, **loss)[0]) for problem in problems]
+
+
+def by_parameter(model, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A flat gradient over ``model``'s trainable parameters, cut into {name: tensor}."""
+    parts, at = {}, 0
+    for name, p in model.named_parameters():
+        if p.requires_grad:
             parts[name] = flat[at:at + p.numel()].view(p.shape)
             at += p.numel()
-        result.append(parts)
-    return result
+    return parts
+
+
+def oracle_token_logprobs(model, problem: ProblemRollouts, temperature: float = 1.0) -> torch.Tensor:
+    """[k, L-1] float64: entry t is log π(token t+1 | tokens ≤ t) under softmax(logits / temperature)."""
+    tokens = problem.tokens
+    k, length = tokens.shape
+    dev = tokens.device
+    logits = model(tokens, torch.arange(length, device=dev).expand(k, -1),
+                   torch.triu(torch.ones(1, 1, length, length, dtype=torch.bool, device=dev), 1))
+    logp = torch.log_softmax(logits.double() / temperature, dim=-1)
+    return logp[:, :-1].gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def oracle_clipped_gradient(model, problem: ProblemRollouts, prev: torch.Tensor | None, baseline="mean",
+                            normalize_std=False, temperature: float = 1.0, clip: float = 0.2):
+    """(g_i, scale) of GRPO's clipped surrogate from its definition: g_i = ∇ (1/N_i) Σ_j Σ_t
+    max(−A_j ρ_jt, −A_j clamp(ρ_jt, 1 ± clip)), ρ = exp(log π − prev) (``prev`` None: ρ ≡ 1 in
+    value, the on-policy ratio), N_i the problem's response tokens; one autograd call per rollout,
+    scale = Σ_j ‖∇ of rollout j's term‖ (a g_i that cancels is zero against it)."""
+    lp = oracle_token_logprobs(model, problem, temperature)
+    adv = oracle_advantages(problem.rewards, baseline, normalize_std)
+    n_tokens = int(problem.response_lens.sum())
+    params = [p for p in model.parameters() if p.requires_grad]
+    total, scale = None, 0.0
+    for j in range(problem.k):
+        start, n = problem.prompt_len - 1, int(problem.response_lens[j])
+        mine = lp[j, start:start + n]
+        ratio = torch.exp(mine - (prev[j, start:start + n] if prev is not None else mine.detach()))
+        term = torch.maximum(-adv[j] * ratio, -adv[j] * ratio.clamp(1 - clip, 1 + clip)).sum() / n_tokens
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double()
+                          for g, p in zip(grads, params)])
+        total, scale = (flat if total is None else total + flat), scale + float(flat.norm())
+    return total, scale
 
 
 def sign_projection(rows: int, k: int, *seed_parts) -> torch.Tensor:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import math
 import types
 
+import pytest
 import torch
 
 from helpers import oracle_scores
-from nemo_gradalign.integrations.nemo_rl.driver import GroupScorer, shard_whole_groups
+from nemo_gradalign.integrations.nemo_rl.driver import GroupScorer, shard_as_trained, shard_whole_groups
 from nemo_gradalign.integrations.nemo_rl.worker_mixin import GradAlignWorkerMixin
 from nemo_gradalign.megatron import parallel
 from nemo_gradalign.megatron.policy import Policy
@@ -121,3 +122,22 @@ def test_scoring_microbatches_are_never_larger_than_the_recipes(tmp_path):
     for got, want, inf in zip(res["cosine"].tolist(), cosine.tolist(), informative.tolist()):
         if inf:
             assert abs(got - want) <= 1e-9 * max(abs(want), 1e-4)
+
+
+def test_shards_follow_upstreams_cut_of_train_batches():
+    """Several optimizer steps per train(): the driver arms each rank with the rows upstream's
+    own ``shard_by_batch_size(dp, batch_size=gbs)`` hands its train(), and puts results back in
+    batch order; where that cut would split a group, contiguous whole groups as before."""
+    batched = pytest.importorskip("nemo_rl.distributed.batched_data_dict")
+    data = {"x": torch.arange(8 * G), "y": torch.arange(8 * G) * 10}
+    for dp, gbs in ((2, 4 * G), (2, 8 * G), (4, 4 * G), (1, 2 * G), (2, 2 * G)):
+        shards, order = shard_as_trained(data, G, dp, gbs)
+        upstream = batched.BatchedDataDict(dict(data)).shard_by_batch_size(dp, batch_size=gbs)
+        assert [s["x"].tolist() for s in shards] == [u["x"].tolist() for u in upstream], (dp, gbs)
+        groups = torch.cat([s["x"] for s in shards])[::G] // G
+        assert torch.equal(order, groups)
+        back = torch.empty_like(order)
+        back[order] = groups  # a per-group result in rank order, put back
+        assert torch.equal(back, torch.arange(8))
+    shards, order = shard_as_trained(data, G, 2, 2)  # 1 row per rank and step: groups kept whole instead
+    assert [len(s["x"]) for s in shards] == [4 * G, 4 * G] and torch.equal(order, torch.arange(8))

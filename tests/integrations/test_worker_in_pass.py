@@ -45,14 +45,17 @@ class ReadingWorker(GradAlignWorkerMixin, TwinPolicyWorker):
     """The GradAlign worker: our mixin over the (stand-in) upstream worker, as worker.py builds it."""
 
 
-def _shard(problems) -> tuple[dict, dict]:
-    """(arm data, train data) of this DP rank: contiguous whole groups of one padded batch, as the
-    driver's shard_whole_groups and upstream's shard_by_batch_size(dp, batch_size=gbs) cut it."""
+def _shard(problems, gbs: int | None = None) -> tuple[dict, dict]:
+    """(arm data, train data) of this DP rank, cut as upstream's shard_by_batch_size(dp,
+    batch_size=gbs) cuts train()'s batch: each chunk of gbs rows in dp equal parts, rank d taking
+    part d of every chunk (gbs None: the whole batch, one contiguous part per rank)."""
     from megatron.core import parallel_state as ps
 
     flat = as_nemo_rl_batch(problems)
     rows, dp, d = len(flat["input_ids"]), ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-    part = {k: v[d * rows // dp:(d + 1) * rows // dp] for k, v in flat.items()}
+    gbs = gbs or rows
+    mine = torch.cat([torch.arange(c + d * gbs // dp, c + (d + 1) * gbs // dp) for c in range(0, rows, gbs)])
+    part = {k: v[mine] for k, v in flat.items()}
     width = part["input_ids"].shape[1]
     # masks in float32 as grpo_train's (loss_multiplier): the loss's global_valid_toks + 1e-8 is then
     # the float32 count itself, as upstream's
@@ -64,7 +67,7 @@ def _shard(problems) -> tuple[dict, dict]:
 
 def _train(worker, problems, read: bool, cfg: dict = CFG_JSON) -> dict | None:
     """One GRPO step as grpo_train runs it: (arm,) prev-logprobs pass (PP=1), train()."""
-    arm, train = _shard(problems)
+    arm, train = _shard(problems, worker.cfg["train_global_batch_size"])
     if read:
         assert worker.gradalign_arm_in_pass(data=arm, group_size=G, cfg=cfg, loss=LOSS) is None
     if worker.config.pipeline_model_parallel_size == 1:
@@ -194,7 +197,9 @@ def _refusal_rank(rank, out):
                          ("virtual", {"megatron_cfg": {"virtual_pipeline_model_parallel_size": 2}}),
                          ("split", {"train_micro_batch_size": G // 2}),  # read, with projected norms
                          ("uneven", {"train_micro_batch_size": 3}),
-                         ("two_steps", {"train_global_batch_size": len(POOL) * G // 2})):
+                         ("two_steps", {"train_global_batch_size": len(POOL) * G // 2}),  # read
+                         ("leftover", {"train_global_batch_size": 12}),
+                         ("step_splits", {"train_global_batch_size": 2, "train_micro_batch_size": 2})):
         worker.cfg = {**POLICY, **change}
         found[name] = worker.gradalign_arm_in_pass(data=arm, **kw)
     worker.cfg = POLICY
@@ -236,9 +241,14 @@ def test_what_cannot_be_read_is_refused_with_its_reason(tmp_path):
         "split_exact_only": "policy.train_micro_batch_size=2 splits groups of grpo.num_generations_per_prompt=4 across "
                  "microbatches and gradalign.in_pass_projection=null; set it to a multiple of the group size, or a "
                  "projection dimension",
-        "uneven": "policy.train_micro_batch_size=3 does not divide the 32 rows of a data-parallel rank",
-        "two_steps": "policy.train_global_batch_size=16 is not the step's 32 rows: train() takes 2 optimizer "
-                     "steps and only the first is read at ρ = 1",
+        "uneven": "policy.train_micro_batch_size=3 does not divide the 32 rows a data-parallel rank trains per "
+                  "optimizer step",
+        "two_steps": None,
+        "leftover": "policy.train_global_batch_size=12 does not divide the step's 32 rows into equal parts over 1 "
+                    "data-parallel ranks: train() would leave rows out",
+        "step_splits": "policy.train_global_batch_size=2 gives each of 1 data-parallel ranks 2 rows per optimizer "
+                       "step, which splits groups of grpo.num_generations_per_prompt=4 across optimizer steps (a "
+                       "group's gradient would be read at two weights)",
         "dropout": "dropout (hidden_dropout=0.1, attention_dropout=0.0): the training pass's gradient is not g_i",
         "mtp": "mtp_num_layers=1: multi-token prediction adds its loss to the same pass",
         "loss_scale": "a loss scale of 4.0 (config.grad_scale_func) multiplies the training pass's gradients",

@@ -81,8 +81,8 @@ def static_read_reasons(recipe: dict) -> list[str]:
     if micro % group and cfg.in_pass_projection is None:  # else read with projected norms
         reasons.append(f"microbatch {micro} < group {group}" if micro < group else f"microbatch {micro} splits groups")
     prompts, batch = int(lookup(recipe, "grpo.num_prompts_per_step")), int(lookup(recipe, "policy.train_global_batch_size"))
-    if prompts * group > batch:
-        reasons.append(f"{prompts * group // batch} optimizer steps per train()")
+    if (prompts * group) % batch or batch % group:  # several steps per train() are read, each at its weights
+        reasons.append(f"policy.train_global_batch_size={batch} splits the step's rows or its groups")
     return reasons
 
 

@@ -35,6 +35,26 @@ def shard_whole_groups(data: dict[str, torch.Tensor], group_size: int, shards: i
     return [{k: v[bounds[i]:bounds[i + 1]] for k, v in data.items()} for i in range(shards)]
 
 
+def shard_as_trained(data: dict[str, torch.Tensor], group_size: int, shards: int,
+                     batch_size: int | None) -> tuple[list[dict], torch.Tensor]:
+    """The groups each data-parallel rank trains, and their order: where upstream's
+    ``shard_by_batch_size(shards, batch_size)`` keeps groups whole (each chunk of ``batch_size``
+    rows cut into ``shards`` equal parts, rank d taking part d of every chunk), its cut; else
+    contiguous whole groups. ``order[j]``: the batch position of the j-th group of the shards
+    concatenated in rank order (results gathered that way go back with ``out[order] = ...``)."""
+    rows = len(next(iter(data.values())))
+    batch_size = int(batch_size or rows)  # unset: one optimizer step over the whole batch
+    part = batch_size // shards if batch_size % shards == 0 else 0
+    if rows % batch_size or not part or part % group_size:
+        cut = shard_whole_groups(data, group_size, shards)
+        return cut, torch.arange(rows // group_size)
+    ranges = [[range(c + d * part, c + (d + 1) * part) for c in range(0, rows, batch_size)] for d in range(shards)]
+    index = [torch.tensor([r for chunk in rank for r in chunk], dtype=torch.long) for rank in ranges]
+    order = torch.cat(index)[::group_size] // group_size
+    return [{k: v[i] if torch.is_tensor(v) else [v[j] for j in i.tolist()] for k, v in data.items()}
+            for i in index], order
+
+
 class GroupScorer:
     """The hook's ``score_groups``: one score per group of ``repeated_batch`` (``statistics``:
     the same worker pass, unranked, for the memory schedule's feedback).
@@ -92,7 +112,8 @@ class GroupScorer:
         if source is None:
             return None, rewards.std(1) > 0, pass_rates
         dp = self.policy.sharding_annotations.get_axis_size("data_parallel")
-        shards = shard_whole_groups(data, group_size, dp)
+        shards, self.order = shard_as_trained(data, group_size, dp,
+                                              lookup(master_config, "policy.train_global_batch_size", None))
         self.policy.prepare_for_training()
         if source == "pool":
             self._run("gradalign_build_reference", shards, group_size=group_size, step=step)
@@ -110,21 +131,25 @@ class GroupScorer:
             if self.in_pass_refusal is None:
                 return None, None, pass_rates
             self._run("gradalign_disarm_in_pass", [{} for _ in shards])
-        parts = self._run("gradalign_score", shards, group_size=group_size)
-        stats = ProblemStats(torch.cat([p["dot"] for p in parts]), torch.cat([p["sqnorm"] for p in parts]),
-                             torch.cat([p["informative"] for p in parts]))
+        stats = self._in_batch_order(self._run("gradalign_score", shards, group_size=group_size))
         return stats, stats.informative, pass_rates
 
     def in_pass_scores(self) -> ProblemStats | str:
-        """What the armed train() read, per group in batch order (DP ranks' groups in rank order,
-        as ``statistics``); or why it could not."""
+        """What the armed train() read, per group in batch order (as ``statistics``); or why it
+        could not."""
         dp = self.policy.sharding_annotations.get_axis_size("data_parallel")
         parts = self._run("gradalign_in_pass_scores", [{} for _ in range(dp)])
         reason = next((p["reason"] for p in parts if "reason" in p), None)
-        if reason is not None:
-            return reason
-        return ProblemStats(torch.cat([p["dot"] for p in parts]), torch.cat([p["sqnorm"] for p in parts]),
-                            torch.cat([p["informative"] for p in parts]))
+        return reason if reason is not None else self._in_batch_order(parts)
+
+    def _in_batch_order(self, parts: list[dict]) -> ProblemStats:
+        """The workers' per-group results (ranks in order) put back in the batch's group order."""
+        def placed(key):
+            gathered = torch.cat([p[key] for p in parts])
+            out = torch.empty_like(gathered)
+            out[self.order] = gathered
+            return out
+        return ProblemStats(placed("dot"), placed("sqnorm"), placed("informative"))
 
     def __call__(self, repeated_batch, master_config, validation_batch=None) -> torch.Tensor:
         step = self.step

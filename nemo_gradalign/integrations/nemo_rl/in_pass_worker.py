@@ -3,26 +3,33 @@ backward that NeMo RL's Megatron worker ``train()`` runs anyway (megatron/in_pas
 why the first pass of a step is g times the group's share of the loss).
 
 The driver arms the next ``train()`` with the groups it believes this data-parallel rank trains
-(the same sharded flat data ``gradalign_score`` gets). ``arm`` refuses, with a one-line reason and
-before any pass, what the hooks cannot read under upstream's ``train()``: sequence packing or
-dynamic batching (rows reordered or packed), more than one optimizer step per call, a group split
-across microbatches without ``gradalign.in_pass_projection`` (with it, the split groups' dots are
-exact and their squared norms projected: megatron/projected_read.py), layouts ``in_pass.layout_reason`` refuses. ``open`` runs at
-``train()``: it checks the rows it is handed are the armed groups and the loss is the one armed
-for, and returns the reading; the caller wraps upstream's ``train()`` in it. A forward pre-hook
-on the model (ours) moves the reader to the next microbatch: upstream's rows [m·mbs, (m+1)·mbs)
-(``make_microbatch_iterator``), every pipeline stage in order.
+(the same sharded flat data ``gradalign_score`` gets: driver.shard_as_trained cuts it as
+upstream's ``shard_by_batch_size(dp, batch_size=gbs)`` does). ``arm`` refuses, with a one-line
+reason and before any pass, what the hooks cannot read under upstream's ``train()``: sequence
+packing or dynamic batching (rows reordered or packed), a group split across optimizer steps, a
+group split across microbatches without ``gradalign.in_pass_projection`` (with it, the split
+groups' dots are exact and their squared norms projected: megatron/projected_read.py), layouts
+``in_pass.layout_reason`` refuses. ``open`` runs at ``train()``: it checks the rows it is handed
+are the armed groups and the loss is the one armed for, and returns the reading; the caller wraps
+upstream's ``train()`` in it. A forward pre-hook on the model (ours) moves the reader to the next
+microbatch: upstream's rows [m·mbs, (m+1)·mbs) (``make_microbatch_iterator``; global batch s is
+rows [s·gbs/dp, (s+1)·gbs/dp)), every pipeline stage in order.
 
 The share c_i of a group is what upstream's ClippedPGLossFn gives its rows: token-level loss
-Σ mask / global_valid_toks, sequence-level Σ sample_mask / global_valid_seqs, both summed over
-the data-parallel group as ``process_global_batch`` does (its ``+ 1e-8`` is below half an ulp of
-the float32 count for any count ≥ 1, so it rounds away; a sequence-level row's inner mean over
-n_j + 1e-8 tokens is g's 1/n_j to 1e-8 relative, the bound of that case). LossPostProcessor's
-``· num_microbatches`` cancels megatron's ``/ num_microbatches``; the loss scale must be 1.
+Σ mask / global_valid_toks, sequence-level Σ sample_mask / global_valid_seqs, both of the global
+batch the group trains in, summed over the data-parallel group as ``process_global_batch`` does
+(its ``+ 1e-8`` is below half an ulp of the float32 count for any count ≥ 1, so it rounds away; a
+sequence-level row's inner mean over n_j + 1e-8 tokens is g's 1/n_j to 1e-8 relative, the bound
+of that case). LossPostProcessor's ``· num_microbatches`` cancels megatron's
+``/ num_microbatches``; the loss scale must be 1.
 
-ρ = exp(log π − prev_logprobs), with prev_logprobs from upstream's separate logprob pass: 1 up to
-that pass's rounding (exactly 1 with ``loss_fn.force_on_policy_ratio: true``). What is read is the
-gradient the step applies, each token weighted by its ρ: g's to within max |ρ − 1| relative.
+Which weights a read is against: the groups of optimizer step s of this ``train()`` are read at
+the weights that step's backward runs at (after s earlier steps of the same call), each token
+weighted by ρ = exp(log π − prev_logprobs) with upstream's clipping — the gradient that step
+applies; G stays the one built before the call. In the first step ρ is 1 up to the rounding of
+upstream's separate logprob pass (exactly 1 with ``loss_fn.force_on_policy_ratio: true``), so
+what is read there is g_i to within max |ρ − 1| relative; later steps read the moved policy's
+clipped gradient, as the trainer applies it, not g_i at the step's starting weights.
 """
 
 from __future__ import annotations
@@ -59,11 +66,17 @@ def policy_reason(policy_cfg: dict, rows: int, group_size: int, dp: int, project
     if get("draft", "enabled"):
         return "policy.draft.enabled=true trains a draft model in the same pass"
     gbs, mbs = int(get("train_global_batch_size")), int(get("train_micro_batch_size"))
-    if rows * dp != gbs:
-        return (f"policy.train_global_batch_size={gbs} is not the step's {rows * dp} rows: train() takes "
-                f"{max(1, rows * dp // gbs)} optimizer steps and only the first is read at ρ = 1")
-    if rows % mbs:
-        return (f"policy.train_micro_batch_size={mbs} does not divide the {rows} rows of a data-parallel rank")
+    if (rows * dp) % gbs or gbs % dp:
+        return (f"policy.train_global_batch_size={gbs} does not divide the step's {rows * dp} rows into equal "
+                f"parts over {dp} data-parallel ranks: train() would leave rows out")
+    local = gbs // dp
+    if local % mbs:
+        return (f"policy.train_micro_batch_size={mbs} does not divide the {local} rows a data-parallel rank "
+                "trains per optimizer step")
+    if local % group_size:
+        return (f"policy.train_global_batch_size={gbs} gives each of {dp} data-parallel ranks {local} rows per "
+                f"optimizer step, which splits groups of grpo.num_generations_per_prompt={group_size} across "
+                "optimizer steps (a group's gradient would be read at two weights)")
     if mbs % group_size and projection is None:
         return (f"policy.train_micro_batch_size={mbs} splits groups of grpo.num_generations_per_prompt="
                 f"{group_size} across microbatches and gradalign.in_pass_projection=null; set it to a multiple "
@@ -121,7 +134,8 @@ class ArmedRead:
                       "the batch differently)")
         token_level = getattr(getattr(loss_fn, "loss_type", None), "name", "TOKEN_LEVEL") != "SEQUENCE_LEVEL"
         # one all-reduce over DP, on every rank whatever it found: no rank is left in a collective
-        shares, refused = row_shares(data, token_level, self.dp, next(model.parameters()).device, reason is not None)
+        shares, refused = row_shares(data, token_level, self.dp, gbs // self.dp, next(model.parameters()).device,
+                                     reason is not None)
         if refused:
             raise UnsupportedLayout(reason or "another data-parallel rank cannot read its rows")
         spans = microbatch_spans(self.groups, mbs, len(self.groups) * self.group_size // mbs)
@@ -143,22 +157,27 @@ class ArmedRead:
         return bool(((ids[:, :width].cpu() == self.ids[:, :width].cpu()) | ~inside).all())
 
 
-def row_shares(data, token_level: bool, dp: int, device, refuse: bool) -> tuple[torch.Tensor, bool]:
-    """[rows] float64: each row's share of upstream's normalised loss (its masked tokens over
-    global_valid_toks, or its sample_mask over global_valid_seqs, summed over DP), and whether
-    any data-parallel rank ``refuse``s (one all-reduce carries both)."""
+def row_shares(data, token_level: bool, dp: int, local_gbs: int, device, refuse: bool) -> tuple[torch.Tensor, bool]:
+    """[rows] float64: each row's share of the loss of the optimizer step it trains in (its masked
+    tokens over that global batch's global_valid_toks, or its sample_mask over global_valid_seqs,
+    summed over DP as ``process_global_batch`` does; rows [s·local_gbs, (s+1)·local_gbs) are step
+    s), and whether any data-parallel rank ``refuse``s (one all-reduce carries both)."""
     sample = data["sample_mask"].double().cpu()
     if token_level:
         local = (data["token_mask"][:, 1:].double().cpu() * sample.unsqueeze(-1)).sum(1)
     else:
         local = sample
-    total = torch.tensor([float(local.sum()), float(refuse)], dtype=torch.float64, device=device)
+    n = len(local) // local_gbs  # upstream hands every rank the same number of rows
+    steps, refuse = local[:n * local_gbs].reshape(n, local_gbs), refuse or n * local_gbs != len(local)
+    total = torch.cat([steps.sum(1), torch.tensor([float(refuse)], dtype=torch.float64)]).to(device)
     if dp > 1:
         from megatron.core import parallel_state
 
         torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
-    count, refused = total.cpu().tolist()
-    return (local / count if count > 0 else torch.zeros_like(local)), refused > 0
+    total = total.cpu()
+    count, refused = total[:-1].unsqueeze(1), float(total[-1])
+    shares = torch.where(count > 0, steps / torch.where(count > 0, count, torch.ones_like(count)), 0.0)
+    return shares.reshape(-1), refused > 0
 
 
 class TrainReading:
