@@ -3,7 +3,7 @@
 megatron-core assumes CUDA in three places (reference/probe_cpu.md): it allocates buffers on
 ``torch.cuda.current_device()``, its model-parallel RNG tracker saves CUDA RNG states, and its
 schedules hard-code ``device="cuda"``; from core 0.19 its grad reduce also waits on
-``torch.cuda.current_stream()``. Everything here is applied only when CUDA is absent, so the
+``torch.cuda.current_stream()``. NeMo RL's worker entry points open NVTX ranges. Everything here is applied only when CUDA is absent, so the
 same code runs unchanged on GPU clusters.
 """
 
@@ -49,6 +49,7 @@ def apply() -> None:
     torch.cuda.current_stream = lambda *a, **k: _NoStream()  # core >= 0.19 waits on it before a grad reduce
     torch.cuda.Stream = _NoStream  # the all-to-all MoE dispatcher copies token counts on a side stream
     torch.cuda.stream = lambda *a, **k: contextlib.nullcontext()
+    torch.cuda.nvtx.range_push = torch.cuda.nvtx.range_pop = lambda *a, **k: None  # NeMo RL's worker entry points
     torch.distributed.all_to_all_single = _all_to_all_with_listed_splits(torch.distributed.all_to_all_single)
     mp_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
     mp_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)

@@ -68,11 +68,14 @@ def test_the_flag_alone_trains_a_trusted_share_under_the_memory_schedule():
     with pytest.raises(ConfigError, match="grpo.async_grpo.enabled=True: gradalign.schedule='step' selects at "
                                           "dynamic_sampling, which async GRPO never calls"):
         preflight(recipe("gradalign.enabled=true", "grpo.async_grpo.enabled=true", "gradalign.schedule=step"))
-    # the data-plane trainer draws from the same loader (and saves its state the same way)
-    assert preflight(recipe("gradalign.enabled=true", "gradalign.steer=false", "++data_plane.enabled=true")) == [
-        "++data.num_workers=0"]
-    with pytest.raises(ConfigError, match="data_plane.enabled=True.*gradalign.steer=false"):
-        preflight(recipe("gradalign.enabled=true", "++data_plane.enabled=true"))
+    # the data-plane trainer draws from the same loader (and saves its state the same way); the steered
+    # flag runs there too (data_plane.py), with G from the trusted share only; the single controller
+    # (run_grpo_single_controller.py) is refused in both modes
+    for steer in ("gradalign.steer=false", "gradalign.steer=true"):
+        assert preflight(recipe("gradalign.enabled=true", steer, "++data_plane.enabled=true")) == [
+            "++data.num_workers=0"]
+        with pytest.raises(ConfigError, match="async_rl=<set>: the single controller"):
+            preflight(recipe("gradalign.enabled=true", steer, "++data_plane.enabled=true", "++async_rl.sampler.name=x"))
     step = recipe("gradalign.enabled=true", "gradalign.schedule=step", "gradalign.validation.dataset=/data/t.jsonl")
     assert read_gradalign(step).validation.train_share == 0.0  # the step schedule has no trusted share
 
@@ -240,6 +243,24 @@ def test_g_comes_from_the_batchs_trusted_groups_and_only_the_pool_is_remembered(
         feedback(_batch(wrong[:2] + [POOL + 5 - (wrong[2] - POOL), wrong[3]], [True] * 4), master)
 
 
+def response_pool():
+    """POOL problems as upstream's AllTaskProcessedDataset serves them (a processor reading messages,
+    as math_hf_data_processor does)."""
+    from nemo_rl.data.datasets.processed_dataset import AllTaskProcessedDataset
+    from nemo_rl.data.interfaces import TaskDataSpec
+
+    def process(entry, spec, tokenizer, max_seq_length, idx):
+        question, answer = entry["messages"][0]["content"], entry["messages"][1]["content"]
+        return {"message_log": [{"role": "user", "content": question, "token_ids": torch.tensor([3, len(question)])}],
+                "length": 2, "extra_env_info": {"ground_truth": answer}, "loss_multiplier": 1.0, "idx": idx,
+                "task_name": spec.task_name}
+
+    rows = [{"messages": [{"role": "user", "content": f"p{i}"}, {"role": "assistant", "content": str(i)}],
+             "task_name": "math"} for i in range(POOL)]
+    return AllTaskProcessedDataset(rows, types.SimpleNamespace(tokenizer=types.SimpleNamespace(bos_token_id=None)),
+                                   TaskDataSpec(task_name="math"), process, max_seq_length=16)
+
+
 def test_entry_serves_the_trusted_share_through_setups_loader_and_generates_nothing_apart(tmp_path, capsys):
     """The setup wrapper with the trusted set training: the loader setup() returns becomes the memory
     loader over pool + trusted rows (no validation marker, no second rollout call), the flag's line says
@@ -251,19 +272,7 @@ def test_entry_serves_the_trusted_share_through_setups_loader_and_generates_noth
     from nemo_gradalign.integrations.nemo_rl.validation_loader import WithValidationPrompts
     from test_validation_rollouts import standin_rollout
 
-    from nemo_rl.data.datasets.processed_dataset import AllTaskProcessedDataset
-    from nemo_rl.data.interfaces import TaskDataSpec
-
-    def process(entry, spec, tokenizer, max_seq_length, idx):  # reads messages, as math_hf_data_processor does
-        question, answer = entry["messages"][0]["content"], entry["messages"][1]["content"]
-        return {"message_log": [{"role": "user", "content": question, "token_ids": torch.tensor([3, len(question)])}],
-                "length": 2, "extra_env_info": {"ground_truth": answer}, "loss_multiplier": 1.0, "idx": idx,
-                "task_name": spec.task_name}
-
-    rows = [{"messages": [{"role": "user", "content": f"p{i}"}, {"role": "assistant", "content": str(i)}],
-             "task_name": "math"} for i in range(POOL)]
-    pool = AllTaskProcessedDataset(rows, types.SimpleNamespace(tokenizer=types.SimpleNamespace(bos_token_id=None)),
-                                   TaskDataSpec(task_name="math"), process, max_seq_length=16)
+    pool = response_pool()
     _, collate, _ = _upstream_parts()
     grpo = make_grpo(tmp_path, True)
 

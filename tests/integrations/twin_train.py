@@ -122,7 +122,8 @@ class TwinPolicyWorker(Host):
                     forward_step_func=forward_step, data_iterator=micro, model=[self.model],
                     num_microbatches=n_mb, seq_length=batch["input_ids"].shape[1], micro_batch_size=mbs,
                     forward_only=eval_mode)
-                if not eval_mode:
-                    self.optimizer.step()
+                grad_norm = self.optimizer.step()[1] if not eval_mode else 0.0
             losses += [o["loss"] for o in out]
-        return {"global_loss": torch.stack(losses).sum() if losses else None}
+        # upstream's keys: the loss, the last step's grad norm, the per-microbatch metrics
+        return {"global_loss": torch.stack(losses).sum() if losses else None, "grad_norm": torch.tensor([grad_norm or 0.0]),
+                "all_mb_metrics": {"loss": [float(x) for x in losses]}}

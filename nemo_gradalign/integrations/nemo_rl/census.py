@@ -66,6 +66,8 @@ def static_read_reasons(recipe: dict) -> list[str]:
         if value not in (default, None, 0, 0.0, False):
             reasons.append("KL penalty" if key == "reference_policy_kl_penalty" else f"loss_fn.{key}")
     mc = "policy.megatron_cfg"
+    if lookup(recipe, "data_plane.enabled", False):  # the entry scores data-plane steps with a separate pass
+        reasons.append("the data plane")
     for section in ("sequence_packing", "dynamic_batching"):
         if lookup(recipe, f"policy.{section}.enabled", False):
             reasons.append(section.replace("_", " "))

@@ -25,7 +25,7 @@ import functools
 import inspect
 
 from nemo_gradalign.config import ConfigError, GradAlignConfig
-from nemo_gradalign.integrations.nemo_rl import async_memory, memory_mode, sampler_state, trusted_set
+from nemo_gradalign.integrations.nemo_rl import async_memory, data_plane, memory_mode, sampler_state, trusted_set
 from nemo_gradalign.integrations.nemo_rl import validation_loader as loader_state
 from nemo_gradalign.integrations.nemo_rl.config import (check_supported, in_pass_config_reason, lookup,
                                                         read_gradalign, scoring_loss)
@@ -66,10 +66,12 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         # and the memory a resume would load
         cfg, trusted, trusted_rows = trusted_set.resolve(master_config, cfg, dataset, val_dataset,
                                                          lambda line: print(line, flush=True))
-        if cfg.steer and lookup(master_config, "grpo.async_grpo.enabled", False) and trusted is None:
-            raise ConfigError("grpo.async_grpo.enabled=true: the steered flag builds G from the batch's trusted "
-                              "groups there, and no trusted set trains (see the line above); name one in "
-                              "gradalign.validation.dataset")
+        asynchronous = cfg.steer and bool(lookup(master_config, "grpo.async_grpo.enabled", False))
+        plane = cfg.steer and not asynchronous and bool(lookup(master_config, "data_plane.enabled", False))
+        if (asynchronous or plane) and trusted is None:
+            field = "grpo.async_grpo.enabled" if asynchronous else "data_plane.enabled"
+            raise ConfigError(f"{field}=true: the steered flag builds G from the batch's trusted groups there, and no "
+                              "trusted set trains (see the line above); name one in gradalign.validation.dataset")
         draw = sampler_state.trusted_draw(master_config, cfg, trusted)
         keys = sampler_state.checked_keys(master_config, cfg, dataset, draw) if cfg.schedule == "memory" else None
         if draw is not None:
@@ -77,23 +79,24 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         elif reference_source(cfg.method) == "validation" and val_dataset is not None and not isinstance(val_dataset, dict):
             print(g_cost_line(master_config, cfg, len(val_dataset)), flush=True)
         if cfg.steer:  # the workers score; with steer=false (the trusted mix) only the loader is ours
-            _use_worker(registry, policy_cls, grpo_module, kwargs, takes_factory)
+            _use_worker(registry, policy_cls, grpo_module, kwargs, takes_factory, master_config if plane else None)
         result = list(setup(master_config, tokenizer, dataset, val_dataset, *args, **kwargs))
         policy = result[0]
         loaders = [i for i, x in enumerate(result) if type(x).__name__ in LOADER_TYPES]
         checkpointer = next(x for x in result if type(x).__name__ == "CheckpointManager")
         loader, take_validation, sampler = None, (lambda: None), None
-        asynchronous = cfg.steer and bool(lookup(master_config, "grpo.async_grpo.enabled", False))
         if cfg.schedule == "memory":
             rows = None if draw is None else trusted_set.PoolAndTrusted(result[loaders[0]].dataset, trusted_rows)
             make = async_memory.async_memory_loader if asynchronous else memory_mode.memory_training_loader
+            served = data_plane.LastBatch(collate) if plane else None  # the rows' identities, kept on the driver
             result[loaders[0]], sampler = make(
-                result[loaders[0]], cfg, collate, checkpoint_dir=checkpointer.get_latest_checkpoint_path(),
+                result[loaders[0]], cfg, served or collate, checkpoint_dir=checkpointer.get_latest_checkpoint_path(),
                 data_config=lookup(master_config, "data"), load_state=getattr(grpo_module, "load_dataloader_state", None),
                 keys=keys, trusted=draw, rows=rows)
         if not cfg.steer:
             return tuple(result)
-        scorer = GroupScorer(policy, cfg, tokenizer.pad_token_id, scoring_loss(master_config, cfg))
+        scorer = GroupScorer(policy, cfg, tokenizer.pad_token_id, scoring_loss(master_config, cfg),
+                             **({"to_flat": data_plane.flat_rows} if plane else {}))
         if reference_source(cfg.method) == "validation" and draw is None:  # else G from the batch's trusted rows
             val_loader = result[loaders[1]] if len(loaders) > 1 else None
             loader = result[loaders[0]] = WithValidationPrompts(result[loaders[0]], cfg.refresh_every)
@@ -106,14 +109,24 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         if sampler is not None:
             reason = in_pass_config_reason(master_config, cfg) or (
                 "async GRPO: the collector's checkpoint would not wait for a read pending in train()"
-                if asynchronous else None)
+                if asynchronous else None) or (
+                "the data plane: train() gets its rows through upstream's shard_meta_for_dp" if plane else None)
             if reason:
                 print(f"gradalign: in-pass reading off ({reason}): each trained group is scored with a "
                       "separate backward", flush=True)
             kind, hook = ((async_memory.AsyncMemoryFeedback, async_memory.install) if asynchronous
                           else (memory_mode.MemoryFeedback, memory_mode.install))
-            hook(grpo_module, kind(sampler, scorer.statistics, take_validation, in_pass=None if reason else scorer,
-                                   simacc=cfg.method == "simacc", refresh_every=cfg.refresh_every))
+            feedback = kind(sampler, scorer.statistics, take_validation, in_pass=None if reason else scorer,
+                            simacc=cfg.method == "simacc", refresh_every=cfg.refresh_every)
+            if plane:
+                import nemo_rl.algorithms.grpo_sync as grpo_sync
+
+                stash = data_plane.RewardStash()
+                data_plane.install_reward_stash(grpo_sync, stash)
+                policy.gradalign_feedback = data_plane.DataPlaneFeedback(feedback, stash, served, master_config,
+                                                                         tokenizer.pad_token_id)
+            else:
+                hook(grpo_module, feedback)
         else:
             install_hook(grpo_module, scorer, take_validation)
         return tuple(result)
@@ -121,14 +134,18 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
     return wrapped
 
 
-def _use_worker(registry: dict, policy_cls, grpo_module, kwargs: dict, takes_factory: bool) -> None:
-    """The policy's workers get the GradAlign extension (registered with upstream's worker env)."""
+def _use_worker(registry: dict, policy_cls, grpo_module, kwargs: dict, takes_factory: bool,
+                plane_config=None) -> None:
+    """The policy's workers get the GradAlign extension (registered with upstream's worker env);
+    with the data plane (``plane_config``: the recipe) the policy is our TQPolicy subclass, built
+    as run_grpo.py's factory builds TQPolicy (data_plane.py)."""
     registry[WORKER_FQN] = registry[UPSTREAM_WORKER_FQN]
     factory = functools.partial(policy_cls, worker_extension_cls_fqn=WORKER_FQN)
-    if takes_factory:
+    if plane_config is not None:
+        kwargs["policy_factory"] = data_plane.policy_factory(plane_config, WORKER_FQN)
+    elif takes_factory:
         if kwargs.get("policy_factory") is not None:
-            raise ValueError("a custom policy_factory (e.g. the data-plane TQPolicy) cannot be "
-                             "combined with gradalign.enabled=true")
+            raise ValueError("a custom policy_factory cannot be combined with gradalign.enabled=true")
         kwargs["policy_factory"] = factory
     else:
         grpo_module.Policy = factory  # v0.6 builds Policy(...) directly
