@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from nemo_gradalign.config import ConfigError
+from nemo_gradalign.integrations.nemo_rl.config import read_gradalign
 from nemo_gradalign.recipe_files import apply_overrides, load_yaml_with_defaults
 from nemo_gradalign.integrations.nemo_rl.preflight import preflight, with_default_block
 
@@ -67,6 +68,25 @@ def test_the_flag_alone_runs_the_memory_schedule(capsys):
     assert preflight(recipe()) == []  # flag off: upstream's recipe untouched
 
 
+def test_a_dapo_recipe_selects_at_its_own_dynamic_sampling(capsys):
+    """DAPO (dynamic sampling on, an integral batch_multiplier q): the flag alone runs the step
+    schedule with the recipe's q, setting nothing; the trusted mix keeps the memory schedule."""
+    dapo = ("grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=3")
+    cfg = recipe("gradalign.enabled=true", *dapo)
+    assert preflight(cfg) == []
+    flag = read_gradalign(cfg)
+    assert flag.schedule == "step" and flag.selection_ratio == 3
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "DAPO, grpo.batch_multiplier=3) is where GradAlign selects" in printed[0]
+    mix = recipe("gradalign.enabled=true", "gradalign.steer=false", *dapo)
+    assert read_gradalign(mix).schedule == "memory" and preflight(mix) == ["++data.num_workers=0"]
+    named = recipe("gradalign.enabled=true", "gradalign.schedule=memory", *dapo)  # a schedule named: as before
+    with pytest.raises(ConfigError, match="grpo.use_dynamic_sampling=true: gradalign.schedule=memory"):
+        preflight(named)
+    with pytest.raises(ConfigError, match="grpo.batch_multiplier=1.5: gradalign.schedule=memory"):  # q not whole
+        preflight(recipe("gradalign.enabled=true", "grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=1.5"))
+
+
 def test_the_step_schedule_sets_dynamic_sampling_and_the_multiplier(capsys):
     cfg = recipe("gradalign.enabled=true", "gradalign.schedule=step")
     extra = preflight(cfg)
@@ -79,7 +99,8 @@ def test_the_step_schedule_sets_dynamic_sampling_and_the_multiplier(capsys):
 
 
 @pytest.mark.parametrize("overrides, named", [
-    (["gradalign.schedule=step", "grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=3"],
+    (["gradalign.schedule=step", "gradalign.selection_ratio=4", "grpo.use_dynamic_sampling=true",
+      "grpo.batch_multiplier=3"],
      ["grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=3", "gradalign.selection_ratio=4"]),
     (["gradalign.schedule=step", "grpo.batch_multiplier=2"], ["grpo.batch_multiplier=2", "gradalign.selection_ratio=4"]),
     (["grpo.batch_multiplier=2"], ["grpo.batch_multiplier=2", "gradalign.schedule=memory"]),

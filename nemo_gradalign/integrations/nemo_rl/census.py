@@ -162,18 +162,20 @@ def summary(verdicts: list[Verdict]) -> list[str]:
 
 
 def table(verdicts: list[Verdict]) -> str:
-    rows = ["| recipe | backend | async | verdict | read | steer=false |", "|---|---|---|---|---|---|"]
+    rows = ["| recipe | backend | async | verdict | schedule | read | steer=false |", "|---|---|---|---|---|---|---|"]
     for v in verdicts:
         why, mix = ("accepted" if not refused else "refused: " + "; ".join(sorted({_field(r) for r in refused}))
                     for refused in (v.refusals, v.mix_refusals))
-        rows.append(f"| `{v.recipe}` | {v.backend} | {'yes' if v.asynchronous else 'no'} | {why} | {v.read} | {mix} |")
+        rows.append(f"| `{v.recipe}` | {v.backend} | {'yes' if v.asynchronous else 'no'} | {why} | "
+                    f"{v.schedule if v.accepted else '–'} | {v.read} | {mix} |")
     return "\n".join([*summary(verdicts), "", *rows])
 
 
 def documented(text: str) -> dict[str, tuple[bool, bool]]:
     """recipe -> (accepted, accepted with steer=false), from the table between a docs file's markers."""
     body = text.split(BEGIN, 1)[1].split(END, 1)[0]
-    found = re.finditer(r"^\| `([^`]+)` \|[^|]*\|[^|]*\| (accepted|refused)[^|]*\|[^|]*\| (accepted|refused)", body, re.M)
+    found = re.finditer(r"^\| `([^`]+)` \|[^|]*\|[^|]*\| (accepted|refused)[^|]*\|[^|]*\|[^|]*\| (accepted|refused)",
+                        body, re.M)
     return {m.group(1): (m.group(2) == "accepted", m.group(3) == "accepted") for m in found}
 
 

@@ -31,14 +31,21 @@ def read_gradalign(master_config: Any) -> GradAlignConfig:
     """The validated block; absent means disabled (upstream behaviour unchanged). A null
     ``memory.seed`` (the entry's default block) follows ``gradalign.seed``; an unset or null
     ``schedule`` means DEFAULT_SCHEDULE for the ``gradalign`` method (other methods score
-    candidates: ``step``); an unset or null ``validation.train_share`` means DEFAULT_TRAIN_SHARE
+    candidates, and DAPO recipes select at their dynamic sampling: ``step``, ``dapo_selects``); a
+    null ``selection_ratio`` is a DAPO recipe's multiplier, else the default; an unset or null
+    ``validation.train_share`` means DEFAULT_TRAIN_SHARE
     under the memory schedule (the entry lowers it to 0 where no trusted row exists), else 0."""
     block = section(master_config, "gradalign", None)
     if block is not None and not isinstance(block, dict):
         block = block.model_dump() if hasattr(block, "model_dump") else dict(block)
+    dapo = isinstance(block, dict) and dapo_selects(master_config, block)
     if isinstance(block, dict) and block.get("schedule") is None:  # unset, or null in the entry's block
-        block = {**block, "schedule": DEFAULT_SCHEDULE if block.get("method", "gradalign") in ("gradalign", "simacc")
-                 else "step"}
+        block = {**block, "schedule": "step" if dapo or block.get("method", "gradalign") not in ("gradalign", "simacc")
+                 else DEFAULT_SCHEDULE}
+    if isinstance(block, dict) and "selection_ratio" in block and block["selection_ratio"] is None:
+        block = {k: v for k, v in block.items() if k != "selection_ratio"}  # null: the default q
+        if dapo:
+            block["selection_ratio"] = int(float(lookup(master_config, "grpo.batch_multiplier")))
     memory = block.get("memory") if isinstance(block, dict) else None
     if isinstance(memory, dict) and "seed" in memory and memory["seed"] is None:
         block = {**block, "memory": {k: v for k, v in memory.items() if k != "seed"}}
@@ -47,6 +54,18 @@ def read_gradalign(master_config: Any) -> GradAlignConfig:
         share = DEFAULT_TRAIN_SHARE if block.get("schedule") == "memory" else 0.0
         block = {**block, "validation": {**validation, "train_share": share}}
     return parse_gradalign(block)
+
+
+def dapo_selects(master_config: Any, block: dict) -> bool:
+    """A DAPO recipe (dynamic sampling on, an integral ``grpo.batch_multiplier`` q ≥ 2) with the
+    steered flag and no schedule named: GradAlign selects at its dynamic sampling (the step
+    schedule, q = the recipe's multiplier when ``selection_ratio`` is unset): the q·N prompts it
+    generates are ranked by alignment with G, and DAPO's own filter and refill keep the first N
+    with reward variance (selection.py)."""
+    multiplier = float(lookup(master_config, "grpo.batch_multiplier", 1) or 1)
+    return (block.get("steer", True) is not False and block.get("schedule") in (None, "step")
+            and bool(lookup(master_config, "grpo.use_dynamic_sampling", False))
+            and multiplier >= 2 and multiplier.is_integer())
 
 
 def scoring_loss(master_config: Any, cfg: GradAlignConfig) -> dict:

@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from nemo_gradalign.config import ConfigError, GradAlignConfig
-from nemo_gradalign.integrations.nemo_rl.config import check_supported, read_gradalign
+from nemo_gradalign.integrations.nemo_rl.config import check_supported, dapo_selects, read_gradalign
 from nemo_gradalign.integrations.nemo_rl.flag_defaults import flag_defaults
 
 WHY = {"step": "gradalign.selection_ratio={q}: dynamic sampling draws q·N prompts, GradAlign keeps the best N",
@@ -39,6 +39,7 @@ def with_default_block(load_config):
             block = GradAlignConfig().model_dump(mode="json")
             block["memory"]["seed"] = None  # null: follows gradalign.seed (config.read_gradalign)
             block["schedule"] = None  # null: config.DEFAULT_SCHEDULE for the gradalign method
+            block["selection_ratio"] = None  # null: a DAPO recipe's batch_multiplier, else the default
             block["validation"]["train_share"] = None  # null: DEFAULT_TRAIN_SHARE under memory
             cfg["gradalign"] = block
         return cfg
@@ -75,6 +76,12 @@ def preflight(recipe: dict[str, Any]) -> list[str]:
     cfg = read_gradalign(recipe)
     if not cfg.enabled:
         return []
+    block = recipe.get("gradalign") or {}
+    if dapo_selects(recipe, {**block, "steer": cfg.steer}) and block.get("schedule") is None:
+        print(f"GradAlign: the recipe's dynamic sampling (DAPO, grpo.batch_multiplier={cfg.selection_ratio}) is where "
+              f"GradAlign selects (gradalign.schedule=step): it ranks the {cfg.selection_ratio}·N prompts generated "
+              "each step by alignment with G, and DAPO's filter and refill, unchanged, keep the first N with reward "
+              "variance", flush=True)
     try:
         changes = flag_defaults(recipe, cfg)
     except ConfigError:
