@@ -33,10 +33,16 @@ from twin_train import ClippedPGLoss, TwinPolicyWorker
 
 pytest.importorskip("nemo_rl.models.policy.tq_policy", reason="NeMo RL (NEMO_RL_ROOT) not importable")
 PER_STEP, STEPS = 4, 2
-MASTER = types.SimpleNamespace(
-    grpo=types.SimpleNamespace(num_generations_per_prompt=G, adv_estimator=types.SimpleNamespace(
-        name="grpo", use_leave_one_out_baseline=True, normalize_rewards=True)),
-    loss_fn=types.SimpleNamespace(), policy={**POLICY, "train_global_batch_size": PER_STEP * G})
+
+
+class Section(dict):
+    """A config section read both ways upstream reads them: main's models (attributes), v0.7's dicts."""
+    __getattr__ = dict.__getitem__
+
+
+MASTER = Section(grpo=Section(num_generations_per_prompt=G, adv_estimator=Section(
+    name="grpo", use_leave_one_out_baseline=True, normalize_rewards=True, minus_baseline=True)),
+    loss_fn=Section(), policy={**POLICY, "train_global_batch_size": PER_STEP * G})
 
 
 def _worker_classes():

@@ -141,3 +141,23 @@ def test_shards_follow_upstreams_cut_of_train_batches():
         assert torch.equal(back, torch.arange(8))
     shards, order = shard_as_trained(data, G, 2, 2)  # 1 row per rank and step: groups kept whole instead
     assert [len(s["x"]) for s in shards] == [4 * G, 4 * G] and torch.equal(order, torch.arange(8))
+
+
+def test_rows_the_loss_leaves_out_are_not_scored():
+    """grpo_train's sample_mask drops rows after dynamic_sampling (loss_multiplier 0, truncated rows
+    under grpo.overlong_filtering, NeMo-Gym's mask_sample): the scored rows are the trained ones."""
+    from nemo_gradalign.integrations.nemo_rl.driver import trained_rows
+
+    batch = {"total_reward": torch.ones(6), "loss_multiplier": torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 1.0]),
+             "truncated": [False, True, False, False, False, False],
+             "mask_sample": torch.tensor([False, False, False, False, False, True]),
+             "input_ids": torch.ones(6, 3, dtype=torch.long), "input_lengths": torch.full((6,), 3),
+             "token_mask": torch.ones(6, 3)}
+    filtering = {"grpo": {"overlong_filtering": True}}
+    assert trained_rows(batch, filtering).tolist() == [1, 0, 0, 1, 1, 0]
+    assert trained_rows(batch, {"grpo": {}}).tolist() == [1, 1, 0, 1, 1, 0]
+    assert trained_rows({"total_reward": torch.ones(2)}, filtering) is None
+    scorer = GroupScorer(None, CFG, 0, LOSS, to_flat=lambda b, pad: {k: b[k] for k in
+                                                                      ("input_ids", "input_lengths", "token_mask",
+                                                                       "total_reward")})
+    assert scorer._flat(batch, filtering)["token_mask"].sum(1).tolist() == [3, 0, 0, 3, 3, 0]

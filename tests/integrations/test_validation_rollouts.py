@@ -181,15 +181,18 @@ def test_resume_continues_positions_and_cadence(tmp_path, stop):
 
 class StandinGeneration:
     """GenerationInterface.generate's contract: each row gets two tokens, the first of its prompt
-    and one that alternates with the row's position in the call (so rewards vary in a group)."""
+    and one that alternates with the row's position in the call (so rewards vary in a group), and
+    their log-probs (right padded with zeros), which the rollout keeps on the assistant message."""
 
     def generate(self, data, greedy=False):
         ids, lengths = data["input_ids"], data["input_lengths"]
         out = torch.zeros(ids.shape[0], ids.shape[1] + 2, dtype=ids.dtype)
+        logprobs = torch.zeros(out.shape, dtype=torch.float32)
         for i, n in enumerate(lengths.tolist()):
             out[i, :n] = ids[i, :n]
             out[i, n:n + 2] = torch.tensor([int(ids[i, 0]), 1 + i % 2])
-        return {"output_ids": out, "generation_lengths": torch.full_like(lengths, 2),
+            logprobs[i, n:n + 2] = -0.5
+        return {"output_ids": out, "logprobs": logprobs, "generation_lengths": torch.full_like(lengths, 2),
                 "unpadded_sequence_lengths": lengths + 2}
 
 
@@ -267,12 +270,38 @@ def check_validation_apart_real(module, original, train, val, grpo, kwargs, Batc
         uninstall()
     assert REFRESH not in out and set(out) == set(plain[0])
     assert all(_same(out[k], plain[0][k]) for k in out if k != "message_log")
-    assert [[{k: v for k, v in m.items() if k != "token_ids"} for m in log] for log in out["message_log"]] == \
-        [[{k: v for k, v in m.items() if k != "token_ids"} for m in log] for log in plain[0]["message_log"]]
+    tensors = ("token_ids", "generation_logprobs")
+    assert [[{k: v for k, v in m.items() if k not in tensors} for m in log] for log in out["message_log"]] == \
+        [[{k: v for k, v in m.items() if k not in tensors} for m in log] for log in plain[0]["message_log"]]
+    assert all(torch.equal(a["generation_logprobs"], b["generation_logprobs"]) for x, y in
+               zip(out["message_log"], plain[0]["message_log"]) for a, b in zip(x, y) if "generation_logprobs" in a)
     assert metrics == plain[1]  # upstream's rollout metrics: training rows only
     assert torch.equal(baseline, plain[2]) and torch.equal(std, plain[3])
     assert complete == plain[4][1] and ds_metrics == plain[4][3]
     assert torch.equal(kept["idx"], plain[4][0]["idx"])
     pending = store.take()
     assert pending["idx"].tolist() == [0] * G + [1] * G and pending["total_reward"].tolist() == [1.0, 0.0] * G
+    check_flat_rows_as_trained(out, grpo)
+    check_flat_rows_as_trained(pending, grpo)
     assert [log[0]["content"] for log in pending["message_log"]] == ["v0"] * G + ["v1"] * G
+
+
+def check_flat_rows_as_trained(batch, grpo):
+    """The driver's flat rows of a real rollout's batch, as dynamic_sampling sees it (no loss mask
+    yet), equal what grpo_train trains on: upstream's own add_grpo_token_loss_masks_and_generation_logprobs
+    and flattening, on a copy; the batch's messages are not changed."""
+    import copy
+
+    from nemo_rl.data.llm_message_utils import batched_message_log_to_flat_message
+
+    from nemo_gradalign.integrations.nemo_rl.driver import flat_group_data
+
+    assert not any("token_loss_mask" in m for log in batch["message_log"] for m in log)
+    before = copy.deepcopy(batch["message_log"])
+    ours = flat_group_data(batch, 0)
+    logs = copy.deepcopy(batch["message_log"])
+    grpo.add_grpo_token_loss_masks_and_generation_logprobs(logs)
+    flat, lengths = batched_message_log_to_flat_message(logs, pad_value_dict={"token_ids": 0})
+    assert torch.equal(ours["input_ids"], flat["token_ids"]) and torch.equal(ours["input_lengths"], lengths)
+    assert torch.equal(ours["token_mask"], flat["token_loss_mask"]) and ours["token_mask"].sum() > 0
+    assert [[set(m) for m in log] for log in batch["message_log"]] == [[set(m) for m in log] for log in before]

@@ -8,11 +8,11 @@ from (the one setup() returns), and two extension points carry the rest:
 - the policy: run_grpo.py builds the data-plane ``TQPolicy`` through setup()'s ``policy_factory``;
   ours is its subclass (workers with the GradAlign extension, as the plain policy's), whose
   ``train_from_meta`` first reads the step's rows back from the data plane (token ids, lengths,
-  loss mask), names each row's problem by the dataset ``idx`` the loader served in its place (the
-  data plane carries tensors only; every row is checked to start with that problem's prompt),
-  hands them to the memory feedback (scored with a separate pass at the weights the step trains
-  from, G from the batch's trusted groups) and then trains as upstream's; the feedback's
-  ``gradalign/*`` metrics join the step's;
+  loss mask, the sample mask the driver wrote for training), names each row's problem by the
+  dataset ``idx`` the loader served in its place (the data plane carries tensors only; every row
+  is checked to start with that problem's prompt), hands them to the memory feedback (scored
+  with a separate pass at the weights the step trains from, G from the batch's trusted groups)
+  and then trains as upstream's; the feedback's ``gradalign/*`` metrics join the step's;
 - the rewards: they never enter the data plane, so the advantage estimator grpo_train_sync
   creates (``grpo_sync._create_advantage_estimator``, looked up at call time) is wrapped to keep
   the rewards it is given, unchanged, for the train call that follows.
@@ -133,7 +133,7 @@ class DataPlaneFeedback:
         from nemo_rl.distributed.batched_data_dict import BatchedDataDict
 
         group = int(lookup(self.master_config, "grpo.num_generations_per_prompt"))
-        rows = policy.read_from_dataplane(meta, select_fields=["input_ids", "input_lengths", "token_mask"],
+        rows = policy.read_from_dataplane(meta, select_fields=["input_ids", "input_lengths", "token_mask", "sample_mask"],
                                           pad_value_dict={"input_ids": self.pad_token_id})
         ids, lengths = rows["input_ids"], rows["input_lengths"]
         if len(lengths) != group * len(self.served.idx):
@@ -145,6 +145,7 @@ class DataPlaneFeedback:
                 raise RuntimeError(f"gradalign (data plane): trained row {row} does not start with the prompt of "
                                    f"dataset idx {self.served.idx[row // group]} the loader served in that place")
         batch = BatchedDataDict({"input_ids": ids, "input_lengths": lengths, "token_mask": rows["token_mask"],
+                                 "loss_multiplier": rows["sample_mask"],  # as the driver wrote it for train()
                                  "idx": [i for i in self.served.idx for _ in range(group)],
                                  "total_reward": self.stash.take(len(lengths))})
         return self.feedback(batch, self.master_config)

@@ -13,19 +13,50 @@ import torch
 
 from nemo_gradalign.config import GradAlignConfig
 from nemo_gradalign.engine import ProblemStats
+from nemo_gradalign.integrations.nemo_rl.config_access import lookup
 from nemo_gradalign.selection.scores import reference_source, score_problems
 
 MODEL_PARALLEL_AXES = ["context_parallel", "tensor_parallel", "pipeline_parallel"]
 
 
 def flat_group_data(repeated_batch, pad_token_id: int) -> dict[str, torch.Tensor]:
-    """input_ids / input_lengths / token_mask / total_reward, as grpo_train builds train_data."""
+    """input_ids / input_lengths / token_mask / total_reward, as grpo_train builds train_data, from
+    the message logs ``dynamic_sampling`` sees: upstream marks the trained tokens only after it
+    (``add_grpo_token_loss_masks_and_generation_logprobs``: an assistant message carrying
+    ``generation_logprobs``), so a message without ``token_loss_mask`` is marked by that rule here,
+    on copies: upstream's messages are left as they are."""
     from nemo_rl.data.llm_message_utils import batched_message_log_to_flat_message
 
-    flat, lengths = batched_message_log_to_flat_message(
-        repeated_batch["message_log"], pad_value_dict={"token_ids": pad_token_id})
+    logs = [[{"role": m["role"], "token_ids": m["token_ids"], "token_loss_mask": _trained_tokens(m)} for m in log]
+            for log in repeated_batch["message_log"]]
+    flat, lengths = batched_message_log_to_flat_message(logs, pad_value_dict={"token_ids": pad_token_id})
     return {"input_ids": flat["token_ids"], "input_lengths": lengths,
             "token_mask": flat["token_loss_mask"], "total_reward": repeated_batch["total_reward"]}
+
+
+def trained_rows(batch, master_config) -> torch.Tensor | None:
+    """[rows] 0/1: the rows grpo_train's loss keeps (its ``sample_mask``), as far as they are known
+    when the groups are scored: ``loss_multiplier``, less the truncated rows under
+    ``grpo.overlong_filtering`` and the rows flagged ``mask_sample`` (both applied after
+    ``dynamic_sampling``); None where the batch carries none of them. (A row the sequence-level
+    logprob-error check drops later is still scored.)"""
+    keys = [k for k in ("loss_multiplier", "truncated", "mask_sample") if k in batch]
+    if not keys:
+        return None
+    rows = len(batch["total_reward"])
+    keep = torch.ones(rows) if "loss_multiplier" not in batch else (torch.as_tensor(batch["loss_multiplier"]) != 0).float()
+    if "truncated" in batch and lookup(master_config, "grpo.overlong_filtering", False):
+        keep[torch.as_tensor(batch["truncated"], dtype=torch.bool)] = 0
+    if "mask_sample" in batch:
+        keep[torch.as_tensor(batch["mask_sample"], dtype=torch.bool)] = 0
+    return keep
+
+
+def _trained_tokens(message: dict) -> torch.Tensor:
+    if "token_loss_mask" in message:
+        return message["token_loss_mask"]
+    trained = message["role"] == "assistant" and "generation_logprobs" in message
+    return (torch.ones_like if trained else torch.zeros_like)(message["token_ids"])
 
 
 def shard_whole_groups(data: dict[str, torch.Tensor], group_size: int, shards: int) -> list[dict]:
@@ -74,6 +105,13 @@ class GroupScorer:
         self.has_reference = False  # workers hold a validation gradient (built or restored)
         self.in_pass_refusal: str | None = None  # why the last arm_in_pass fell back
 
+    def _flat(self, batch, master_config) -> dict[str, torch.Tensor]:
+        """The batch's flat rows, the rows grpo_train's loss will leave out (``trained_rows``) masked."""
+        data = self.to_flat(batch, self.pad_token_id)
+        keep = trained_rows(batch, master_config)
+        return data if keep is None else {**data, "token_mask": data["token_mask"] * keep.unsqueeze(1).to(
+            data["token_mask"].dtype)}
+
     def _run(self, method: str, shards: list[dict], **common) -> list:
         group = self.policy.worker_group
         futures = group.run_all_workers_sharded_data(
@@ -100,12 +138,10 @@ class GroupScorer:
         ``arm_in_pass``: arm every worker's next train() to read the groups instead (stats and
         informative None; ``in_pass_scores()`` after train); where any worker cannot
         (``in_pass_refusal`` says why), all are disarmed and the groups scored now, as without."""
-        from nemo_gradalign.integrations.nemo_rl.config import lookup
-
         cfg, step = self.cfg, self.step
         self.step += 1
         group_size = int(lookup(master_config, "grpo.num_generations_per_prompt"))
-        data = self.to_flat(repeated_batch, self.pad_token_id)
+        data = self._flat(repeated_batch, master_config)
         rewards = data["total_reward"].float().reshape(-1, group_size)
         pass_rates = (rewards > 0.5).float().mean(1)
         source = reference_source(cfg.method)
@@ -118,7 +154,7 @@ class GroupScorer:
         if source == "pool":
             self._run("gradalign_build_reference", shards, group_size=group_size, step=step)
         elif validation_batch is not None:
-            val = shard_whole_groups(self.to_flat(validation_batch, self.pad_token_id), group_size, dp)
+            val = shard_whole_groups(self._flat(validation_batch, master_config), group_size, dp)
             self._run("gradalign_build_reference", val, group_size=group_size, step=step)
             self.has_reference = True
         elif not self.has_reference:
