@@ -27,7 +27,7 @@ import os
 import torch
 
 MODE = os.environ.get("GRADALIGN_UPSTREAM_FLAG", "off")
-CALLS = {"hook": 0, "scored": 0, "async_fed": 0, "async_groups": 0}
+CALLS = {"hook": 0, "scored": 0, "flattened": 0, "async_fed": 0, "async_groups": 0}
 
 
 def _never_score(batch, master_config, validation=None):
@@ -38,6 +38,13 @@ def _score(batch, master_config, validation=None):
     from nemo_gradalign.integrations.nemo_rl.config import lookup
 
     CALLS["scored"] += 1
+    logs = batch.get("message_log") or []
+    if logs and all("token_ids" in m for log in logs for m in log):  # tokenized: the rows the workers would score
+        from nemo_gradalign.integrations.nemo_rl.driver import flat_group_data
+
+        flat = flat_group_data(batch, 0)
+        assert flat["input_ids"].shape[0] == batch.size and flat["token_mask"].shape == flat["input_ids"].shape
+        CALLS["flattened"] += 1
     groups = batch.size // int(lookup(master_config, "grpo.num_generations_per_prompt"))
     return torch.zeros(groups) if MODE == "on" else torch.arange(groups, dtype=torch.float64)
 
@@ -105,6 +112,7 @@ def _hook_async(grpo) -> None:
 
 def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"gradalign hook (GRADALIGN_UPSTREAM_FLAG={MODE}): dynamic_sampling went "
-                                f"through the hook {CALLS['hook']} times, scored {CALLS['scored']} batches; "
+                                f"through the hook {CALLS['hook']} times, scored {CALLS['scored']} batches ("
+                                f"{CALLS['flattened']} flattened as the workers score them); "
                                 f"async_grpo_train fed back {CALLS['async_fed']} trained batches "
                                 f"({CALLS['async_groups']} groups) through the estimator hook")
