@@ -2,10 +2,11 @@
 
 Checks the recipe first (preflight.py: every refusal before Ray or a GPU starts), installs
 GradAlign into the NeMo RL found on the path (the container's checkout) and runs that checkout's
-own example script with the same arguments plus the overrides preflight chose: ``run_grpo.py``, or
+own example script with the same arguments plus the overrides preflight chose: ``run_grpo.py``,
 ``run_vlm_grpo.py`` for the vision and audio recipes (``data.default.processor:
-vlm_hf_data_processor``), as upstream runs them. Both bind ``setup`` from ``nemo_rl.algorithms.grpo``
-when they are run, after GradAlign has wrapped it.
+vlm_hf_data_processor``), or ``nemo_gym/run_grpo_nemo_gym.py`` for the NeMo-Gym ones
+(``env.should_use_nemo_gym``), as upstream runs them. All bind ``setup`` from
+``nemo_rl.algorithms.grpo`` when they are run, after GradAlign has wrapped it.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ def main(argv: list[str] | None = None) -> None:
 def upstream_script(recipe: dict) -> str:
     """The example script upstream starts this recipe with."""
     from nemo_gradalign.integrations.nemo_rl.config_access import is_vision_or_audio
+    from nemo_gradalign.integrations.nemo_rl.nemo_gym import is_nemo_gym
 
+    if is_nemo_gym(recipe):
+        return "nemo_gym/run_grpo_nemo_gym.py"
     return "run_vlm_grpo.py" if is_vision_or_audio(recipe) else "run_grpo.py"
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from nemo_gradalign.config import ConfigError
 from nemo_gradalign.integrations.nemo_rl.config import IN_PASS_LOSS_REFUSALS, lookup, read_gradalign
+from nemo_gradalign.integrations.nemo_rl.nemo_gym import is_nemo_gym
 from nemo_gradalign.integrations.nemo_rl.preflight import preflight, with_default_block
 
 BEGIN, END = "[//]: # (census begin)", "[//]: # (census end)"  # markdown that renders as nothing
@@ -39,6 +40,7 @@ class Verdict:
     mix_refusals: tuple[str, ...]  # with gradalign.steer=false (the trusted mix alone)
     schedule: str
     read: str            # "in pass", "separate pass: <why>", or "–" when refused
+    named: tuple[bool, bool] | None = None  # NeMo-Gym: (steered, mix) accepted once a trusted set is named
 
     @property
     def accepted(self) -> bool:
@@ -111,7 +113,12 @@ def verdict(root: Path, path: Path) -> Verdict | None:
     schedule = read_gradalign(recipe).schedule
     why = static_read_reasons(recipe)
     read = "–" if refusals else ("separate pass: " + ", ".join(why) if why else "in pass")
-    return Verdict(name, backend, asynchronous, refusals, mix_refusals, schedule, read)
+    named = None
+    if is_nemo_gym(recipe):  # the flag alone has no trusted rows there (nemo_gym.py): with some named
+        OmegaConf.update(config, "gradalign.validation.dataset", "/trusted/nemo_gym_rows.jsonl", force_add=True)
+        named = tuple(not _refusals(OmegaConf.to_container(config, resolve=True) | {"gradalign": {
+            **OmegaConf.to_container(config.gradalign, resolve=True), "steer": steer}}) for steer in (True, False))
+    return Verdict(name, backend, asynchronous, refusals, mix_refusals, schedule, read, named)
 
 
 def _refusals(recipe: dict) -> tuple[str, ...]:
@@ -138,9 +145,13 @@ def summary(verdicts: list[Verdict]) -> list[str]:
             if these:
                 kind = f"{'async' if asynchronous else 'synchronous'} {backend}"
                 read = sum(v.read == "in pass" for v in these)
+                gym = [v.named for v in these if v.named is not None]
                 lines.append(f"- {kind}: {sum(v.accepted for v in these)} of {len(these)} accepted, "
                              f"{read} read in the pass; with `gradalign.steer=false` (the trusted mix) "
-                             f"{sum(not v.mix_refusals for v in these)} accepted")
+                             f"{sum(not v.mix_refusals for v in these)} accepted" + (
+                                 f"; of its {len(gym)} NeMo-Gym recipes, once `gradalign.validation.dataset` names "
+                                 f"NeMo-Gym rows, {sum(g[0] for g in gym)} accepted ({sum(g[1] for g in gym)} with "
+                                 "`gradalign.steer=false`)" if gym else ""))
     sync = [v for v in verdicts if v.backend == "megatron" and not v.asynchronous]
     fields: dict[str, list[int]] = {}
     for v in sync:

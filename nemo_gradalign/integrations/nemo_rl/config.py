@@ -14,6 +14,7 @@ from nemo_gradalign.config import ConfigError, GradAlignConfig, parse_gradalign
 from nemo_gradalign.integrations.nemo_rl.config_access import VLM_PROCESSOR, lookup, section
 from nemo_gradalign.integrations.nemo_rl.data_plane import refusals as data_plane_refusals
 from nemo_gradalign.integrations.nemo_rl.flag_defaults import flag_defaults
+from nemo_gradalign.integrations.nemo_rl.nemo_gym import refusals as nemo_gym_refusals
 from nemo_gradalign.integrations.nemo_rl.trusted_set import refusals as trusted_refusals
 from nemo_gradalign.megatron.expert_lockstep import balances_with_a_loss
 
@@ -149,10 +150,9 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
         if bad(value):
             found.append(f"{path}={value!r}: {why}")
 
-    refuse("env.should_use_nemo_gym", bool, "NeMo-Gym's rollout (run_nemo_gym_rollout_sync) rebuilds "
-           "the batch from fixed keys; GradAlign cannot generate the validation prompts apart there", False)
     refuse("data.use_multiple_dataloader", bool, "multiple dataloaders are not supported", False)
     found += trusted_refusals(master_config, cfg) + data_plane_refusals(master_config, cfg)
+    found += nemo_gym_refusals(master_config, cfg)
     if not cfg.steer:  # the trusted mix scores nothing: only the loop's shape matters
         return found
     if lookup(master_config, "grpo.async_grpo.enabled", False):
@@ -166,6 +166,9 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     refuse("data.default.processor", lambda v: v == VLM_PROCESSOR, "the scoring pass feeds the policy token ids "
            "only, not the images or audio it trains on; use gradalign.steer=false (the trusted mix runs vision and "
            "audio recipes, through upstream's run_vlm_grpo.py)")
+    if lookup(master_config, "data.default.processor") != VLM_PROCESSOR:  # one line for a vision recipe
+        refuse("policy.is_vlm", bool, "the policy trains on images or video the scoring pass does not feed (it "
+               "feeds token ids only); use gradalign.steer=false (the trusted mix)", False)
     refuse(f"{mc}.enabled", lambda v: not v, "GradAlign scores on the Megatron policy worker (the "
            "DTensor backend is not supported)", False)
     refuse("policy.dtensor_cfg.enabled", bool, "the DTensor backend is not supported", False)

@@ -34,7 +34,8 @@ VLM_PROCESSOR = "vlm_hf_data_processor"  # upstream starts these recipes with ex
 
 
 def is_vision_or_audio(cfg: Any) -> bool:
-    return lookup(cfg, "data.default.processor", None) == VLM_PROCESSOR
+    """Rows with images, video or audio: the VLM processor, or a VLM policy (NeMo-Gym's video recipes)."""
+    return lookup(cfg, "data.default.processor", None) == VLM_PROCESSOR or bool(lookup(cfg, "policy.is_vlm", False))
 
 
 def loader_prompts(cfg: Any) -> int:

@@ -25,7 +25,8 @@ import functools
 import inspect
 
 from nemo_gradalign.config import ConfigError, GradAlignConfig
-from nemo_gradalign.integrations.nemo_rl import async_memory, data_plane, memory_mode, sampler_state, trusted_set
+from nemo_gradalign.integrations.nemo_rl import (async_memory, data_plane, memory_mode, nemo_gym, sampler_state,
+                                                 trusted_set)
 from nemo_gradalign.integrations.nemo_rl import validation_loader as loader_state
 from nemo_gradalign.integrations.nemo_rl.config import (check_supported, in_pass_config_reason, lookup,
                                                         read_gradalign, scoring_loss)
@@ -62,6 +63,8 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         if not cfg.enabled:
             return setup(master_config, tokenizer, dataset, val_dataset, *args, **kwargs)
         check_supported(master_config, cfg)
+        if cfg.steer and nemo_gym.is_nemo_gym(master_config):  # the rolled-out rows get their dataset idx back
+            nemo_gym.install(grpo_module)
         # before setup() starts anything: the trusted set that trains (if any), the rows' identities,
         # and the memory a resume would load
         cfg, trusted, trusted_rows = trusted_set.resolve(master_config, cfg, dataset, val_dataset,

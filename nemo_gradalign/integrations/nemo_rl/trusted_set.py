@@ -27,6 +27,8 @@ from torch.utils.data import Dataset
 
 from nemo_gradalign.config import ConfigError, GradAlignConfig
 from nemo_gradalign.integrations.nemo_rl.config_access import is_vision_or_audio, lookup
+from nemo_gradalign.integrations.nemo_rl.nemo_gym import is_nemo_gym
+from nemo_gradalign.integrations.nemo_rl.nemo_gym import load_rows as load_gym_rows
 
 
 def _named_data(master_config: Any, block: str) -> list[tuple[str, str]]:
@@ -51,7 +53,7 @@ def refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     if not share or path is None:  # unnamed: the validation rows NeMo RL never evaluates (checked in setup)
         return []
     found = []
-    if is_vision_or_audio(master_config):
+    if is_vision_or_audio(master_config) and not is_nemo_gym(master_config):  # NeMo-Gym rows are read as they are
         found.append(f"gradalign.validation.dataset={path!r}: a named trusted set is read as text (ResponseDataset), "
                      "and this recipe's rows carry images or audio; leave it unset (the trusted share then comes "
                      "from the validation rows NeMo RL never evaluates, read by the recipe's own dataset)")
@@ -63,12 +65,15 @@ def refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     return found
 
 
-def load_trusted_rows(cfg: GradAlignConfig):
+def load_trusted_rows(cfg: GradAlignConfig, gym: bool = False):
     """The trusted set's raw rows (a Hugging Face dataset of ``messages``), read by upstream's
-    ResponseDataset; ConfigError naming the field when it cannot be read."""
+    ResponseDataset (``gym``: NeMo-Gym rows, nemo_gym.py); ConfigError naming the field when it
+    cannot be read."""
     from nemo_rl.data.datasets.response_datasets.response_dataset import ResponseDataset
 
     path = cfg.validation.dataset
+    if gym:
+        return load_gym_rows(path, cfg.validation.max_problems)
     split = {} if os.path.exists(path) else {"split": cfg.validation.split}  # a hub name has splits
     try:
         rows = ResponseDataset(data_path=path, **split).dataset
@@ -175,7 +180,7 @@ def resolve(master_config: Any, cfg: GradAlignConfig, pool, validation, log=prin
     if not share:
         return cfg, None, None
     if cfg.validation.dataset is not None:
-        rows = load_trusted_rows(cfg)
+        rows = load_trusted_rows(cfg, is_nemo_gym(master_config))
         pool_task(pool)  # a multi-task pool is refused before setup()
         return cfg, rows, processed_trusted(pool, rows)
     tail, why = validation_tail(master_config, cfg, pool, validation)
