@@ -17,7 +17,8 @@ from __future__ import annotations
 import functools
 
 from nemo_gradalign.integrations.nemo_rl import memory_service
-from nemo_gradalign.integrations.nemo_rl.memory_mode import MemoryFeedback, restore
+from nemo_gradalign.integrations.nemo_rl.memory_mode import MemoryFeedback
+from nemo_gradalign.integrations.nemo_rl.sampler_state import restore
 from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler, memory_dataloader
 
 

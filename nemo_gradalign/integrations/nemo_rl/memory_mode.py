@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from typing import Any, Callable
 
@@ -31,12 +30,11 @@ import torch
 
 from nemo_gradalign.config import GradAlignConfig
 from nemo_gradalign.integrations.nemo_rl.config import lookup, read_gradalign
-from nemo_gradalign.integrations.nemo_rl.sampler_state import CHECKPOINT_FILE, dataset_keys
+from nemo_gradalign.integrations.nemo_rl.sampler_state import dataset_keys, restore
 from nemo_gradalign.selection.memory_sampler import AlignmentMemorySampler, memory_dataloader
 from nemo_gradalign.selection.scores import simacc_factor
 from nemo_gradalign.selection.trusted_draw import TrustedDraw
 from nemo_gradalign.selection.trusted_mix import TrustedMixSampler
-
 
 
 def memory_training_loader(upstream_loader, cfg: GradAlignConfig, collate, checkpoint_dir=None,
@@ -55,17 +53,6 @@ def memory_training_loader(upstream_loader, cfg: GradAlignConfig, collate, check
     loader = memory_dataloader(dataset if rows is None else rows, sampler, collate)
     restore(loader, checkpoint_dir, data_config, load_state)
     return loader, sampler
-
-
-def restore(loader, checkpoint_dir, data_config, load_state: Callable | None) -> None:
-    """Load the checkpoint's loader state (train_dataloader.pt) into ``loader``, if there is one:
-    through upstream's ``load_dataloader_state``, or as the file's state_dict where NeMo RL has none."""
-    if checkpoint_dir is None or not os.path.isfile(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)):
-        return
-    if load_state is not None:
-        load_state(loader, str(checkpoint_dir), data_config)
-    else:
-        loader.load_state_dict(torch.load(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)))
 
 
 class FeedbackFirstSampler(AlignmentMemorySampler):

@@ -18,9 +18,12 @@ were kept, are new and were dropped.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import torch
 
 from nemo_gradalign.config import ConfigError
 from nemo_gradalign.selection.problem_keys import keys_of
@@ -143,3 +146,14 @@ def checked_keys(master_config, cfg, dataset, trusted: TrustedDraw | None = None
     if line:
         log(line)
     return keys
+
+
+def restore(loader, checkpoint_dir, data_config, load_state: Callable | None) -> None:
+    """Load the checkpoint's loader state (train_dataloader.pt) into ``loader``, if there is one:
+    through upstream's ``load_dataloader_state``, or as the file's state_dict where NeMo RL has none."""
+    if checkpoint_dir is None or not os.path.isfile(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)):
+        return
+    if load_state is not None:
+        load_state(loader, str(checkpoint_dir), data_config)
+    else:
+        loader.load_state_dict(torch.load(os.path.join(str(checkpoint_dir), CHECKPOINT_FILE)))
