@@ -83,12 +83,8 @@ def oracle_rollout_gradients(model, problem: ProblemRollouts, aggregation="token
     """[k, P]: rollout j's gradient of its aggregated log-prob of softmax(logits / temperature), by
     brute force (TP=1, full vocab, one autograd call per rollout, masks written from prompt_len and
     response_lens)."""
-    tokens = problem.tokens
-    k, length = tokens.shape
-    dev = tokens.device
-    logits = model(tokens, torch.arange(length, device=dev).expand(k, -1),
-                   torch.triu(torch.ones(1, 1, length, length, dtype=torch.bool, device=dev), 1))
-    logp = torch.log_softmax(logits.double() / temperature, dim=-1)
+    tokens, k = problem.tokens, problem.tokens.shape[0]
+    logp = oracle_log_softmax(model, problem, temperature)
     n_tokens = int(problem.response_lens.sum())
     params = [p for p in model.parameters() if p.requires_grad]
     rows = []
@@ -182,15 +178,20 @@ def by_parameter(model, flat: torch.Tensor) -> dict[str, torch.Tensor]:
     return parts
 
 
-def oracle_token_logprobs(model, problem: ProblemRollouts, temperature: float = 1.0) -> torch.Tensor:
-    """[k, L-1] float64: entry t is log π(token t+1 | tokens ≤ t) under softmax(logits / temperature)."""
+def oracle_log_softmax(model, problem: ProblemRollouts, temperature: float = 1.0) -> torch.Tensor:
+    """[k, L, V] float64 log-softmax of the model's logits / temperature over the problem's rows."""
     tokens = problem.tokens
     k, length = tokens.shape
     dev = tokens.device
     logits = model(tokens, torch.arange(length, device=dev).expand(k, -1),
                    torch.triu(torch.ones(1, 1, length, length, dtype=torch.bool, device=dev), 1))
-    logp = torch.log_softmax(logits.double() / temperature, dim=-1)
-    return logp[:, :-1].gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return torch.log_softmax(logits.double() / temperature, dim=-1)
+
+
+def oracle_token_logprobs(model, problem: ProblemRollouts, temperature: float = 1.0) -> torch.Tensor:
+    """[k, L-1] float64: entry t is log π(token t+1 | tokens ≤ t) under softmax(logits / temperature)."""
+    logp = oracle_log_softmax(model, problem, temperature)
+    return logp[:, :-1].gather(-1, problem.tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
 
 
 def oracle_clipped_gradient(model, problem: ProblemRollouts, prev: torch.Tensor | None, baseline="mean",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from nemo_gradalign.config import ConfigError, GradAlignConfig, parse_gradalign
-from nemo_gradalign.integrations.nemo_rl.config_access import VLM_PROCESSOR, lookup, section
+from nemo_gradalign.integrations.nemo_rl.config_access import VLM_PROCESSOR, lookup, memory_only, section
 from nemo_gradalign.integrations.nemo_rl.data_plane import refusals as data_plane_refusals
 from nemo_gradalign.integrations.nemo_rl.flag_defaults import flag_defaults
 from nemo_gradalign.integrations.nemo_rl.nemo_gym import refusals as nemo_gym_refusals
@@ -156,13 +156,8 @@ def _refusals(master_config: Any, cfg: GradAlignConfig) -> list[str]:
     if not cfg.steer:  # the trusted mix scores nothing: only the loop's shape matters
         return found
     if lookup(master_config, "grpo.async_grpo.enabled", False):
-        if cfg.schedule != "memory":
-            found.append(f"grpo.async_grpo.enabled=True: gradalign.schedule={cfg.schedule!r} selects at dynamic_sampling, "
-                         "which async GRPO never calls; use gradalign.schedule=memory (the sampler picks before rollout)")
-        elif not cfg.validation.train_share:
-            found.append("grpo.async_grpo.enabled=True: with gradalign.validation.train_share=0 G would come from the "
-                         "validation prompts' own rollouts, which only synchronous GRPO's rollout call generates; "
-                         "leave the trusted share on (G from the batch's trusted groups)")
+        found += memory_only("grpo.async_grpo.enabled", cfg, "async GRPO",
+                             "only synchronous GRPO's rollout call generates")
     refuse("data.default.processor", lambda v: v == VLM_PROCESSOR, "the scoring pass feeds the policy token ids "
            "only, not the images or audio it trains on; use gradalign.steer=false (the trusted mix runs vision and "
            "audio recipes, through upstream's run_vlm_grpo.py)")

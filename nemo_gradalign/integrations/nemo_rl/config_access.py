@@ -45,3 +45,15 @@ def loader_prompts(cfg: Any) -> int:
     if lookup(cfg, "grpo.use_dynamic_sampling", False):
         return int(prompts * float(lookup(cfg, "grpo.batch_multiplier", 1)))
     return prompts
+
+
+def memory_only(field: str, cfg, never_calls: str, rollouts: str) -> list[str]:
+    """Where no ``dynamic_sampling`` runs (``never_calls``) and no validation prompts are generated
+    apart (``rollouts``), the steered flag needs the memory schedule with G from the trusted share."""
+    if cfg.schedule != "memory":
+        return [f"{field}=True: gradalign.schedule={cfg.schedule!r} selects at dynamic_sampling, which {never_calls} "
+                "never calls; use gradalign.schedule=memory (the sampler picks before rollout)"]
+    if not cfg.validation.train_share:
+        return [f"{field}=True: with gradalign.validation.train_share=0 G would come from the validation prompts' own "
+                f"rollouts, which {rollouts}; leave the trusted share on (G from the batch's trusted groups)"]
+    return []

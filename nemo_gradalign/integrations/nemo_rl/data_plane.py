@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from nemo_gradalign.integrations.nemo_rl.config_access import lookup, section
+from nemo_gradalign.integrations.nemo_rl.config_access import lookup, memory_only, section
 
 FLAT_KEYS = ("input_ids", "input_lengths", "token_mask", "total_reward")
 
@@ -42,14 +42,8 @@ def refusals(master_config: Any, cfg) -> list[str]:
                      "starts upstream's run_grpo.py")
     if not cfg.steer or not lookup(master_config, "data_plane.enabled", False):
         return found
-    if cfg.schedule != "memory":
-        found.append(f"data_plane.enabled=True: gradalign.schedule={cfg.schedule!r} selects at dynamic_sampling, which "
-                     "the data-plane trainer (grpo_train_sync) never calls; use gradalign.schedule=memory")
-    elif not cfg.validation.train_share:
-        found.append("data_plane.enabled=True: with gradalign.validation.train_share=0 G would come from the validation "
-                     "prompts' own rollouts, which the data-plane rollout actor does not generate; leave the trusted "
-                     "share on (G from the batch's trusted groups)")
-    return found
+    return found + memory_only("data_plane.enabled", cfg, "the data-plane trainer (grpo_train_sync)",
+                               "the data-plane rollout actor does not generate")
 
 
 class RewardStash:
