@@ -63,6 +63,11 @@ def test_the_named_trusted_set_is_read_and_processed_as_the_pools_nemo_gym_rows(
 def test_the_rolled_out_rows_get_their_dataset_idx_back():
     import nemo_rl.algorithms.grpo as grpo
     from nemo_rl.distributed.batched_data_dict import BatchedDataDict
+
+    if not hasattr(grpo, nemo_gym.ROLLOUT):  # v0.7: another NeMo-Gym path, which the steered flag refuses at setup
+        with pytest.raises(ConfigError, match="has no run_nemo_gym_rollout_sync"):
+            nemo_gym.install(grpo)
+        return
     from nemo_rl.experience.rollouts import NemoGymRolloutResult
 
     def standin(policy_generation, input_batch, tokenizer, task_to_env, generation_config, log_full_result_tables,

@@ -63,12 +63,12 @@ def gradalign_setup(setup, grpo_module, registry: dict, policy_cls, collate):
         if not cfg.enabled:
             return setup(master_config, tokenizer, dataset, val_dataset, *args, **kwargs)
         check_supported(master_config, cfg)
-        if cfg.steer and nemo_gym.is_nemo_gym(master_config):  # the rolled-out rows get their dataset idx back
-            nemo_gym.install(grpo_module)
         # before setup() starts anything: the trusted set that trains (if any), the rows' identities,
         # and the memory a resume would load
         cfg, trusted, trusted_rows = trusted_set.resolve(master_config, cfg, dataset, val_dataset,
                                                          lambda line: print(line, flush=True))
+        if cfg.steer and nemo_gym.is_nemo_gym(master_config):  # the rolled-out rows get their dataset idx back
+            nemo_gym.install(grpo_module)
         asynchronous = cfg.steer and bool(lookup(master_config, "grpo.async_grpo.enabled", False))
         plane = cfg.steer and not asynchronous and bool(lookup(master_config, "data_plane.enabled", False))
         if (asynchronous or plane) and trusted is None:
