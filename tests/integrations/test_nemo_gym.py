@@ -1,8 +1,8 @@
 """The flag on NeMo-Gym recipes, against upstream's own NeMo-Gym data code: the named trusted set
 is read by upstream's ``NemoGymDataset`` and processed by the pool's ``nemo_gym_data_processor``
-into the loader's dataset; bad lines are refused naming the line; the rolled-out batch of
-``run_nemo_gym_rollout_sync`` (upstream's ``NemoGymRolloutResult``, from a stand-in: the real one
-needs NeMo-Gym's servers) gets the input rows' ``idx`` back; the recipe-level rules; and the entry
+into the loader's dataset; bad lines are refused naming the line; the rolled-out batch of the
+NeMo-Gym rollout grpo_train calls (from a stand-in of its contract: the real one needs NeMo-Gym's
+servers) gets the input rows' ``idx`` back; the recipe-level rules; and the entry
 starts upstream's NeMo-Gym runner."""
 
 from __future__ import annotations
@@ -64,37 +64,35 @@ def test_the_rolled_out_rows_get_their_dataset_idx_back():
     import nemo_rl.algorithms.grpo as grpo
     from nemo_rl.distributed.batched_data_dict import BatchedDataDict
 
-    if not hasattr(grpo, nemo_gym.ROLLOUT):  # v0.7: another NeMo-Gym path, which the steered flag refuses at setup
-        with pytest.raises(ConfigError, match="has no run_nemo_gym_rollout_sync"):
-            nemo_gym.install(grpo)
-        return
-    from nemo_rl.experience.rollouts import NemoGymRolloutResult
-
-    def standin(policy_generation, input_batch, tokenizer, task_to_env, generation_config, log_full_result_tables,
-                **kwargs):  # run_nemo_gym_rollout_sync's contract: input order restored, idx not carried
+    def standin(policy_generation, input_batch, tokenizer, task_to_env, generation_config, *args, **kwargs):
+        """The NeMo-Gym rollout's contract (main's run_nemo_gym_rollout_sync, v0.7's run_async_nemo_gym_rollout):
+        the rows back in input order, without their idx; input_ids, final_batch, rollout_metrics."""
         rows = input_batch.size
         out = BatchedDataDict({"message_log": [[{"role": "user", "token_ids": torch.tensor([i])}] for i in range(rows)],
                                "total_reward": torch.arange(rows, dtype=torch.float32),
                                "loss_multiplier": torch.ones(rows)})
-        return NemoGymRolloutResult(input_ids=torch.zeros(rows, 1), final_batch=out, rollout_metrics={},
-                                    task_index=None)
+        return types.SimpleNamespace(input_ids=torch.zeros(rows, 1), final_batch=out, rollout_metrics={})
 
     batch = BatchedDataDict({"idx": [7, 7, 3, 3], "extra_env_info": [{}] * 4})
     result = nemo_gym.with_rows_identities(standin)(None, batch, None, {}, {}, False)
     assert result.final_batch["idx"] == [7, 7, 3, 3]
+    keyword = nemo_gym.with_rows_identities(standin)(policy_generation=None, input_batch=batch, tokenizer=None,
+                                                     task_to_env={}, generation_config={})
+    assert keyword.final_batch["idx"] == [7, 7, 3, 3]
     short = nemo_gym.with_rows_identities(lambda *a, **k: standin(None, BatchedDataDict({"idx": [1, 1]}), *a[2:]))
     with pytest.raises(RuntimeError, match="NeMo-Gym returned 2 rows for 4"):
         short(None, batch, None, {}, {}, False)
-    upstream = grpo.run_nemo_gym_rollout_sync
+    name = next(n for n in nemo_gym.ROLLOUTS if hasattr(grpo, n))  # the one this NeMo RL's grpo_train calls
+    upstream = getattr(grpo, name)
     uninstall = nemo_gym.install(grpo)
     try:
-        assert grpo.run_nemo_gym_rollout_sync.__gradalign_original__ is upstream
+        assert getattr(grpo, name).__gradalign_original__ is upstream
         nemo_gym.install(grpo)  # once is enough: the original is kept, not wrapped twice
-        assert grpo.run_nemo_gym_rollout_sync.__gradalign_original__ is upstream
+        assert getattr(grpo, name).__gradalign_original__ is upstream
     finally:
         uninstall()
-    assert grpo.run_nemo_gym_rollout_sync is upstream
-    with pytest.raises(ConfigError, match="has no run_nemo_gym_rollout_sync"):
+    assert getattr(grpo, name) is upstream
+    with pytest.raises(ConfigError, match="has none of run_nemo_gym_rollout_sync"):
         nemo_gym.install(types.SimpleNamespace())
 
 

@@ -10,7 +10,8 @@
 - The trusted mix (``gradalign.steer: false``) only replaces the loader, synchronous or async.
 - The steered flag (memory schedule, G from the batch's trusted groups) runs in synchronous GRPO.
   NeMo-Gym's rollout rebuilds the batch and leaves out the rows' dataset ``idx``; it returns the
-  rows in the input's order (``run_nemo_gym_rollout_sync`` restores it, and raises on a missing
+  rows in the input's order (main's ``run_nemo_gym_rollout_sync`` restores it and raises on a
+  missing row; v0.7's ``run_async_nemo_gym_rollout`` sorts its environment's results back by
   row), so ``with_rows_identities`` wraps that module global of grpo.py and gives the rolled-out
   batch the input's ``idx``, as the native rollout's batch carries it, after checking the row
   count. In async GRPO the collector's rollout runs inside its own actor: the steered flag is
@@ -26,7 +27,9 @@ from typing import Any, Callable
 from nemo_gradalign.config import ConfigError, GradAlignConfig
 from nemo_gradalign.integrations.nemo_rl.config_access import lookup
 
-ROLLOUT = "run_nemo_gym_rollout_sync"  # grpo.py's module global, called once per training step
+# grpo.py's module global grpo_train calls once per step for NeMo-Gym: main's, then v0.7's (both return
+# the rows in input order: main's accumulator and v0.7's environment restore it)
+ROLLOUTS = ("run_nemo_gym_rollout_sync", "run_async_nemo_gym_rollout")
 
 
 def is_nemo_gym(master_config: Any) -> bool:
@@ -97,16 +100,17 @@ def with_rows_identities(rollout: Callable) -> Callable:
 
 
 def install(grpo_module) -> Callable[[], None]:
-    """Wrap grpo.py's ``run_nemo_gym_rollout_sync``; returns the function that puts it back.
-    ConfigError where this NeMo RL has none (v0.7's NeMo-Gym path calls another function)."""
-    current = getattr(grpo_module, ROLLOUT, None)
-    if current is None:
-        raise ConfigError(f"env.should_use_nemo_gym=True: this NeMo RL's grpo_train has no {ROLLOUT} (NeMo RL main "
-                          "has); the steered flag cannot name the trained rows here: use gradalign.steer=false")
+    """Wrap grpo.py's NeMo-Gym rollout (``ROLLOUTS``); returns the function that puts it back.
+    ConfigError where this NeMo RL has none of them."""
+    name = next((n for n in ROLLOUTS if hasattr(grpo_module, n)), None)
+    if name is None:
+        raise ConfigError(f"env.should_use_nemo_gym=True: this NeMo RL's grpo.py has none of {', '.join(ROLLOUTS)}; "
+                          "the steered flag cannot name the trained rows here: use gradalign.steer=false")
+    current = getattr(grpo_module, name)
     original = getattr(current, "__gradalign_original__", current)
-    setattr(grpo_module, ROLLOUT, with_rows_identities(original))
+    setattr(grpo_module, name, with_rows_identities(original))
 
     def uninstall() -> None:
-        setattr(grpo_module, ROLLOUT, original)
+        setattr(grpo_module, name, original)
 
     return uninstall
