@@ -49,6 +49,13 @@ def read_info(path: Path) -> dict | None:
     return info if isinstance(info, dict) else None
 
 
+class Stateful:
+    """Adapts a (state_dict, load_state_dict) pair of callables to the Stateful protocol."""
+
+    def __init__(self, get, put):
+        self.state_dict, self.load_state_dict = get, put
+
+
 class CheckpointManager:
     def __init__(self, checkpoint_dir: str, keep_top_k: int, metric_name: str):
         self.root = Path(checkpoint_dir)

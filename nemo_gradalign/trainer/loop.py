@@ -23,7 +23,7 @@ from nemo_gradalign.rollouts import ProblemRollouts
 from nemo_gradalign.selection.schedules import MemorySchedule, RoundSchedule, StepSchedule
 from nemo_gradalign.selection.selector import Selector
 from nemo_gradalign.trainer import data_fingerprint
-from nemo_gradalign.trainer.checkpoint import CheckpointManager
+from nemo_gradalign.trainer.checkpoint import CheckpointManager, Stateful
 from nemo_gradalign.trainer.compute import ComputeMeter, rollout_tokens
 from nemo_gradalign.trainer.config import EmbeddedRecipe
 from nemo_gradalign.trainer.evaluate import evaluate
@@ -48,13 +48,6 @@ class _Progress:
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
-
-
-class _Stateful:
-    """Adapts a (state_dict, load_state_dict) pair of callables to the Stateful protocol."""
-
-    def __init__(self, get, put):
-        self.state_dict, self.load_state_dict = get, put
 
 
 class Trainer:
@@ -109,9 +102,9 @@ class Trainer:
         return {
             "policy/weights": self.policy.model.module,
             "policy/optimizer": self.optimizer,
-            "gradalign/selector": self.selector or _Stateful(dict, lambda s: None),
+            "gradalign/selector": self.selector or Stateful(dict, lambda s: None),
             "gradalign/schedule": self.schedule,
-            "trainer": _Stateful(self._trainer_state, self._load_trainer_state),
+            "trainer": Stateful(self._trainer_state, self._load_trainer_state),
         }
 
     def _trainer_state(self) -> dict:

@@ -116,8 +116,11 @@ def verdict(root: Path, path: Path) -> Verdict | None:
     named = None
     if is_nemo_gym(recipe):  # the flag alone has no trusted rows there (nemo_gym.py): with some named
         OmegaConf.update(config, "gradalign.validation.dataset", "/trusted/nemo_gym_rows.jsonl", force_add=True)
-        named = tuple(not _refusals(OmegaConf.to_container(config, resolve=True) | {"gradalign": {
-            **OmegaConf.to_container(config.gradalign, resolve=True), "steer": steer}}) for steer in (True, False))
+        accepted = []
+        for steer in (True, False):
+            OmegaConf.update(config, "gradalign.steer", steer)
+            accepted.append(not _refusals(OmegaConf.to_container(config, resolve=True)))
+        named = tuple(accepted)
     return Verdict(name, backend, asynchronous, refusals, mix_refusals, schedule, read, named)
 
 

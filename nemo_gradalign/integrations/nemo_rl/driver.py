@@ -40,8 +40,7 @@ def trained_rows(batch, master_config) -> torch.Tensor | None:
     ``grpo.overlong_filtering`` and the rows flagged ``mask_sample`` (both applied after
     ``dynamic_sampling``); None where the batch carries none of them. (A row the sequence-level
     logprob-error check drops later is still scored.)"""
-    keys = [k for k in ("loss_multiplier", "truncated", "mask_sample") if k in batch]
-    if not keys:
+    if not any(key in batch for key in ("loss_multiplier", "truncated", "mask_sample")):
         return None
     rows = len(batch["total_reward"])
     keep = torch.ones(rows) if "loss_multiplier" not in batch else (torch.as_tensor(batch["loss_multiplier"]) != 0).float()
